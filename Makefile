@@ -1,0 +1,52 @@
+# The two commands: `make up` (the local stack) and `make test` (the suite).
+# Both create .venv with the pinned dependencies and install Debian's redis-server when missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SYSTEM_PACKAGES := redis-server
+
+.PHONY: up test lint unit integration system venv clean
+
+up: venv system
+	$(BIN)/ssedge up
+
+test: venv system lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check relay replay tests
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests --ignore=tests/integration
+
+integration: venv system
+	$(BIN)/pytest tests/integration
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Debian packages the stack runs: installed with apt-get when run as root, else one line
+# saying what to install.
+system:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing (install with: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .ssedge .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,247 @@
+"""The relay's ASGI application: routes, publish, metadata, handshake, health, metrics.
+
+Served by Granian over ASGI, not RSGI: Granian's ASGI ``send`` waits when a client stops
+reading, while its RSGI stream transport buffers without bound.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+from redis.exceptions import RedisError
+
+from relay import __version__, settings as settings_mod, store, stream
+from relay.errors import (
+    BadRequest,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
+from relay.http import Receive, Request, Scope, Send, read_body
+from relay.settings import Settings
+from relay.state import Relay
+
+log = logging.getLogger("ssedge.relay")
+
+PROTOCOL = 1
+TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+EventType = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
+
+
+class PublishEvent(msgspec.Struct, forbid_unknown_fields=True):
+    data: msgspec.Raw
+    event: EventType | None = None
+
+
+_publish_decoder = msgspec.json.Decoder(PublishEvent | list[PublishEvent])
+_str_decoder = msgspec.json.Decoder(str)
+
+
+def parse_topic(raw: str) -> str:
+    if not TOPIC.fullmatch(raw):
+        raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    return raw
+
+
+def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | None]], bool]:
+    """(data as sent on the wire, event type) pairs, and whether the body was an array."""
+    try:
+        decoded = _publish_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Unprocessable(f"body is not JSON: {exc}") from None
+    many = isinstance(decoded, list)
+    events = decoded if isinstance(decoded, list) else [decoded]
+    if not events:
+        raise Unprocessable("an empty array publishes nothing")
+    if len(events) > max_batch:
+        raise PayloadTooLarge(f"at most {max_batch} events per request")
+    out = []
+    for ev in events:
+        raw = bytes(ev.data).strip()
+        # a JSON string is sent as the text it holds; any other JSON value as written
+        data = _str_decoder.decode(raw).encode() if raw[:1] == b'"' else raw
+        out.append((data, ev.event))
+    return out, many
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.relay = Relay(settings)
+        self.handshake = {
+            "protocol": PROTOCOL,
+            "version": __version__,
+            "stream_url": "/v1/streams/{topic}/events",
+            "metadata_url": "/v1/streams/{topic}",
+            "publish_url": "/v1/streams/{topic}/events",
+            "replay_url": "/v1/replay/{topic}",
+            "retry_ms": settings.retry_ms,
+            "heartbeat_s": settings.heartbeat_s,
+            "replay_window": {"ring_events": settings.ring_events,
+                              "retention_maxlen": settings.retention_maxlen,
+                              "retention_max_age_s": settings.retention_max_age_s},
+            "publish_auth": "Bearer",
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.relay.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.relay.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        responder = self.relay.responder
+        try:
+            await self.route(request, receive, send)
+        except HTTPError as exc:
+            await responder.error(send, exc)
+        except ConnectionAbortedError:
+            pass
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            await responder.json(send, 500, {"error": "internal",
+                                             "message": "unexpected error; see the relay log"})
+
+    async def route(self, request: Request, receive: Receive, send: Send) -> None:
+        method, parts = request.method, request.path.strip("/").split("/")
+        if method == "OPTIONS":
+            return await self.preflight(send)
+        if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
+            topic = parse_topic(parts[2])
+            if len(parts) == 3:
+                _only(method, "GET, HEAD")
+                return await self.metadata(request, topic, send)
+            if parts[3] == "events":
+                if method == "POST":
+                    return await self.publish(request, topic, receive, send)
+                _only(method, "GET, POST")
+                return await stream.serve(self.relay, request, topic, receive, send)
+        simple = {
+            "v1/handshake": self.handshake_answer,
+            "healthz": self.healthz,
+            "readyz": self.readyz,
+            "metrics": self.metrics,
+        }.get("/".join(parts))
+        if simple is None:
+            raise NotFound(f"no such resource: {request.path}")
+        _only(method, "GET, HEAD")
+        await simple(request, send)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def publish(self, request: Request, topic: str, receive: Receive, send: Send) -> None:
+        s = self.settings
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        # compared in constant time; checked before anything else so that without a valid
+        # token the answer is 401 whatever else is wrong
+        if not s.publish_token or scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), s.publish_token.encode()
+        ):
+            raise Unauthorized("publishing needs Authorization: Bearer <publish token>")
+        body = await read_body(receive, s.max_body_bytes, request.headers.get("content-length"))
+        events, many = decode_events(body, s.max_batch)
+        try:
+            assigned = await store.publish(self.relay.redis, topic, events,
+                                           maxlen=s.retention_maxlen,
+                                           max_age_s=s.retention_max_age_s)
+        except (RedisError, OSError):
+            raise Unavailable("Redis is not reachable; nothing was published", 1) from None
+        self.relay.metrics.published += len(assigned)
+        self.relay.metrics.publish_requests += 1
+        answer = {"ids": assigned} if many else {"id": assigned[0]}
+        await self.relay.responder.json(send, 201, answer, {"cache-control": "no-store"})
+
+    async def metadata(self, request: Request, topic: str, send: Send) -> None:
+        s = self.settings
+        try:
+            info = await store.info(self.relay.redis, topic)
+        except (RedisError, OSError):
+            raise Unavailable("Redis is not reachable", 1) from None
+        first = last = None
+        length = 0
+        if info is not None:
+            length = int(info["length"])
+            if info.get("first-entry"):
+                first = info["first-entry"][0].decode()
+            if info.get("last-entry"):
+                last = info["last-entry"][0].decode()
+        payload = {
+            "topic": topic,
+            "first_id": first,
+            "last_id": last,
+            "length": length,
+            "retention": {"maxlen": s.retention_maxlen, "max_age_s": s.retention_max_age_s},
+            "retry_ms": s.retry_ms,
+            "heartbeat_s": s.heartbeat_s,
+        }
+        await self.relay.responder.cached_json(
+            send, request, payload,
+            f"public, max-age={s.metadata_max_age_s}, stale-while-revalidate=5, "
+            "stale-if-error=300",
+        )
+
+    async def handshake_answer(self, request: Request, send: Send) -> None:
+        await self.relay.responder.cached_json(
+            send, request, self.handshake, f"public, max-age={self.settings.handshake_max_age_s}"
+        )
+
+    async def healthz(self, request: Request, send: Send) -> None:
+        await self.relay.responder.json(send, 200, {"status": "ok"}, {"cache-control": "no-store"})
+
+    async def readyz(self, request: Request, send: Send) -> None:
+        feed = self.relay.feed
+        if self.relay.ready:
+            await self.relay.responder.json(send, 200, {"status": "ready"},
+                                            {"cache-control": "no-store"})
+        else:
+            raise Unavailable(f"not ready: feed {feed.last_error or 'not connected'}", 1)
+
+    async def metrics(self, request: Request, send: Send) -> None:
+        await self.relay.responder.body(
+            send, 200, self.relay.metrics.render(),
+            {"content-type": "text/plain; version=0.0.4", "cache-control": "no-store"},
+        )
+
+    async def preflight(self, send: Send) -> None:
+        await self.relay.responder.body(send, 204, b"", {
+            "access-control-allow-methods": "GET, HEAD, POST, OPTIONS",
+            "access-control-allow-headers": "authorization, content-type, last-event-id, "
+                                            "if-none-match",
+            "access-control-max-age": "86400",
+            "cache-control": "public, max-age=86400",
+        })
+
+
+def _only(method: str, allowed: str) -> None:
+    if method not in allowed.split(", "):
+        raise MethodNotAllowed(allowed)
+
+
+def create_app() -> App:
+    """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return App(settings_mod.load())

@@ -1,0 +1,182 @@
+"""The ``ssedge`` command: run a relay node or the local stack, publish, tail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay import settings as settings_mod
+
+STACK_DIR = Path(".ssedge")
+DEFAULT_URL = "http://127.0.0.1:8101"
+
+
+def read_stack_env(directory: Path = STACK_DIR) -> None:
+    """Take the local stack's settings from ``.ssedge/env``; real variables win."""
+    env_file = directory / "env"
+    if not env_file.is_file():
+        return
+    for line in env_file.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith(settings_mod.PREFIX):
+            os.environ.setdefault(name.strip(), value.strip())
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return (args.url or os.environ.get("SSEDGE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, default, doc in settings_mod.fields():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=f"{doc} [{settings_mod.env_name(name)}, default {default!r}]")
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from relay import server
+
+    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
+    settings = settings_mod.load(**overrides)
+    server.run(settings)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print("| variable | default | meaning |\n|---|---|---|")
+    for name, default, doc in settings_mod.fields():
+        shown = f"`{default}`" if default != "" else "(empty)"
+        print(f"| `{settings_mod.env_name(name)}` | {shown} | {doc} |")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from relay import client
+
+    token = args.token or os.environ.get("SSEDGE_PUBLISH_TOKEN", "")
+    data: Any = json.loads(args.data) if args.json else args.data
+    event: dict[str, Any] = {"data": data}
+    if args.event:
+        event["event"] = args.event
+    response = asyncio.run(client.request(
+        "POST", f"{_base_url(args)}/v1/streams/{args.topic}/events",
+        headers={"Authorization": f"Bearer {token}"}, json_body=event,
+    ))
+    if response.status != 201:
+        print(f"ssedge publish: {response.status} {response.body.decode(errors='replace')}",
+              file=sys.stderr)
+        return 1
+    print(response.json()["id"])
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_tail(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    from relay import client
+    from relay.wire import Event
+
+    query = []
+    if args.since:
+        query.append(f"since={args.since}")
+    if args.backfill:
+        query.append(f"backfill={args.backfill}")
+    url = f"{_base_url(args)}/v1/streams/{args.topic}/events" + ("?" + "&".join(query) if query else "")
+    last_id = args.last_event_id or ""
+    retry_ms = 1000
+    seen = 0
+    while True:
+        try:
+            es = await client.stream(url, last_event_id=last_id)
+            if es.response.status != 200:
+                print(f"ssedge tail: {es.response.status} {es.response.body.decode(errors='replace')}",
+                      file=sys.stderr)
+                if es.response.status < 500:
+                    return 1
+            else:
+                async for item in es:
+                    if not isinstance(item, Event):
+                        continue
+                    last_id = item.id or last_id
+                    if args.json:
+                        print(json.dumps({"id": item.id, "event": item.event, "data": item.data}),
+                              flush=True)
+                    else:
+                        print(f"{item.id}\t{item.event}\t{item.data}", flush=True)
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        es.close()
+                        return 0
+                retry_ms = es.decoder.retry if es.decoder.retry is not None else retry_ms
+                es.close()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            print(f"ssedge tail: {exc}; reconnecting", file=sys.stderr)
+        await asyncio.sleep(retry_ms / 1000)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from relay import stack
+
+    return stack.run(Path(args.dir))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssedge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    relay = sub.add_parser("relay", help="run one relay node on Granian")
+    _add_setting_flags(relay)
+    relay.set_defaults(func=cmd_relay)
+
+    up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
+    up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
+    up.set_defaults(func=cmd_up)
+
+    pub = sub.add_parser("publish", help="publish one event")
+    pub.add_argument("topic")
+    pub.add_argument("data", help="the event's data (a string, or JSON with --json)")
+    pub.add_argument("--event", help="event type")
+    pub.add_argument("--json", action="store_true", help="DATA is JSON, sent as its value")
+    pub.add_argument("--url", help=f"relay or edge base URL [SSEDGE_URL, default {DEFAULT_URL}]")
+    pub.add_argument("--token", help="publish token [SSEDGE_PUBLISH_TOKEN]")
+    pub.set_defaults(func=cmd_publish)
+
+    tail = sub.add_parser("tail", help="print a topic's events as they come; resumes by id")
+    tail.add_argument("topic")
+    tail.add_argument("--url", help=f"relay or edge base URL [SSEDGE_URL, default {DEFAULT_URL}]")
+    tail.add_argument("--last-event-id", help="start after this id")
+    tail.add_argument("--since", choices=["now", "earliest"])
+    tail.add_argument("--backfill", type=int, default=0, help="start with the last N events")
+    tail.add_argument("--count", type=int, default=0, help="stop after N events")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(func=cmd_tail)
+
+    st = sub.add_parser("settings", help="print the settings table (Markdown)")
+    st.set_defaults(func=cmd_settings)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    read_stack_env()
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except settings_mod.SettingsError as exc:
+        print(f"ssedge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

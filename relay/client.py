@@ -1,0 +1,184 @@
+"""A small asyncio HTTP/1.1 client for ssedge's own needs: event streams and JSON calls.
+
+Used by ``ssedge tail`` and ``ssedge publish``, and by the tests to hold hundreds of streams at
+once. One request per connection; responses are read as they arrive (chunked or not) and
+event streams are decoded with the wire module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from relay.wire import Comment, Decoder, Event
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class _Target:
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def of(cls, url: str) -> _Target:
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise ValueError(f"only http:// URLs are supported here: {url}")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, path)
+
+
+class _Body:
+    """Reads a response body as it arrives, de-chunking when needed."""
+
+    def __init__(self, reader: asyncio.StreamReader, headers: Mapping[str, str]) -> None:
+        self._reader = reader
+        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length")
+        self._left = int(length) if length is not None and not self._chunked else None
+        self._chunk_left = 0
+        self.done = False
+
+    async def read(self) -> bytes:
+        if self.done:
+            return b""
+        if self._chunked:
+            if self._chunk_left == 0:
+                size_line = await self._reader.readline()
+                if not size_line:
+                    self.done = True
+                    return b""
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    await self._reader.readline()
+                    self.done = True
+                    return b""
+                self._chunk_left = size
+            data = await self._reader.read(self._chunk_left)
+            if not data:
+                self.done = True
+                return b""
+            self._chunk_left -= len(data)
+            if self._chunk_left == 0:
+                await self._reader.readexactly(2)
+            return data
+        if self._left is not None:
+            if self._left == 0:
+                self.done = True
+                return b""
+            data = await self._reader.read(min(self._left, 65536))
+            self._left -= len(data)
+        else:
+            data = await self._reader.read(65536)
+        if not data:
+            self.done = True
+        return data
+
+
+async def _open(method: str, url: str, headers: Mapping[str, str] | None,
+                body: bytes | None) -> tuple[asyncio.StreamWriter, Response, _Body]:
+    target = _Target.of(url)
+    reader, writer = await asyncio.open_connection(target.host, target.port, limit=1 << 20)
+    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}",
+             "Connection: close"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    parsed: dict[str, str] = {}
+    for line in header_lines:
+        if line:
+            name, _, value = line.partition(":")
+            parsed[name.strip().lower()] = value.strip()
+    response = Response(status, parsed)
+    return writer, response, _Body(reader, parsed)
+
+
+async def request(method: str, url: str, *, headers: Mapping[str, str] | None = None,
+                  body: bytes | None = None, json_body: Any = None,
+                  timeout: float = 30.0) -> Response:
+    """One whole request and its whole response."""
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
+
+    async def go() -> Response:
+        writer, response, reader = await _open(method, url, headers, body)
+        try:
+            chunks = []
+            while not reader.done:
+                chunks.append(await reader.read())
+            response.body = b"".join(chunks)
+            return response
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+@dataclass
+class EventStream:
+    """An open event stream: ``response`` holds status and headers; iterate for events."""
+
+    response: Response
+    decoder: Decoder
+    _writer: asyncio.StreamWriter
+    _body: _Body
+    raw: bytearray = field(default_factory=bytearray)
+    keep_raw: bool = False
+
+    async def __aiter__(self) -> AsyncIterator[Event | Comment]:
+        while not self._body.done:
+            chunk = await self._body.read()
+            if self.keep_raw:
+                self.raw.extend(chunk)
+            for item in self.decoder.feed(chunk):
+                yield item
+
+    async def read_chunk(self) -> list[Event | Comment]:
+        chunk = await self._body.read()
+        if self.keep_raw:
+            self.raw.extend(chunk)
+        return self.decoder.feed(chunk)
+
+    @property
+    def ended(self) -> bool:
+        return self._body.done
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+async def stream(url: str, *, last_event_id: str | None = None,
+                 headers: Mapping[str, str] | None = None, comments: bool = False,
+                 keep_raw: bool = False) -> EventStream:
+    """Open an event stream (``status`` may be an error: then ``body`` holds the answer)."""
+    all_headers = {"Accept": "text/event-stream", **(headers or {})}
+    if last_event_id:
+        all_headers["Last-Event-ID"] = last_event_id
+    writer, response, body = await _open("GET", url, all_headers, None)
+    if response.status != 200:
+        chunks = []
+        while not body.done:
+            chunks.append(await body.read())
+        response.body = b"".join(chunks)
+        writer.close()
+    return EventStream(response, Decoder(comments=comments), writer, body, keep_raw=keep_raw)

@@ -1,0 +1,198 @@
+"""The feed: one task per relay process reading every watched topic with one blocking XREAD.
+
+Each entry is decoded once and framed once, then appended to its topic's ring; the topic's
+connections are woken together.
+
+- A new topic is *primed* before any client of it is answered: its newest entries are read
+  (XREVRANGE) into the ring and its last id noted, and the feed reads on from exactly that id.
+  So a stream whose ``retry:`` has been sent misses nothing published after it.
+- Topics are added without waiting out the block: the feed's connection is unblocked with
+  ``CLIENT UNBLOCK`` from another connection (no reconnect, no wake-up keys in Redis).
+- The feed owns one connection with a read timeout above the block time (redis-py's 5 s
+  default would cut every long XREAD), and reconnects with capped exponential backoff when
+  Redis goes away, resuming each topic from the last id it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay import ids, store
+from relay.metrics import Metrics
+from relay.topics import Hub, Topic
+
+log = logging.getLogger("ssedge.feed")
+
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 2.0
+_UNBLOCK_TRIES = 200  # 1 ms apart: the XREAD may not have reached Redis yet
+
+
+class Feed:
+    def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
+                 block_ms: int, read_count: int) -> None:
+        self._hub = hub
+        self._redis = redis  # shared pool: priming and CLIENT UNBLOCK
+        self._metrics = metrics
+        self._block_ms = block_ms
+        self._count = read_count
+        self._pool = ConnectionPool.from_url(
+            url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0
+        )
+        self._conn: AbstractConnection | None = None
+        self._client_id: int | None = None
+        self._reading_generation = -1  # hub generation of the XREAD in flight
+        self._unblocking: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set when there is something to read
+        self.connected = False
+        self.last_error: str | None = None
+
+    # -- priming ----------------------------------------------------------------------------
+
+    async def prime(self, topic: Topic) -> None:
+        """Fill a new topic's ring with its newest entries and start reading it; once only,
+        shared by every connection that asks at the same time."""
+        if topic.primed:
+            return
+        if topic.priming is None:
+            topic.priming = asyncio.ensure_future(self._prime(topic))
+        await asyncio.shield(topic.priming)
+
+    async def _prime(self, topic: Topic) -> None:
+        try:
+            ring = topic.ring
+            entries = await store.newest(self._redis, topic.key, ring.max_events)
+            keys, frames, bad = store.frames(entries)
+            self._metrics.invalid_entries += bad
+            # a full read may have left older entries behind: the ring covers from the oldest
+            # one read; a short read is the whole stream
+            floor = keys[0] if len(keys) == ring.max_events else ids.ZERO
+            ring.prime(keys, frames, floor)
+            if entries:
+                topic.read_from = entries[-1][0]
+            self._hub.mark_primed(topic)
+            self.topics_changed()
+        finally:
+            topic.priming = None
+
+    # -- waking the blocked read -------------------------------------------------------------
+
+    def topics_changed(self) -> None:
+        """Make the XREAD in flight return so the next one includes the new topics."""
+        self._idle.set()
+        if self._unblocking is None or self._unblocking.done():
+            self._unblocking = asyncio.ensure_future(self._unblock())
+
+    async def _unblock(self) -> None:
+        for _ in range(_UNBLOCK_TRIES):
+            if self._reading_generation >= self._hub.generation or self._client_id is None:
+                return
+            try:
+                if await self._redis.client_unblock(self._client_id):
+                    return
+            except RedisError:
+                return  # the feed's own error handling reconnects; its next read includes all
+            await asyncio.sleep(0.001)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = _BACKOFF_MIN
+        while True:
+            try:
+                await self._connect()
+                backoff = _BACKOFF_MIN
+                await self._read_forever()
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._lost(exc)
+            except RedisError as exc:  # e.g. LOADING while Redis replays its AOF
+                self._lost(exc)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.connected:
+            log.warning("feed lost Redis: %s; reconnecting", exc)
+        self.connected = False
+        self.last_error = str(exc) or type(exc).__name__
+        self._client_id = None
+        self._metrics.redis_reconnects += 1
+        if self._conn is not None:
+            asyncio.ensure_future(self._conn.disconnect())
+            self._conn = None
+
+    async def _connect(self) -> None:
+        conn = self._pool.make_connection()
+        await conn.connect()
+        await conn.send_command("CLIENT", "ID")
+        self._client_id = int(await conn.read_response())
+        self._conn = conn
+        if not self.connected:
+            log.info("feed connected to Redis (client id %s)", self._client_id)
+        self.connected = True
+        self.last_error = None
+
+    async def _read_forever(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        hub = self._hub
+        while True:
+            generation = hub.generation
+            watched = hub.watched()
+            if not watched:
+                self._idle.clear()
+                await conn.send_command("PING")  # keeps "connected" honest while idle
+                await conn.read_response()
+                try:
+                    await asyncio.wait_for(self._idle.wait(), self._block_ms / 1000)
+                except TimeoutError:
+                    pass
+                continue
+            self._reading_generation = generation
+            await conn.send_command(
+                "XREAD", "COUNT", self._count, "BLOCK", self._block_ms,
+                "STREAMS", *watched.keys(), *watched.values(),
+            )
+            reply = await conn.read_response()
+            self._reading_generation = -1
+            self._metrics.feed_reads += 1
+            if reply:
+                self._deliver(reply)
+
+    def _deliver(self, reply: Any) -> None:
+        by_key = self._hub.by_key
+        metrics = self._metrics
+        for key, entries in store.entries_of(reply):
+            topic = by_key.get(key)
+            if topic is None or not entries or not topic.primed:
+                continue  # forgotten while the read was in flight
+            ring = topic.ring
+            if ids.from_redis(entries[0][0]) <= ring.last_id:
+                # a topic forgotten and primed again during the read already holds these
+                entries = [e for e in entries if ids.from_redis(e[0]) > ring.last_id]
+                if not entries:
+                    continue
+            keys, frames, bad = store.frames(entries)
+            ring.extend(keys, frames)
+            topic.read_from = entries[-1][0]
+            metrics.events_in += len(entries)
+            metrics.invalid_entries += bad
+            topic.wake()
+
+    async def close(self) -> None:
+        if self._unblocking is not None:
+            self._unblocking.cancel()
+        if self._conn is not None:
+            await self._conn.disconnect()
+        await self._pool.aclose()

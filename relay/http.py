@@ -1,0 +1,105 @@
+"""Small ASGI helpers: the request as ssedge reads it, JSON answers, bounded bodies, errors.
+
+Every error leaves through ``send_error`` as ``{"error": code, "message": text}`` with its
+status: the one place where the error hierarchy meets HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from relay.errors import HTTPError, PayloadTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+
+
+class Request:
+    __slots__ = ("method", "path", "headers", "query", "scope")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: dict[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self.query: dict[str, str] = dict(
+            parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        )
+
+
+class Responder:
+    """Writes whole answers; carries the headers every answer gets (CORS) and counts them."""
+
+    def __init__(self, cors_origin: str, counts: dict[int, int]) -> None:
+        self._common: list[tuple[bytes, bytes]] = []
+        if cors_origin:
+            self._common.append((b"access-control-allow-origin", cors_origin.encode()))
+            self._common.append((b"access-control-expose-headers", b"etag, retry-after"))
+        self._counts = counts
+
+    def headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        return self._common + [(k.encode(), v.encode()) for k, v in extra.items()]
+
+    async def start(self, send: Send, status: int, headers: dict[str, str]) -> None:
+        self._counts[status] = self._counts.get(status, 0) + 1
+        await send({"type": "http.response.start", "status": status,
+                    "headers": self.headers(headers)})
+
+    async def body(self, send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+        await self.start(send, status, {**headers, "content-length": str(len(body))})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def json(self, send: Send, status: int, payload: Any,
+                   headers: dict[str, str] | None = None) -> None:
+        await self.body(send, status, _json.encode(payload),
+                        {"content-type": "application/json", **(headers or {})})
+
+    async def cached_json(self, send: Send, request: Request, payload: Any,
+                          cache_control: str) -> None:
+        """A cacheable JSON answer with a strong ETag, and 304 when the client has it."""
+        body = _json.encode(payload)
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers = {"cache-control": cache_control, "etag": etag, "vary": "origin"}
+        if etag in _etags(request.headers.get("if-none-match", "")):
+            await self.start(send, 304, headers)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.body(send, 200, body, {"content-type": "application/json", **headers})
+
+    async def error(self, send: Send, exc: HTTPError) -> None:
+        await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
+                        {"cache-control": "no-store", **exc.headers})
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes as soon as it is known."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client left while sending its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

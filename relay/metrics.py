@@ -1,0 +1,71 @@
+"""Process-wide counters and gauges, rendered in the Prometheus text format.
+
+Plain attributes incremented on the hot paths (no locks: one event loop per process). Each
+Granian worker is its own process with its own numbers, labelled by ``pid``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+
+class Metrics:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.streams_open = 0
+        self.streams_total = 0
+        self.events_in = 0  # entries read from Redis by the feed
+        self.events_out = 0  # frames written to clients (one per client per event)
+        self.sends = 0  # writes to clients; events_out / sends is the coalescing factor
+        self.bytes_out = 0
+        self.backlog_drops = 0  # clients closed because they fell too far behind
+        self.heartbeats = 0
+        self.redis_reconnects = 0
+        self.feed_reads = 0
+        self.published = 0
+        self.publish_requests = 0
+        self.history_reads = 0  # resumes served from Redis because the id was older than the ring
+        self.invalid_entries = 0  # stream entries with a field that could not be framed as sent
+        self.responses: dict[int, int] = {}
+        self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+
+    def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
+        """A value computed when scraped (ring fill, topics watched, ...)."""
+        self.gauges.append((name, help, read))
+
+    def render(self) -> bytes:
+        labels = f'node="{self.node}",pid="{os.getpid()}"'
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help: str, samples: Iterable[tuple[str, float]]) -> None:
+            lines.append(f"# HELP ssedge_{name} {help}")
+            lines.append(f"# TYPE ssedge_{name} {kind}")
+            for extra, value in samples:
+                lab = labels + ("," + extra if extra else "")
+                lines.append(f"ssedge_{name}{{{lab}}} {value:g}")
+
+        def counter(name: str, help: str, value: float) -> None:
+            metric(name, "counter", help, [("", value)])
+
+        metric("streams_open", "gauge", "Event streams open now.", [("", self.streams_open)])
+        counter("streams_total", "Event streams opened.", self.streams_total)
+        counter("events_in_total", "Stream entries read from Redis by the feed.", self.events_in)
+        counter("events_out_total", "Events written to clients (per client).", self.events_out)
+        counter("sends_total", "Writes to clients (several events may share one).", self.sends)
+        counter("bytes_out_total", "Bytes of events written to clients.", self.bytes_out)
+        counter("backlog_drops_total", "Clients closed for falling behind.", self.backlog_drops)
+        counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
+        counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
+        counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
+        counter("published_total", "Events published through this node.", self.published)
+        counter("publish_requests_total", "Publish requests answered 201.", self.publish_requests)
+        counter("history_reads_total", "Resumes read from Redis (older than the ring).",
+                self.history_reads)
+        counter("invalid_entries_total", "Stream entries with an unusable field.",
+                self.invalid_entries)
+        metric("responses_total", "counter", "HTTP answers by status.",
+               [(f'status="{s}"', n) for s, n in sorted(self.responses.items())])
+        for name, help, read in self.gauges:
+            metric(name, "gauge", help, [("", read())])
+        return ("\n".join(lines) + "\n").encode()

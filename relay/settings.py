@@ -1,0 +1,145 @@
+"""One frozen settings object, built at start-up from ``SSEDGE_*`` variables and CLI flags.
+
+Each field's default and meaning is next to it; README's settings table is generated from the
+same list (``ssedge settings``). A bad value stops start-up with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+PREFIX = "SSEDGE_"
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[int, Meta(ge=0)]
+Seconds = Annotated[float, Meta(gt=0, le=3600)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # -- connections -------------------------------------------------------------------------
+    redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
+    """Redis holding the streams (redis://, rediss:// or unix://)."""
+    publish_token: str = ""
+    """Bearer token for publishing; empty disables publishing (every publish is 401)."""
+    host: str = "127.0.0.1"
+    """Address the relay listens on."""
+    port: Port = 8101
+    """Port the relay listens on."""
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    """Granian worker processes (each has its own feed, ring and metrics)."""
+    max_connections: Annotated[int, Meta(ge=16, le=1_000_000)] = 20_000
+    """Connections one worker serves at once (Granian's backpressure; above it they wait)."""
+    node_name: str = ""
+    """Name in metrics and logs; empty means host:port."""
+
+    # -- the stream ------------------------------------------------------------------------
+    retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
+    """Reconnection delay sent to clients in the first bytes of every stream."""
+    heartbeat_s: Seconds = 15.0
+    """A comment line is sent on every stream this often; keep it under 60 s idle timeouts."""
+    ring_events: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    """Events kept per topic per process for fan-out, backfill and recent resumes."""
+    ring_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
+    """Bytes of framed events kept per topic per process."""
+    client_backlog_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    """Pending bytes a client may fall behind before it is closed (it resumes by id)."""
+    send_max_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
+    """Most bytes of pending frames joined into one send."""
+    topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
+    """How long a topic stays watched after its last client left (reconnects find it warm)."""
+    max_topics: Positive = 10_000
+    """Topics one process watches at once; a new topic above it is 503."""
+    feed_block_ms: Annotated[int, Meta(ge=10, le=60_000)] = 5000
+    """Longest wait of the feed's blocking XREAD."""
+    feed_read_count: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    """Entries read per topic per XREAD."""
+
+    # -- publishing and retention ---------------------------------------------------------
+    max_body_bytes: Annotated[int, Meta(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+    """Largest publish body; larger is 413."""
+    max_batch: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    """Most events in one published array; more is 413."""
+    retention_maxlen: NonNegative = 100_000
+    """Approximate events kept per stream (XADD MAXLEN ~); 0 keeps all."""
+    retention_max_age_s: NonNegative = 0
+    """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
+
+    # -- HTTP caching -----------------------------------------------------------------------
+    metadata_max_age_s: NonNegative = 1
+    """Cache lifetime of stream metadata."""
+    handshake_max_age_s: NonNegative = 30
+    """Cache lifetime of the handshake."""
+    cors_origin: str = "*"
+    """Access-Control-Allow-Origin of every answer; empty sends none."""
+
+    @property
+    def node(self) -> str:
+        return self.node_name or f"{self.host}:{self.port}"
+
+
+class SettingsError(ValueError):
+    """A setting that stops start-up; the message is one line naming it."""
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def fields() -> list[tuple[str, Any, str]]:
+    """(name, default, description) of every setting, in order."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = str(nxt.value.value)
+    return [(f.name, f.default, docs.get(f.name, "")) for f in msgspec.structs.fields(Settings)]
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, then ``overrides`` (CLI flags; ``None`` means unset)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    known = {f.name for f in msgspec.structs.fields(Settings)}
+    for name in known:
+        value = environ.get(env_name(name))
+        if value is not None:
+            raw[name] = value
+    for name, value in overrides.items():
+        if name not in known:
+            raise SettingsError(f"unknown setting {name}")
+        if value is not None:
+            raw[name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_one_line(exc, raw)) from None
+
+
+def _one_line(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
+    message = str(exc)
+    field = None
+    if "`$." in message:
+        field = message.split("`$.", 1)[1].split("`", 1)[0].split("[", 1)[0]
+    if field is None:
+        return f"bad settings: {message}"
+    reason = message.split(" - at `", 1)[0]
+    return f"bad setting {env_name(field)}={raw.get(field)!r}: {reason}"
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The ``SSEDGE_*`` variables that rebuild ``settings`` (for worker processes)."""
+    return {
+        env_name(f.name): str(getattr(settings, f.name))
+        for f in msgspec.structs.fields(Settings)
+    }

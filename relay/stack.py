@@ -1,0 +1,159 @@
+"""``ssedge up``: the local stack in the foreground, stopped as a whole by Ctrl-C.
+
+Its own redis-server (AOF on, data under ``.ssedge/redis``), two relay nodes and a demo
+publisher. The publish token and the stack's settings are written under ``.ssedge/`` so that
+``ssedge`` commands run in the checkout find them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REDIS_PORT = 6390
+RELAY_PORTS = (8101, 8102)
+DEMO_TOPIC = "demo"
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {process.returncode}")
+        if _port_busy(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not open port {port} within {timeout:.0f} s")
+
+
+def _token(directory: Path) -> str:
+    path = directory / "publish-token"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
+    """Publishes a small JSON tick to the demo topic every second."""
+    from relay import client
+
+    n = 0
+    while not stop.wait(1.0):
+        n += 1
+        body = {"data": {"n": n, "at": time.time()}, "event": "tick"}
+        with contextlib.suppress(Exception):
+            asyncio.run(client.request(
+                "POST", f"{url}/v1/streams/{DEMO_TOPIC}/events",
+                headers={"Authorization": f"Bearer {token}"}, json_body=body, timeout=5,
+            ))
+
+
+def run(directory: Path) -> int:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        print("ssedge up: redis-server is not installed (apt-get install redis-server)",
+              file=sys.stderr)
+        return 1
+    for port in (REDIS_PORT, *RELAY_PORTS):
+        if _port_busy(port):
+            print(f"ssedge up: port {port} is in use (is another stack running?)",
+                  file=sys.stderr)
+            return 1
+    directory.mkdir(exist_ok=True)
+    (directory / "redis").mkdir(exist_ok=True)
+    token = _token(directory)
+    redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+    base_url = f"http://127.0.0.1:{RELAY_PORTS[0]}"
+    env = {
+        "SSEDGE_REDIS_URL": redis_url,
+        "SSEDGE_PUBLISH_TOKEN": token,
+        "SSEDGE_URL": base_url,
+    }
+    (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    child_env = {**os.environ, **env}
+
+    services: list[Service] = []
+    stop = threading.Event()
+
+    def start(name: str, port: int, argv: list[str]) -> None:
+        log = open(directory / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        # own process group: Ctrl-C reaches the stack, which then stops each child in order
+        process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        services.append(Service(name, port, process))
+        _wait_port(port, process, name, 20)
+
+    def shutdown(*_: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        start("redis", REDIS_PORT, [
+            redis_server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+            "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
+            "--save", "", "--protected-mode", "no",
+        ])
+        for i, port in enumerate(RELAY_PORTS, 1):
+            start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
+                                       str(port), "--node-name", f"relay-{i}"])
+        publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
+                                     daemon=True)
+        publisher.start()
+        print(f"""ssedge stack is up (logs in {directory}/):
+  redis        {redis_url}
+  relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in RELAY_PORTS)}
+  demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
+  publish      token in {directory}/publish-token
+  try          .venv/bin/ssedge tail {DEMO_TOPIC}
+Ctrl-C stops everything.""", flush=True)
+        while not stop.wait(0.5):
+            for service in services:
+                if service.process.poll() is not None:
+                    print(f"ssedge up: {service.name} exited ({service.process.returncode}); "
+                          f"see {directory}/{service.name}.log", file=sys.stderr)
+                    stop.set()
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"ssedge up: {exc}", file=sys.stderr)
+        stop.set()
+    finally:
+        stop.set()
+        for service in reversed(services):
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(services):
+            try:
+                service.process.wait(10)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        print("ssedge stack stopped.")
+    return 0

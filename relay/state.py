@@ -1,0 +1,98 @@
+"""What one relay process holds: settings, Redis pool, topics, the feed and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from relay import store
+from relay.feed import Feed
+from relay.http import Responder
+from relay.metrics import Metrics
+from relay.settings import Settings
+from relay.topics import Hub
+
+log = logging.getLogger("ssedge.relay")
+
+_SWEEP_S = 1.0
+
+
+class Relay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.node)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        self.redis: aioredis.Redis = store.client(settings.redis_url)
+        self.hub = Hub(
+            ring_events=settings.ring_events,
+            ring_bytes=settings.ring_bytes,
+            max_topics=settings.max_topics,
+            key_of=store.stream_key,
+        )
+        self.feed = Feed(
+            self.hub, self.redis, self.metrics, url=settings.redis_url,
+            block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        m = self.metrics
+        m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
+        m.gauge("ring_events", "Events held in all rings.",
+                lambda: sum(len(t.ring) for t in self.hub))
+        m.gauge("ring_bytes", "Bytes held in all rings.",
+                lambda: sum(t.ring.nbytes for t in self.hub))
+        m.gauge("ring_fill_ratio", "Fullest ring's events over its bound.",
+                lambda: max((len(t.ring) / settings.ring_events for t in self.hub), default=0))
+        m.gauge("redis_connected", "1 while the feed is connected to Redis.",
+                lambda: float(self.feed.connected))
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.ensure_future(self._guard("feed", self.feed.run())),
+            asyncio.ensure_future(self._guard("heartbeat", self._heartbeat())),
+            asyncio.ensure_future(self._guard("sweeper", self._sweep())),
+        ]
+
+    @property
+    def ready(self) -> bool:
+        return self.feed.connected and all(not t.done() for t in self._tasks)
+
+    async def stop(self) -> None:
+        for topic in self.hub:
+            for sub in list(topic.subscribers):
+                sub.close("shutdown")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.feed.close()
+        await self.redis.aclose()
+
+    async def _guard(self, name: str, work: object) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped on an unexpected error; the node is not ready", name)
+            raise
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.hub.tick()
+
+    async def _sweep(self) -> None:
+        """Close clients stuck in a send far behind, and forget topics nobody watches."""
+        backlog = self.settings.client_backlog_bytes
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            for topic in self.hub:
+                ring = topic.ring
+                for sub in topic.subscribers:
+                    if sub.cursor < ring.tail or ring.lag_bytes(sub.cursor) > backlog:
+                        if sub.closed_because is None:
+                            self.metrics.backlog_drops += 1
+                        sub.close("overflow")
+            self.hub.expire(time.monotonic(), self.settings.topic_linger_s)

@@ -1,0 +1,138 @@
+"""Topics watched by one relay process, and the connections on each: plain bookkeeping.
+
+The feed appends to a topic's ring and calls ``wake``; every connection on the topic awaits
+the same future, so one append wakes them all at the cost of one callback each. The
+heartbeat wakes every topic with ``tick``. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from relay.ring import Ring
+
+
+class TooManyTopics(Exception):
+    pass
+
+
+class Subscription:
+    """One connection's place in a topic: a cursor into the ring and the task to close."""
+
+    __slots__ = ("topic", "cursor", "task", "closed_because", "ticks")
+
+    def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None) -> None:
+        self.topic = topic
+        self.cursor = cursor
+        self.task = task
+        self.closed_because: str | None = None
+        self.ticks = 0  # heartbeat ticks already answered
+
+    def close(self, reason: str) -> None:
+        """Stop this connection from the outside (disconnect, overflow, shutdown)."""
+        if self.closed_because is None:
+            self.closed_because = reason
+            if self.task is not None:
+                self.task.cancel()
+
+
+class Topic:
+    __slots__ = ("name", "key", "ring", "subscribers", "read_from", "priming", "primed",
+                 "idle_since", "_waiter")
+
+    def __init__(self, name: str, key: bytes, ring: Ring) -> None:
+        self.name = name
+        self.key = key
+        self.ring = ring
+        self.subscribers: set[Subscription] = set()
+        self.read_from = b"0-0"  # the last id the feed has seen, as Redis spells it
+        self.priming: asyncio.Future[None] | None = None
+        self.primed = False
+        self.idle_since: float | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future resolved at the next append or heartbeat."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Hub:
+    """Every topic of this process, by name and by Redis key."""
+
+    def __init__(self, *, ring_events: int, ring_bytes: int, max_topics: int,
+                 key_of: Any) -> None:
+        self._ring_events = ring_events
+        self._ring_bytes = ring_bytes
+        self._max_topics = max_topics
+        self._key_of = key_of
+        self.topics: dict[str, Topic] = {}
+        self.by_key: dict[bytes, Topic] = {}
+        self.ticks = 0
+        self.generation = 0  # bumped whenever the set of primed topics changes
+
+    def __iter__(self) -> Iterator[Topic]:
+        return iter(self.topics.values())
+
+    def get(self, name: str) -> Topic:
+        """The topic, created (not yet primed) on first use."""
+        topic = self.topics.get(name)
+        if topic is None:
+            if len(self.topics) >= self._max_topics:
+                raise TooManyTopics(name)
+            key = self._key_of(name).encode()
+            topic = Topic(name, key, Ring(self._ring_events, self._ring_bytes))
+            self.topics[name] = topic
+            self.by_key[key] = topic
+        topic.idle_since = None
+        return topic
+
+    def mark_primed(self, topic: Topic) -> None:
+        topic.primed = True
+        self.generation += 1
+
+    def subscribe(self, topic: Topic, sub: Subscription) -> None:
+        topic.subscribers.add(sub)
+        topic.idle_since = None
+
+    def unsubscribe(self, sub: Subscription, now: float) -> None:
+        topic = sub.topic
+        topic.subscribers.discard(sub)
+        if not topic.subscribers and topic.idle_since is None:
+            topic.idle_since = now
+
+    def expire(self, now: float, linger: float) -> list[Topic]:
+        """Forget topics that have had no connection for ``linger`` seconds."""
+        gone = [
+            t for t in self.topics.values()
+            if t.idle_since is not None and now - t.idle_since >= linger and t.priming is None
+        ]
+        for topic in gone:
+            del self.topics[topic.name]
+            del self.by_key[topic.key]
+            topic.wake()
+        if gone:
+            self.generation += 1
+        return gone
+
+    def tick(self) -> None:
+        """A heartbeat: wake every connection so each writes a keep-alive."""
+        self.ticks += 1
+        for topic in self.topics.values():
+            topic.wake()
+
+    def watched(self) -> dict[bytes, bytes]:
+        """What the feed reads: each primed topic's key and the last id it saw."""
+        return {t.key: t.read_from for t in self.topics.values() if t.primed}
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(t.subscribers) for t in self.topics.values())

@@ -1,0 +1,1 @@
+"""ssedge replay service: closed ranges of a topic's Redis Stream as cacheable event streams."""

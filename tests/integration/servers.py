@@ -1,0 +1,143 @@
+"""Real servers for integration tests: redis-server and relay nodes on free loopback ports.
+
+Every process is started here and stopped here, by its PID (a relay's Granian workers share
+its process group, which is signalled as a whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay import client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    """A child in its own process group, its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not up after {timeout} s")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float = 10) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+class RedisServer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = spawn(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--protected-mode", "no"],
+            self.directory / "redis.log", None,
+        )
+        _wait(lambda: _port_open(self.port), 10, "redis-server", self.process)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            _stop_group(self.process, sig)
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                             check=True, timeout=10)
+        return out.stdout.decode().strip()
+
+
+class Relay:
+    def __init__(self, log_dir: Path, redis: RedisServer, token: str, **settings: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
+        env.update({
+            "SSEDGE_REDIS_URL": redis.url,
+            "SSEDGE_PUBLISH_TOKEN": token,
+            "SSEDGE_PORT": str(self.port),
+        })
+        env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
+        self.log = log_dir / f"relay-{self.port}.log"
+        self.process = spawn([sys.executable, "-m", "relay", "relay"], self.log, env)
+        _wait(self._ready, 20, f"relay on {self.port}", self.process)
+
+    def _ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        try:
+            return asyncio.run(client.request("GET", self.url + "/readyz", timeout=2)).status == 200
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop_group(self.process, sig)
+
+
+async def metrics(url: str) -> dict[str, float]:
+    """Each metric summed over its label sets."""
+    response = await client.request("GET", url + "/metrics")
+    out: dict[str, float] = {}
+    for line in response.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+async def publish(url: str, token: str, topic: str, events: list[dict[str, Any]]) -> list[str]:
+    response = await client.request(
+        "POST", f"{url}/v1/streams/{topic}/events",
+        headers={"Authorization": f"Bearer {token}"}, json_body=events,
+    )
+    assert response.status == 201, response.body
+    return list(response.json()["ids"])
