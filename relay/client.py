@@ -166,6 +166,12 @@ class EventStream:
     def close(self) -> None:
         self._writer.close()
 
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.close()
+
 
 async def stream(url: str, *, last_event_id: str | None = None,
                  headers: Mapping[str, str] | None = None, comments: bool = False,

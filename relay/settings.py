@@ -48,7 +48,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ring_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024 * 1024
     """Bytes of framed events kept per topic per process."""
     client_backlog_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
-    """Pending bytes a client may fall behind before it is closed (it resumes by id)."""
+    """Bytes a client may stay behind for over a second before it is closed (it resumes by id)."""
     send_max_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
     """Most bytes of pending frames joined into one send."""
     topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0

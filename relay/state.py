@@ -45,6 +45,10 @@ class Relay:
                 lambda: sum(t.ring.nbytes for t in self.hub))
         m.gauge("ring_fill_ratio", "Fullest ring's events over its bound.",
                 lambda: max((len(t.ring) / settings.ring_events for t in self.hub), default=0))
+        m.gauge("subscribers", "Connections registered on a topic.",
+                lambda: self.hub.subscriber_count)
+        m.gauge("tasks", "asyncio tasks alive in this process.",
+                lambda: len(asyncio.all_tasks()))
         m.gauge("redis_connected", "1 while the feed is connected to Redis.",
                 lambda: float(self.feed.connected))
 
@@ -84,15 +88,25 @@ class Relay:
             self.hub.tick()
 
     async def _sweep(self) -> None:
-        """Close clients stuck in a send far behind, and forget topics nobody watches."""
+        """Close clients that stay too far behind, and forget topics nobody watches.
+
+        A client is closed when it was over the backlog bound at two sweeps in a row: a
+        burst larger than the bound that a client drains within a second is not slowness,
+        a client stuck in a send is. One behind the ring's tail is closed at once.
+        """
         backlog = self.settings.client_backlog_bytes
         while True:
             await asyncio.sleep(_SWEEP_S)
             for topic in self.hub:
                 ring = topic.ring
-                for sub in topic.subscribers:
-                    if sub.cursor < ring.tail or ring.lag_bytes(sub.cursor) > backlog:
-                        if sub.closed_because is None:
-                            self.metrics.backlog_drops += 1
+                for sub in list(topic.subscribers):
+                    if sub.cursor < ring.tail:
+                        over = True
+                        sub.behind = True
+                    else:
+                        over = ring.lag_bytes(sub.cursor) > backlog
+                    if over and sub.behind and sub.closed_because is None:
+                        self.metrics.backlog_drops += 1
                         sub.close("overflow")
+                    sub.behind = over
             self.hub.expire(time.monotonic(), self.settings.topic_linger_s)

@@ -8,8 +8,8 @@ ring's floor, so nothing is missed and nothing is sent twice.
 
 Per wake-up a connection sends everything pending in one write (bounded by
 ``send_max_bytes``), so the number of syscalls per event falls as load rises. A client that
-falls more than ``client_backlog_bytes`` behind, or behind the ring's tail, is closed; it
-reconnects with Last-Event-ID and resumes exactly where it was.
+falls behind the ring's tail, or stays more than ``client_backlog_bytes`` behind (see
+``Relay._sweep``), is closed; it reconnects with Last-Event-ID and resumes where it was.
 """
 
 from __future__ import annotations
@@ -161,13 +161,12 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
     ring = topic.ring
     hub = relay.hub
     metrics = relay.metrics
-    backlog = relay.settings.client_backlog_bytes
     send_max = relay.settings.send_max_bytes
     ticks = hub.ticks
     while True:
         cursor = sub.cursor
         if cursor < ring.head:
-            if cursor < ring.tail or ring.lag_bytes(cursor) > backlog:
+            if cursor < ring.tail:  # the frames it needs are gone: it resumes by id
                 metrics.backlog_drops += 1
                 sub.closed_because = "overflow"
                 return

@@ -1,8 +1,10 @@
 """Topics watched by one relay process, and the connections on each: plain bookkeeping.
 
-The feed appends to a topic's ring and calls ``wake``; every connection on the topic awaits
-the same future, so one append wakes them all at the cost of one callback each. The
-heartbeat wakes every topic with ``tick``. Nothing here does I/O.
+The feed appends to a topic's ring and calls ``wake``, which resolves the future of every
+connection waiting on the topic. Each waiter has a future of its own: cancelling a task
+cancels the future it awaits, so one shared future would let one client's disconnect cancel
+every other stream of the topic. The heartbeat wakes every topic with ``tick``. Nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ class TooManyTopics(Exception):
 class Subscription:
     """One connection's place in a topic: a cursor into the ring and the task to close."""
 
-    __slots__ = ("topic", "cursor", "task", "closed_because", "ticks")
+    __slots__ = ("topic", "cursor", "task", "closed_because", "behind")
 
     def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None) -> None:
         self.topic = topic
         self.cursor = cursor
         self.task = task
         self.closed_because: str | None = None
-        self.ticks = 0  # heartbeat ticks already answered
+        self.behind = False  # over the backlog bound at the last sweep
 
     def close(self, reason: str) -> None:
         """Stop this connection from the outside (disconnect, overflow, shutdown)."""
@@ -40,7 +42,7 @@ class Subscription:
 
 class Topic:
     __slots__ = ("name", "key", "ring", "subscribers", "read_from", "priming", "primed",
-                 "idle_since", "_waiter")
+                 "idle_since", "_waiters")
 
     def __init__(self, name: str, key: bytes, ring: Ring) -> None:
         self.name = name
@@ -51,18 +53,19 @@ class Topic:
         self.priming: asyncio.Future[None] | None = None
         self.primed = False
         self.idle_since: float | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
     def wait(self) -> asyncio.Future[None]:
-        """A future resolved at the next append or heartbeat."""
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        return self._waiter
+        """A future of the caller's own, resolved at the next append or heartbeat."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a cancelled waiter stays here until the next wake
+                waiter.set_result(None)
 
 
 class Hub:
