@@ -9,13 +9,14 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, settings as settings_mod, store, stream
+from relay import __version__, store, stream
+from relay import settings as settings_mod
 from relay.errors import (
     BadRequest,
     HTTPError,
@@ -126,7 +127,7 @@ class App:
                                              "message": "unexpected error; see the relay log"})
 
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
-        method, parts = request.method, request.path.strip("/").split("/")
+        method, parts = request.method, request.parts
         if method == "OPTIONS":
             return await self.preflight(send)
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):

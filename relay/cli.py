@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,9 @@ async def _tail(args: argparse.Namespace) -> int:
         query.append(f"since={args.since}")
     if args.backfill:
         query.append(f"backfill={args.backfill}")
-    url = f"{_base_url(args)}/v1/streams/{args.topic}/events" + ("?" + "&".join(query) if query else "")
+    url = f"{_base_url(args)}/v1/streams/{args.topic}/events"
+    if query:
+        url += "?" + "&".join(query)
     last_id = args.last_event_id or ""
     retry_ms = 1000
     seen = 0
@@ -99,8 +100,8 @@ async def _tail(args: argparse.Namespace) -> int:
         try:
             es = await client.stream(url, last_event_id=last_id)
             if es.response.status != 200:
-                print(f"ssedge tail: {es.response.status} {es.response.body.decode(errors='replace')}",
-                      file=sys.stderr)
+                answer = es.response.body.decode(errors="replace")
+                print(f"ssedge tail: {es.response.status} {answer}", file=sys.stderr)
                 if es.response.status < 500:
                     return 1
             else:
@@ -127,7 +128,8 @@ async def _tail(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from relay import stack
 
-    return stack.run(Path(args.dir))
+    relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
+    return stack.run(Path(args.dir), args.redis_port, relay_ports)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -140,6 +142,9 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
+    up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
+    up.add_argument("--relay-port", type=int, action="append",
+                    help="a relay node's port; repeat for more (8101 and 8102)")
     up.set_defaults(func=cmd_up)
 
     pub = sub.add_parser("publish", help="publish one event")

@@ -16,6 +16,7 @@ connections are woken together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -128,13 +129,14 @@ class Feed:
         self.last_error = str(exc) or type(exc).__name__
         self._client_id = None
         self._metrics.redis_reconnects += 1
-        if self._conn is not None:
-            asyncio.ensure_future(self._conn.disconnect())
-            self._conn = None
 
     async def _connect(self) -> None:
-        conn = self._pool.make_connection()
-        await conn.connect()
+        if self._conn is not None:  # the one that failed
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+            self._conn = None
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]
         await conn.send_command("CLIENT", "ID")
         self._client_id = int(await conn.read_response())
         self._conn = conn
@@ -154,10 +156,8 @@ class Feed:
                 self._idle.clear()
                 await conn.send_command("PING")  # keeps "connected" honest while idle
                 await conn.read_response()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), self._block_ms / 1000)
-                except TimeoutError:
-                    pass
                 continue
             self._reading_generation = generation
             await conn.send_command(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
@@ -24,12 +24,16 @@ _json = msgspec.json.Encoder()
 
 
 class Request:
-    __slots__ = ("method", "path", "headers", "query", "scope")
+    __slots__ = ("headers", "method", "parts", "path", "query", "scope")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        # split before decoding, so that an encoded "/" stays inside its segment
+        raw = scope.get("raw_path") or scope["path"].encode()
+        segments = raw.split(b"?")[0].strip(b"/").split(b"/")
+        self.parts: list[str] = [unquote(p.decode("latin-1"), errors="replace") for p in segments]
         self.headers: dict[str, str] = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
         }

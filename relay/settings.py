@@ -6,6 +6,7 @@ same list (``ssedge settings``). A bad value stops start-up with one line naming
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -99,10 +100,10 @@ def fields() -> list[tuple[str, Any, str]]:
     docs: dict[str, str] = {}
     tree = ast.parse(inspect.getsource(Settings))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = str(nxt.value.value)
+    for node, nxt in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = str(nxt.value.value)
     return [(f.name, f.default, docs.get(f.name, "")) for f in msgspec.structs.fields(Settings)]
 
 

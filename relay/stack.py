@@ -75,13 +75,14 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
             ))
 
 
-def run(directory: Path) -> int:
+def run(directory: Path, redis_port: int = REDIS_PORT,
+        relay_ports: tuple[int, ...] = RELAY_PORTS) -> int:
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         print("ssedge up: redis-server is not installed (apt-get install redis-server)",
               file=sys.stderr)
         return 1
-    for port in (REDIS_PORT, *RELAY_PORTS):
+    for port in (redis_port, *relay_ports):
         if _port_busy(port):
             print(f"ssedge up: port {port} is in use (is another stack running?)",
                   file=sys.stderr)
@@ -89,8 +90,8 @@ def run(directory: Path) -> int:
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
     token = _token(directory)
-    redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    base_url = f"http://127.0.0.1:{RELAY_PORTS[0]}"
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    base_url = f"http://127.0.0.1:{relay_ports[0]}"
     env = {
         "SSEDGE_REDIS_URL": redis_url,
         "SSEDGE_PUBLISH_TOKEN": token,
@@ -115,12 +116,12 @@ def run(directory: Path) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     try:
-        start("redis", REDIS_PORT, [
-            redis_server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+        start("redis", redis_port, [
+            redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
             "--save", "", "--protected-mode", "no",
         ])
-        for i, port in enumerate(RELAY_PORTS, 1):
+        for i, port in enumerate(relay_ports, 1):
             start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
                                        str(port), "--node-name", f"relay-{i}"])
         publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
@@ -128,7 +129,7 @@ def run(directory: Path) -> int:
         publisher.start()
         print(f"""ssedge stack is up (logs in {directory}/):
   redis        {redis_url}
-  relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in RELAY_PORTS)}
+  relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail {DEMO_TOPIC}

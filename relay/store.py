@@ -111,7 +111,7 @@ async def publish(r: aioredis.Redis, topic: str, events: Sequence[tuple[bytes, s
 async def info(r: aioredis.Redis, topic: str) -> dict[str, Any] | None:
     """XINFO STREAM, or None when the stream does not exist."""
     try:
-        return await r.xinfo_stream(stream_key(topic))  # type: ignore[no-any-return]
+        return await r.xinfo_stream(stream_key(topic))
     except aioredis.ResponseError as exc:
         if "no such key" in str(exc).lower():
             return None
@@ -120,7 +120,7 @@ async def info(r: aioredis.Redis, topic: str) -> dict[str, Any] | None:
 
 async def newest(r: aioredis.Redis, key: bytes, count: int) -> list[Entry]:
     """The newest ``count`` entries, oldest first."""
-    reply = await r.xrevrange(key, count=count)
+    reply: list[Entry] = await r.xrevrange(key, count=count)  # type: ignore[assignment]
     return list(reversed(reply))
 
 
@@ -128,4 +128,7 @@ async def range_after(r: aioredis.Redis, key: bytes, after: int, until: int | No
                       count: int) -> list[Entry]:
     """Up to ``count`` entries with ids above ``after`` and at most ``until``."""
     end = ids.format(until) if until is not None else "+"
-    return await r.xrange(key, min="(" + ids.format(after), max=end, count=count)  # type: ignore[no-any-return]
+    reply: list[Entry] = await r.xrange(  # type: ignore[assignment]
+        key, min="(" + ids.format(after), max=end, count=count
+    )
+    return reply

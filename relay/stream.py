@@ -15,6 +15,7 @@ falls behind the ring's tail, or stays more than ``client_backlog_bytes`` behind
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -120,10 +121,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
         # end the response cleanly so the client reconnects with its Last-Event-ID
-        try:
+        with contextlib.suppress(Exception):  # the client may be gone too
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except Exception:  # noqa: BLE001 - the client may be gone too
-            pass
 
 
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:

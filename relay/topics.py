@@ -23,7 +23,7 @@ class TooManyTopics(Exception):
 class Subscription:
     """One connection's place in a topic: a cursor into the ring and the task to close."""
 
-    __slots__ = ("topic", "cursor", "task", "closed_because", "behind")
+    __slots__ = ("behind", "closed_because", "cursor", "task", "topic")
 
     def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None) -> None:
         self.topic = topic
@@ -41,8 +41,17 @@ class Subscription:
 
 
 class Topic:
-    __slots__ = ("name", "key", "ring", "subscribers", "read_from", "priming", "primed",
-                 "idle_since", "_waiters")
+    __slots__ = (
+        "_waiters",
+        "idle_since",
+        "key",
+        "name",
+        "primed",
+        "priming",
+        "read_from",
+        "ring",
+        "subscribers",
+    )
 
     def __init__(self, name: str, key: bytes, ring: Ring) -> None:
         self.name = name

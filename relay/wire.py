@@ -160,9 +160,8 @@ class Decoder:
         elif name == "id":
             if "\x00" not in value:
                 self._id_buffer = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
 
     def _dispatch(self, out: list[Event | Comment]) -> None:
         self.last_event_id = self._id_buffer

@@ -98,7 +98,7 @@ def test_compaction_keeps_absolute_cursors_valid() -> None:
             cursor = ring.tail
             seen.clear()
         while cursor < ring.head:
-            chunk, nxt = ring.read(cursor, 1 << 20)
+            _, nxt = ring.read(cursor, 1 << 20)
             seen.extend(ring.ids(cursor, nxt))
             cursor = nxt
     assert seen[-1] == ring.last_id
@@ -122,7 +122,7 @@ def test_ring_invariants(
         ids = list(range(next_id, next_id + len(batch)))
         next_id += len(batch)
         payload = [b"x" * n for n in batch]
-        sizes.update(zip(ids, batch))
+        sizes.update(zip(ids, batch, strict=True))
         ring.extend(ids, payload)
         all_ids.extend(ids)
         live = list(ring.ids(ring.tail, ring.head))
@@ -132,7 +132,8 @@ def test_ring_invariants(
         if live:
             assert ring.nbytes == sum(sizes[i] for i in live)
             assert ring.nbytes <= max_bytes or len(live) == 1
-            assert ring.floor == (all_ids[len(all_ids) - len(live) - 1] if len(live) < len(all_ids) else 0)
+            dropped = len(all_ids) - len(live)
+            assert ring.floor == (all_ids[dropped - 1] if dropped else 0)
         for cap in reads:
             cursor = ring.tail
             got: list[int] = []

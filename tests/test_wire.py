@@ -41,7 +41,8 @@ def test_whatwg_stocks_example(decode) -> None:  # type: ignore[no-untyped-def]
 
 @both
 def test_whatwg_four_blocks_example(decode) -> None:  # type: ignore[no-untyped-def]
-    raw = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n"
+    raw = (b": test stream\n\ndata: first event\nid: 1\n\n"
+           b"data:second event\nid\n\ndata:  third event\n")
     # the last block has no blank line after it: not dispatched
     assert decode(raw) == [Event("first event", id="1"), Event("second event", id="")]
 
@@ -146,7 +147,9 @@ field_text = st.text(
     ),
     cuts=st.lists(st.integers(0, 400), max_size=10),
 )
-def test_round_trip_any_chunking(events: list[tuple[str, str | None, str]], cuts: list[int]) -> None:
+def test_round_trip_any_chunking(
+    events: list[tuple[str, str | None, str]], cuts: list[int]
+) -> None:
     raw = encode_retry(10) + b"".join(
         encode_event(data, id=id_, event=event) + encode_comment("ka")
         for data, event, id_ in events
@@ -154,7 +157,7 @@ def test_round_trip_any_chunking(events: list[tuple[str, str | None, str]], cuts
     dec = Decoder()
     out: list[Event | Comment] = []
     prev = 0
-    for cut in sorted(c for c in cuts if c <= len(raw)) + [len(raw)]:
+    for cut in [*sorted(c for c in cuts if c <= len(raw)), len(raw)]:
         out.extend(dec.feed(raw[prev:cut]))
         prev = cut
     normalise = lambda s: s.replace("\r\n", "\n").replace("\r", "\n")  # noqa: E731

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from relay import client
 from relay.client import EventStream
@@ -29,8 +30,6 @@ async def collect(es: EventStream, count: int, timeout: float = 60.0) -> list[Ev
         while len(events) < count and not es.ended:
             events.extend(e for e in await es.read_chunk() if isinstance(e, Event))
 
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(read(), timeout)
-    except TimeoutError:
-        pass
     return events

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, RedisServer, metrics, publish
+from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 EVENTS = 1000

@@ -134,7 +134,7 @@ def test_client_that_stops_reading_is_closed_and_fanout_goes_on(
         stuck = socket.socket()
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect(("127.0.0.1", relay.port))
-        stuck.sendall(f"GET /v1/streams/slow/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        stuck.sendall(b"GET /v1/streams/slow/events HTTP/1.1\r\nHost: x\r\n\r\n")
         reader = await subscribe(url)
         reading = asyncio.ensure_future(collect(reader, 400, timeout=60))
         await asyncio.sleep(0.2)

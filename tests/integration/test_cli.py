@@ -1,0 +1,100 @@
+"""The ssedge command as a user runs it: bad settings, publish, tail, and the local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import TOKEN
+from tests.integration.servers import Relay, _port_open, free_port
+
+SSEDGE = [sys.executable, "-m", "relay"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (["--ring-events", "abc"], {}, "SSEDGE_RING_EVENTS"),
+    (["--port", "0"], {}, "SSEDGE_PORT"),
+    ([], {"SSEDGE_HEARTBEAT_S": "-1"}, "SSEDGE_HEARTBEAT_S"),
+    ([], {"SSEDGE_REDIS_URL": "http://x"}, "SSEDGE_REDIS_URL"),
+])
+def test_bad_setting_stops_start_up_with_one_line_naming_it(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    done = subprocess.run([*SSEDGE, "relay", *args], env=clean_env(**env), capture_output=True,
+                          timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in lines[0]
+
+
+def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
+    env = clean_env(SSEDGE_URL=relay.url, SSEDGE_PUBLISH_TOKEN=TOKEN)
+    ids = []
+    for word in ("one", "two", "three"):
+        done = subprocess.run([*SSEDGE, "publish", "cli", word, "--event", "word"], env=env,
+                              capture_output=True, timeout=30, check=True)
+        ids.append(done.stdout.decode().strip())
+    tail = subprocess.run([*SSEDGE, "tail", "cli", "--last-event-id", ids[0], "--count", "2"],
+                          env=env, capture_output=True, timeout=30, check=True)
+    assert tail.stdout.decode().splitlines() == [f"{ids[1]}\tword\ttwo", f"{ids[2]}\tword\tthree"]
+    wrong = subprocess.run([*SSEDGE, "publish", "cli", "x", "--token", "nope"], env=env,
+                           capture_output=True, timeout=30)
+    assert wrong.returncode == 1 and b"401" in wrong.stderr
+
+
+def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    redis_port, relay_a, relay_b = free_port(), free_port(), free_port()
+    state = tmp_path / "state"
+    stack = subprocess.Popen(
+        [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
+         "--relay-port", str(relay_a), "--relay-port", str(relay_b)],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert stack.stdout is not None
+        banner = b""
+        deadline = time.monotonic() + 60
+        while b"Ctrl-C stops everything" not in banner and time.monotonic() < deadline:
+            line = stack.stdout.readline()
+            if not line:
+                break
+            banner += line
+        assert b"ssedge stack is up" in banner, banner
+        token = (state / "publish-token").read_text().strip()
+        env_file = (state / "env").read_text()
+        assert f"SSEDGE_PUBLISH_TOKEN={token}" in env_file
+        # the demo publisher ticks on the demo topic: tail sees it through either relay
+        for port in (relay_a, relay_b):
+            tail = subprocess.run(
+                [*SSEDGE, "tail", "demo", "--count", "1", "--url", f"http://127.0.0.1:{port}"],
+                env=clean_env(), capture_output=True, timeout=30, check=True,
+            )
+            assert b"\ttick\t" in tail.stdout
+        # ssedge commands run in the checkout read .ssedge/env
+        published = subprocess.run([*SSEDGE, "publish", "demo", "hello"], cwd=tmp_path,
+                                   env=clean_env(), capture_output=True, timeout=30)
+        assert published.returncode != 0  # no .ssedge/ here: no token, so 401
+        (tmp_path / ".ssedge").symlink_to(state)
+        published = subprocess.run([*SSEDGE, "publish", "demo", "hello"], cwd=tmp_path,
+                                   env=clean_env(), capture_output=True, timeout=30)
+        assert published.returncode == 0, published.stderr
+    finally:
+        stack.send_signal(signal.SIGINT)
+        stack.wait(30)
+        if stack.stdout is not None:
+            stack.stdout.close()
+    for port in (redis_port, relay_a, relay_b):
+        assert not _port_open(port), f"port {port} still open after Ctrl-C"

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from relay.settings import Settings, SettingsError, fields, load, to_environ
+
+
+def test_defaults_and_environment() -> None:
+    s = load({"SSEDGE_RING_EVENTS": "500", "SSEDGE_HEARTBEAT_S": "2.5", "OTHER": "x"})
+    assert s.ring_events == 500 and s.heartbeat_s == 2.5
+    assert s.retry_ms == Settings().retry_ms
+
+
+def test_flags_override_environment_and_none_means_unset() -> None:
+    s = load({"SSEDGE_PORT": "9000"}, port="9001", retry_ms=None)
+    assert s.port == 9001 and s.retry_ms == 3000
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"SSEDGE_PORT": "70000"}, "SSEDGE_PORT"),
+    ({"SSEDGE_RING_EVENTS": "many"}, "SSEDGE_RING_EVENTS"),
+    ({"SSEDGE_HEARTBEAT_S": "0"}, "SSEDGE_HEARTBEAT_S"),
+    ({"SSEDGE_REDIS_URL": "localhost:6379"}, "SSEDGE_REDIS_URL"),
+])
+def test_bad_value_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(env)
+    message = str(info.value)
+    assert named in message and "\n" not in message
+
+
+def test_unknown_override_is_refused() -> None:
+    with pytest.raises(SettingsError):
+        load({}, colour="blue")
+
+
+def test_round_trip_through_environment() -> None:
+    s = load({}, ring_events=123, publish_token="t", node_name="n")
+    assert load(to_environ(s)) == s
+
+
+def test_every_setting_is_documented() -> None:
+    assert all(doc for _, _, doc in fields())
