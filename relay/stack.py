@@ -114,7 +114,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
     def shutdown(*_: object) -> None:
         stop.set()
 
+    # explicit handlers: a stack started from a script may inherit SIGINT ignored
     signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
     try:
         start("redis", redis_port, [
             redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
