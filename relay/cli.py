@@ -46,6 +46,16 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from relay import server
+
+    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
+    settings = settings_mod.load(**overrides)
+    server.run(settings, "replay.app:create_app", host=settings.replay_host,
+               port=settings.replay_port)
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     print("| variable | default | meaning |\n|---|---|---|")
     for name, default, doc in settings_mod.fields():
@@ -139,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     relay = sub.add_parser("relay", help="run one relay node on Granian")
     _add_setting_flags(relay)
     relay.set_defaults(func=cmd_relay)
+
+    replay = sub.add_parser("replay", help="run the replay service on Granian")
+    _add_setting_flags(replay)
+    replay.set_defaults(func=cmd_replay)
 
     up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")

@@ -71,15 +71,11 @@ class Feed:
     async def _prime(self, topic: Topic) -> None:
         try:
             ring = topic.ring
-            entries = await store.newest(self._redis, topic.key, ring.max_events)
+            entries, floor = await store.newest(self._redis, topic.key, ring.max_events)
             keys, frames, bad = store.frames(entries)
             self._metrics.invalid_entries += bad
-            # a full read may have left older entries behind: the ring covers from the oldest
-            # one read; a short read is the whole stream
-            floor = keys[0] if len(keys) == ring.max_events else ids.ZERO
             ring.prime(keys, frames, floor)
-            if entries:
-                topic.read_from = entries[-1][0]
+            topic.read_from = ids.format(ring.last_id).encode()
             self._hub.mark_primed(topic)
             self.topics_changed()
         finally:

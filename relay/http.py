@@ -71,15 +71,20 @@ class Responder:
 
     async def cached_json(self, send: Send, request: Request, payload: Any,
                           cache_control: str) -> None:
-        """A cacheable JSON answer with a strong ETag, and 304 when the client has it."""
-        body = _json.encode(payload)
+        await self.cached(send, request, _json.encode(payload), cache_control,
+                          {"content-type": "application/json"})
+
+    async def cached(self, send: Send, request: Request, body: bytes, cache_control: str,
+                     headers: dict[str, str]) -> None:
+        """A cacheable answer with a strong ETag, and 304 when the client has it."""
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        headers = {"cache-control": cache_control, "etag": etag, "vary": "origin"}
+        headers = {**headers, "cache-control": cache_control, "etag": etag, "vary": "origin"}
         if etag in _etags(request.headers.get("if-none-match", "")):
+            headers.pop("content-type", None)
             await self.start(send, 304, headers)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await self.body(send, 200, body, {"content-type": "application/json", **headers})
+        await self.body(send, 200, body, headers)
 
     async def error(self, send: Send, exc: HTTPError) -> None:
         await self.json(send, exc.status, {"error": exc.code, "message": exc.message},

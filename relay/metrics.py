@@ -25,7 +25,14 @@ class Metrics:
         self.feed_reads = 0
         self.published = 0
         self.publish_requests = 0
-        self.history_reads = 0  # resumes served from Redis because the id was older than the ring
+        self.catchups = 0  # streams that needed history older than the ring
+        self.resumes = 0  # streams that fell behind the ring's tail and caught up in place
+        self.resets = 0  # ssedge.reset events sent
+        self.replay_fetches = 0  # pages asked of the replay service
+        self.replay_shared = 0  # page requests served by a fetch already under way
+        self.replay_cache_hits = 0  # page requests served from the relay's page cache
+        self.replay_fallbacks = 0  # replay service failed: the page was read from Redis
+        self.redis_history_reads = 0  # pages read from Redis by this relay
         self.invalid_entries = 0  # stream entries with a field that could not be framed as sent
         self.responses: dict[int, int] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
@@ -60,8 +67,21 @@ class Metrics:
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
         counter("published_total", "Events published through this node.", self.published)
         counter("publish_requests_total", "Publish requests answered 201.", self.publish_requests)
-        counter("history_reads_total", "Resumes read from Redis (older than the ring).",
-                self.history_reads)
+        counter("catchups_total", "Streams that needed history older than the ring.",
+                self.catchups)
+        counter("resumes_total", "Streams that fell behind the ring and caught up in place.",
+                self.resumes)
+        counter("resets_total", "ssedge.reset events sent.", self.resets)
+        counter("replay_fetches_total", "History pages asked of the replay service.",
+                self.replay_fetches)
+        counter("replay_shared_total", "Page requests joined to a fetch under way.",
+                self.replay_shared)
+        counter("replay_cache_hits_total", "Page requests served from the page cache.",
+                self.replay_cache_hits)
+        counter("replay_fallbacks_total", "Replay service failed; page read from Redis.",
+                self.replay_fallbacks)
+        counter("redis_history_reads_total", "History pages read from Redis by this relay.",
+                self.redis_history_reads)
         counter("invalid_entries_total", "Stream entries with an unusable field.",
                 self.invalid_entries)
         metric("responses_total", "counter", "HTTP answers by status.",

@@ -11,14 +11,15 @@ from granian.http import HTTP1Settings
 from relay.settings import Settings, to_environ
 
 
-def run(settings: Settings, target: str = "relay.app:create_app") -> None:
+def run(settings: Settings, target: str = "relay.app:create_app", *, host: str | None = None,
+        port: int | None = None) -> None:
     """Serve ``target`` (an ASGI app factory) in the foreground until SIGINT or SIGTERM."""
     # workers are processes that build their settings from the environment again
     os.environ.update(to_environ(settings))
     Granian(
         target,
-        address=settings.host,
-        port=settings.port,
+        address=host or settings.host,
+        port=port or settings.port,
         interface=Interfaces.ASGI,  # ASGI send() has backpressure; RSGI streams do not
         workers=settings.workers,
         loop=Loops.uvloop,

@@ -61,6 +61,24 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     feed_read_count: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Entries read per topic per XREAD."""
 
+    # -- history and the replay service -------------------------------------------------
+    replay_url: Annotated[str, Meta(pattern=r"^(https?://.+)?$")] = ""
+    """Replay service URL for history older than the ring; empty reads Redis directly."""
+    replay_page: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    """Events per history page: what relays ask for and the replay service's default limit."""
+    replay_limit_max: Annotated[int, Meta(ge=1, le=100_000)] = 10_000
+    """Largest ``limit`` the replay service accepts; more is 400."""
+    replay_timeout_s: Seconds = 3.0
+    """How long a relay waits for a replay page before reading Redis itself."""
+    replay_cache_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024 * 1024
+    """Bytes of history pages a relay keeps (full pages until evicted, short ones briefly)."""
+    replay_host: str = "127.0.0.1"
+    """Address the replay service listens on."""
+    replay_port: Port = 8201
+    """Port the replay service listens on."""
+    replay_open_max_age_s: NonNegative = 1
+    """Cache lifetime of a replay page that reaches the stream's head (closed pages: a year)."""
+
     # -- publishing and retention ---------------------------------------------------------
     max_body_bytes: Annotated[int, Meta(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
     """Largest publish body; larger is 413."""

@@ -12,6 +12,7 @@ from relay import store
 from relay.feed import Feed
 from relay.http import Responder
 from relay.metrics import Metrics
+from relay.replayer import Replayer
 from relay.settings import Settings
 from relay.topics import Hub
 
@@ -35,6 +36,11 @@ class Relay:
         self.feed = Feed(
             self.hub, self.redis, self.metrics, url=settings.redis_url,
             block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+        )
+        self.replayer = Replayer(
+            settings.replay_url, self.redis, self.metrics,
+            page_size=settings.replay_page, timeout=settings.replay_timeout_s,
+            cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
         m = self.metrics

@@ -118,10 +118,29 @@ async def info(r: aioredis.Redis, topic: str) -> dict[str, Any] | None:
         raise
 
 
-async def newest(r: aioredis.Redis, key: bytes, count: int) -> list[Entry]:
-    """The newest ``count`` entries, oldest first."""
-    reply: list[Entry] = await r.xrevrange(key, count=count)  # type: ignore[assignment]
-    return list(reversed(reply))
+async def newest(r: aioredis.Redis, key: bytes, count: int) -> tuple[list[Entry], int]:
+    """The newest ``count`` entries, oldest first, and the floor below which entries may exist
+    that were not read: the oldest entry read when the read was full; just below the first
+    entry when the stream was ever trimmed (everything trimmed is older than it); else 0-0,
+    the read holds the whole stream."""
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.xrevrange(key, count=count)
+        pipe.xinfo_stream(key)
+        reply, info = await pipe.execute(raise_on_error=False)
+    if isinstance(reply, Exception):
+        raise reply
+    entries: list[Entry] = list(reversed(reply))
+    if isinstance(info, Exception):
+        if "no such key" not in str(info).lower():
+            raise info
+        return entries, ids.ZERO
+    if entries and len(entries) == count:
+        return entries, ids.from_redis(entries[0][0])
+    if int(info["entries-added"]) > int(info["length"]):
+        if entries:
+            return entries, ids.predecessor(ids.from_redis(entries[0][0]))
+        return entries, ids.from_redis(info["last-generated-id"])
+    return entries, ids.ZERO
 
 
 async def range_after(r: aioredis.Redis, key: bytes, after: int, until: int | None,

@@ -1,15 +1,16 @@
 """One event stream: register, note the ring position, catch up, then follow the ring.
 
-The order is the whole point. The subscription is registered and its cursor fixed in one
-synchronous step (no await in between), before the first byte goes out; everything after
-that cursor reaches the client from the ring. Whatever the client asked for before it
-(an id older than the ring, ``since=earliest``) is read from Redis first, up to exactly the
-ring's floor, so nothing is missed and nothing is sent twice.
+The order is the whole point (``relay.resume``). The subscription is registered and its
+cursor fixed in one synchronous step, before the first byte goes out; everything after that
+cursor reaches the client from the ring. Whatever the client asked for before it (an id older
+than the ring, ``since=earliest``) is read as history pages first, up to exactly the ring's
+floor noted at registration, so nothing is missed and nothing is sent twice.
 
 Per wake-up a connection sends everything pending in one write (bounded by
-``send_max_bytes``), so the number of syscalls per event falls as load rises. A client that
-falls behind the ring's tail, or stays more than ``client_backlog_bytes`` behind (see
-``Relay._sweep``), is closed; it reconnects with Last-Event-ID and resumes where it was.
+``send_max_bytes``), so the number of syscalls per event falls as load rises. A connection that
+falls behind the ring's tail catches up the same way from the last id it sent. One that stays
+more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is closed; it reconnects
+with Last-Event-ID and resumes where it was.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from relay import ids, store
+from relay import history, ids, resume, store
 from relay.errors import BadRequest, Unavailable
 from relay.http import Receive, Request, Send
 from relay.state import Relay
@@ -29,7 +30,6 @@ from relay.topics import Subscription, TooManyTopics
 from relay.wire import encode_comment, encode_retry
 
 KEEPALIVE = encode_comment("keepalive")
-_HISTORY_PAGE = 1000
 _STREAM_HEADERS = {
     "content-type": "text/event-stream",
     "cache-control": "no-store",
@@ -73,30 +73,22 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         topic = hub.get(topic_name)
     except TooManyTopics:
         raise Unavailable("this relay watches as many topics as it may; try another", 5) from None
+    after = start.after
+    first_frames = b""
     try:
         await relay.feed.prime(topic)
+        if after is not None and after > topic.ring.last_id:
+            # newer than anything this node has read: the stream may just be ahead of this
+            # feed (the client came from a faster node), or the id never existed here
+            after, first_frames = await _check_future(relay, topic_name, after)
     except (RedisError, OSError):
+        if not topic.subscribers:
+            topic.idle_since = time.monotonic()
         raise Unavailable("Redis is not reachable", 1) from None
 
     # -- register and fix the cursor: one synchronous step --------------------------------
-    ring = topic.ring
-    history_after: int | None = None
-    if start.after is not None:
-        if ring.covers(start.after):
-            cursor = ring.position_after(start.after)
-        else:
-            history_after, cursor = start.after, ring.position_after(ring.floor)
-    elif start.earliest:
-        if ring.floor == ids.ZERO:
-            cursor = ring.tail
-        else:
-            history_after, cursor = ids.ZERO, ring.position_after(ring.floor)
-    elif start.backfill:
-        cursor = max(ring.tail, ring.head - start.backfill)
-    else:
-        cursor = ring.head
-    history_until = ring.floor
-    sub = Subscription(topic, cursor, asyncio.current_task())
+    plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
+    sub = Subscription(topic, plan.cursor, asyncio.current_task(), plan.last_id)
     hub.subscribe(topic, sub)
     metrics = relay.metrics
     metrics.streams_open += 1
@@ -104,10 +96,11 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
-        await send({"type": "http.response.body", "body": encode_retry(settings.retry_ms),
-                    "more_body": True})
-        if history_after is not None:
-            await _send_history(relay, sub, history_after, history_until, send)
+        await send({"type": "http.response.body",
+                    "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
+        if plan.history_after is not None:
+            metrics.catchups += 1
+            await _catch_up(relay, sub, plan.history_after, plan.history_until, send)
         await _follow(relay, sub, send)
     except asyncio.CancelledError:
         if sub.closed_because is None:
@@ -125,6 +118,16 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+async def _check_future(relay: Relay, topic: str, after: int) -> tuple[int, bytes]:
+    """An id past the stream's last one gets a reset and goes on live from the last id."""
+    info = await store.info(relay.redis, topic)
+    last = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
+    if after <= last:
+        return after, b""
+    relay.metrics.resets += 1
+    return last, history.reset_frame("unknown", after, None, last)
+
+
 async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
     # ASGI send() after the client left does not raise: receive() is what tells
     while (await receive())["type"] != "http.disconnect":
@@ -132,25 +135,25 @@ async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
     sub.close("disconnect")
 
 
-async def _send_history(relay: Relay, sub: Subscription, after: int, until: int,
-                        send: Send) -> None:
-    """Entries after ``after`` up to ``until`` (the ring's floor when the stream began)."""
-    relay.metrics.history_reads += 1
-    key = sub.topic.key
-    while after < until:
+async def _catch_up(relay: Relay, sub: Subscription, after: int, until: int,
+                    send: Send) -> None:
+    """History after ``after`` up to ``until`` (the ring's floor when the cursor was fixed)."""
+    catch_up = resume.CatchUp(after, until, relay.replayer.page_size)
+    metrics = relay.metrics
+    while not catch_up.done:
         try:
-            entries = await store.range_after(relay.redis, key, after, until, _HISTORY_PAGE)
+            frames, count = await relay.replayer.page(sub.topic.name, catch_up.after)
         except (RedisError, OSError):
-            sub.closed_because = "history unavailable"
+            sub.closed_because = "history unavailable"  # the client retries by id later
             return
-        if not entries:
-            return
-        keys, frames, bad = store.frames(entries)
-        relay.metrics.invalid_entries += bad
-        await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
-        relay.metrics.events_out += len(frames)
-        relay.metrics.sends += 1
-        after = keys[-1]
+        chunk = catch_up.take(frames, count)
+        metrics.resets += len(frames) - count  # a page's frames beyond its entries are resets
+        if chunk:
+            await send({"type": "http.response.body", "body": b"".join(chunk),
+                        "more_body": True})
+            metrics.events_out += len(chunk)
+            metrics.sends += 1
+        sub.last_id = catch_up.after
 
 
 async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
@@ -165,11 +168,17 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
     while True:
         cursor = sub.cursor
         if cursor < ring.head:
-            if cursor < ring.tail:  # the frames it needs are gone: it resumes by id
-                metrics.backlog_drops += 1
-                sub.closed_because = "overflow"
-                return
+            if cursor < ring.tail:
+                # the frames it needs are gone from the ring: catch up from the last id sent
+                metrics.resumes += 1
+                floor = ring.floor
+                sub.cursor = ring.position_after(floor)
+                await _catch_up(relay, sub, sub.last_id, floor, send)
+                if sub.closed_because is not None:
+                    return
+                continue
             chunk, sub.cursor = ring.read(cursor, send_max)
+            sub.last_id = ring.ids(sub.cursor - 1, sub.cursor)[0]
             ticks = hub.ticks  # data is as good as a keep-alive
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             metrics.events_out += sub.cursor - cursor

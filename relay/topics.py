@@ -23,11 +23,13 @@ class TooManyTopics(Exception):
 class Subscription:
     """One connection's place in a topic: a cursor into the ring and the task to close."""
 
-    __slots__ = ("behind", "closed_because", "cursor", "task", "topic")
+    __slots__ = ("behind", "closed_because", "cursor", "last_id", "task", "topic")
 
-    def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None) -> None:
+    def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None,
+                 last_id: int = 0) -> None:
         self.topic = topic
         self.cursor = cursor
+        self.last_id = last_id  # the id of the last event sent (or taken as had)
         self.task = task
         self.closed_because: str | None = None
         self.behind = False  # over the backlog bound at the last sweep

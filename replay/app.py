@@ -1,0 +1,153 @@
+"""The replay service: closed ranges of a topic's stream as cacheable event-stream bodies.
+
+``GET /v1/replay/{topic}?after=ID&until=ID&limit=N`` answers the entries after ``after``
+(default 0-0: from the oldest retained) up to ``until`` (default: the stream's end), at most
+``limit`` of them, framed byte for byte as the relays frame live events. A page that can never
+change (full, or ending at an ``until`` the stream has passed) is cacheable for a year and
+immutable; a page that reaches the stream's head lives ``replay_open_max_age_s``. Varnish
+caches both and collapses identical concurrent requests into one fetch.
+
+Headers for relays and operators: ``X-Ssedge-Count`` (entries in the page),
+``X-Ssedge-Last-Id`` (the last entry's id, when any), ``X-Ssedge-Reset: 1`` when the page
+starts with an ``ssedge.reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from redis.exceptions import RedisError
+
+from relay import __version__, history, ids, store
+from relay import settings as settings_mod
+from relay.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound, Unavailable
+from relay.http import Receive, Request, Responder, Scope, Send
+from relay.metrics import Metrics
+from relay.settings import Settings
+
+log = logging.getLogger("ssedge.replay")
+
+TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class ReplayMetrics(Metrics):
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.pages = 0
+        self.page_events = 0
+        self.closed_pages = 0
+
+    def render(self) -> bytes:
+        extra = (
+            f"# TYPE ssedge_replay_pages_total counter\n"
+            f'ssedge_replay_pages_total{{node="{self.node}"}} {self.pages}\n'
+            f"# TYPE ssedge_replay_page_events_total counter\n"
+            f'ssedge_replay_page_events_total{{node="{self.node}"}} {self.page_events}\n'
+            f"# TYPE ssedge_replay_closed_pages_total counter\n"
+            f'ssedge_replay_closed_pages_total{{node="{self.node}"}} {self.closed_pages}\n'
+        )
+        return super().render() + extra.encode()
+
+
+class ReplayApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
+        self.metrics = ReplayMetrics(node)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        self.redis = store.client(settings.redis_url)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.redis.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        request = Request(scope)
+        try:
+            await self.route(request, send)
+        except HTTPError as exc:
+            await self.responder.error(send, exc)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            await self.responder.json(send, 500, {"error": "internal",
+                                                  "message": "unexpected error; see the log"})
+
+    async def route(self, request: Request, send: Send) -> None:
+        parts = request.parts
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed("GET, HEAD")
+        if parts[:2] == ["v1", "replay"] and len(parts) == 3:
+            return await self.replay(request, parts[2], send)
+        if parts == ["healthz"]:
+            return await self.responder.json(send, 200, {"status": "ok", "version": __version__},
+                                             {"cache-control": "no-store"})
+        if parts == ["readyz"]:
+            return await self.readyz(send)
+        if parts == ["metrics"]:
+            return await self.responder.body(send, 200, self.metrics.render(), {
+                "content-type": "text/plain; version=0.0.4", "cache-control": "no-store"})
+        raise NotFound(f"no such resource: {request.path}")
+
+    async def replay(self, request: Request, topic: str, send: Send) -> None:
+        s = self.settings
+        if not TOPIC.fullmatch(topic):
+            raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        after = _id(request, "after") or ids.ZERO
+        until = _id(request, "until")
+        raw_limit = request.query.get("limit", str(s.replay_page))
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not (
+            1 <= int(raw_limit) <= s.replay_limit_max
+        ):
+            raise BadRequest(f"limit is a whole number from 1 to {s.replay_limit_max}")
+        if until is not None and until < after:
+            raise BadRequest("until is before after")
+        try:
+            page, bad = await history.read_page(self.redis, topic, after, int(raw_limit), until)
+        except (RedisError, OSError):
+            raise Unavailable("Redis is not reachable", 1) from None
+        m = self.metrics
+        m.pages += 1
+        m.page_events += page.count
+        m.closed_pages += page.closed
+        m.invalid_entries += bad
+        headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count)}
+        if page.last_id is not None:
+            headers["x-ssedge-last-id"] = ids.format(page.last_id)
+        if page.reset:
+            headers["x-ssedge-reset"] = "1"
+        cache = IMMUTABLE if page.closed else f"public, max-age={s.replay_open_max_age_s}"
+        await self.responder.cached(send, request, page.body, cache, headers)
+
+    async def readyz(self, send: Send) -> None:
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+        except (RedisError, OSError, TimeoutError):
+            raise Unavailable("not ready: Redis is not reachable", 1) from None
+        await self.responder.json(send, 200, {"status": "ready"}, {"cache-control": "no-store"})
+
+
+def _id(request: Request, name: str) -> int | None:
+    text = request.query.get(name, "")
+    if not text:
+        return None
+    try:
+        return ids.parse(text)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def create_app() -> ReplayApp:
+    """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return ReplayApp(settings_mod.load())
