@@ -139,7 +139,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from relay import stack
 
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
-    return stack.run(Path(args.dir), args.redis_port, relay_ports)
+    return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -157,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
+    up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
     up.set_defaults(func=cmd_up)

@@ -1,8 +1,8 @@
 """``ssedge up``: the local stack in the foreground, stopped as a whole by Ctrl-C.
 
-Its own redis-server (AOF on, data under ``.ssedge/redis``), two relay nodes and a demo
-publisher. The publish token and the stack's settings are written under ``.ssedge/`` so that
-``ssedge`` commands run in the checkout find them.
+Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
+nodes and a demo publisher. The publish token and the stack's settings are written under
+``.ssedge/`` so that ``ssedge`` commands run in the checkout find them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
+REPLAY_PORT = 8201
 DEMO_TOPIC = "demo"
 
 
@@ -76,13 +77,13 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
-        relay_ports: tuple[int, ...] = RELAY_PORTS) -> int:
+        relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT) -> int:
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         print("ssedge up: redis-server is not installed (apt-get install redis-server)",
               file=sys.stderr)
         return 1
-    for port in (redis_port, *relay_ports):
+    for port in (redis_port, replay_port, *relay_ports):
         if _port_busy(port):
             print(f"ssedge up: port {port} is in use (is another stack running?)",
                   file=sys.stderr)
@@ -92,10 +93,13 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
     token = _token(directory)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     base_url = f"http://127.0.0.1:{relay_ports[0]}"
+    replay_url = f"http://127.0.0.1:{replay_port}"
     env = {
         "SSEDGE_REDIS_URL": redis_url,
         "SSEDGE_PUBLISH_TOKEN": token,
         "SSEDGE_URL": base_url,
+        "SSEDGE_REPLAY_URL": replay_url,
+        "SSEDGE_REPLAY_PORT": str(replay_port),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}
@@ -123,6 +127,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
             "--save", "", "--protected-mode", "no",
         ])
+        start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
         for i, port in enumerate(relay_ports, 1):
             start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
                                        str(port), "--node-name", f"relay-{i}"])
@@ -132,6 +137,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         print(f"""ssedge stack is up (logs in {directory}/):
   redis        {redis_url}
   relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
+  replay       {replay_url}/v1/replay/{DEMO_TOPIC}?after=0-0
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail {DEMO_TOPIC}

@@ -33,5 +33,19 @@ def start_relay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[
 
 
 @pytest.fixture
+def start_replay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Relay]]:
+    started: list[Relay] = []
+
+    def start(**settings: Any) -> Relay:
+        replay = Relay(tmp_path, redis_server, TOKEN, command="replay", **settings)
+        started.append(replay)
+        return replay
+
+    yield start
+    for replay in started:
+        replay.stop()
+
+
+@pytest.fixture
 def relay(start_relay: Callable[..., Relay]) -> Relay:
     return start_relay(heartbeat_s=0.5, topic_linger_s=0)

@@ -92,19 +92,22 @@ class RedisServer:
 
 
 class Relay:
-    def __init__(self, log_dir: Path, redis: RedisServer, token: str, **settings: Any) -> None:
+    """A relay node (``ssedge relay``), or with ``command="replay"`` the replay service."""
+
+    def __init__(self, log_dir: Path, redis: RedisServer, token: str, command: str = "relay",
+                 **settings: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
         env.update({
             "SSEDGE_REDIS_URL": redis.url,
             "SSEDGE_PUBLISH_TOKEN": token,
-            "SSEDGE_PORT": str(self.port),
+            "SSEDGE_PORT" if command == "relay" else "SSEDGE_REPLAY_PORT": str(self.port),
         })
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
-        self.log = log_dir / f"relay-{self.port}.log"
-        self.process = spawn([sys.executable, "-m", "relay", "relay"], self.log, env)
-        _wait(self._ready, 20, f"relay on {self.port}", self.process)
+        self.log = log_dir / f"{command}-{self.port}.log"
+        self.process = spawn([sys.executable, "-m", "relay", command], self.log, env)
+        _wait(self._ready, 20, f"{command} on {self.port}", self.process)
 
     def _ready(self) -> bool:
         if not _port_open(self.port):

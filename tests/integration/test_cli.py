@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, _port_open, free_port
 
@@ -55,11 +57,12 @@ def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
 
 
 def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    redis_port, relay_a, relay_b = free_port(), free_port(), free_port()
+    redis_port, relay_a, relay_b, replay = free_port(), free_port(), free_port(), free_port()
     state = tmp_path / "state"
     stack = subprocess.Popen(
         [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
-         "--relay-port", str(relay_a), "--relay-port", str(relay_b)],
+         "--relay-port", str(relay_a), "--relay-port", str(relay_b),
+         "--replay-port", str(replay)],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -83,6 +86,15 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
                 env=clean_env(), capture_output=True, timeout=30, check=True,
             )
             assert b"\ttick\t" in tail.stdout
+        # the replay service serves the demo topic's history
+        tail = subprocess.run(
+            [*SSEDGE, "tail", "demo", "--count", "1", "--since", "earliest",
+             "--url", f"http://127.0.0.1:{relay_a}"],
+            env=clean_env(), capture_output=True, timeout=30, check=True,
+        )
+        assert b"\ttick\t" in tail.stdout
+        replay_page = asyncio.run(client.request("GET", f"http://127.0.0.1:{replay}/v1/replay/demo"))
+        assert replay_page.status == 200 and b"event: tick" in replay_page.body
         # ssedge commands run in the checkout read .ssedge/env
         published = subprocess.run([*SSEDGE, "publish", "demo", "hello"], cwd=tmp_path,
                                    env=clean_env(), capture_output=True, timeout=30)
@@ -96,5 +108,5 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         stack.wait(30)
         if stack.stdout is not None:
             stack.stdout.close()
-    for port in (redis_port, relay_a, relay_b):
+    for port in (redis_port, relay_a, relay_b, replay):
         assert not _port_open(port), f"port {port} still open after Ctrl-C"

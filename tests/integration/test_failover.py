@@ -1,0 +1,129 @@
+"""A relay node dies under load: its clients reconnect to another node with Last-Event-ID and
+end with every event exactly once, in order; events trimmed meanwhile are announced by an
+``ssedge.reset`` first."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from relay.ids import parse
+from relay.wire import Event
+from tests.integration.conftest import TOKEN
+from tests.integration.servers import RedisServer, Relay, metrics, publish
+from tests.integration.sse import subscribe
+
+CLIENTS = 200
+
+
+class Client:
+    """Follows a topic across nodes the way EventSource does: on a dropped stream, it
+    reconnects (to the next node) with the last id it saw."""
+
+    def __init__(self, urls: list[str], gate: asyncio.Event) -> None:
+        self.urls = urls
+        self.gate = gate
+        self.events: list[Event] = []
+        self.reconnects = 0
+
+    async def run(self, until: asyncio.Future[str]) -> None:
+        node, last = 0, ""
+        while True:
+            try:
+                es = await subscribe(self.urls[node], last_event_id=last)
+            except (OSError, AssertionError, asyncio.IncompleteReadError):
+                await asyncio.sleep(0.05)
+                continue
+            async with es:
+                self.events.extend(e for e in getattr(es, "early", []))
+                while not es.ended:
+                    try:
+                        got = await es.read_chunk()
+                    except (OSError, asyncio.IncompleteReadError):
+                        break
+                    self.events.extend(e for e in got if isinstance(e, Event))
+                    last = es.decoder.last_event_id or last
+                    if until.done() and any(e.id == until.result() for e in self.events[-50:]):
+                        return
+            # the node went away: wait for the test's go, then the next node
+            self.reconnects += 1
+            node = min(node + 1, len(self.urls) - 1)
+            await self.gate.wait()
+
+
+@pytest.mark.parametrize("gap", ["ring", "replay", "expired"])
+def test_clients_of_a_killed_relay_resume_on_another_exactly_once(
+    start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
+    redis_server: RedisServer, gap: str,
+) -> None:
+    replay = start_replay(replay_page=100)
+    a = start_relay(max_connections=1000)
+    b_ring = 10_000 if gap == "ring" else 20
+    b = start_relay(max_connections=1000, ring_events=b_ring, replay_url=replay.url,
+                    replay_page=100)
+    topic = f"fail-{gap}"
+
+    async def run() -> None:
+        gate = asyncio.Event()
+        if gap == "ring":
+            gate.set()  # reconnect at once: B's ring holds everything missed
+        clients = [Client([f"{n.url}/v1/streams/{topic}/events" for n in (a, b)], gate)
+                   for _ in range(CLIENTS)]
+        until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        tasks = [asyncio.ensure_future(c.run(until)) for c in clients]
+        await asyncio.sleep(1.0)  # every client subscribed on A before the first event
+        published: list[str] = []
+
+        async def publish_for(seconds: float) -> None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            n = len(published)
+            while loop.time() < end:
+                published.extend(await publish(b.url, TOKEN, topic,
+                                               [{"data": n + i} for i in range(10)]))
+                n += 10
+                await asyncio.sleep(0.02)
+
+        await publish_for(1.0)
+        a.stop(signal.SIGKILL)
+        await publish_for(1.0)
+        if gap != "ring":
+            # while the clients are away, far more than B's ring is published ...
+            for _ in range(4):
+                published.extend(await publish(b.url, TOKEN, topic,
+                                               [{"data": "x"} for _ in range(100)]))
+            if gap == "expired":
+                # ... and retention trims past every client's last id
+                redis_server.cli("XTRIM", f"ssedge:{{{topic}}}", "MAXLEN", "50")
+            gate.set()
+        await publish_for(1.0)
+        until.set_result(published[-1])
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+        retained = [line for line in redis_server.cli(
+            "XRANGE", f"ssedge:{{{topic}}}", "-", "+").split("\n")
+            if line[:1].isdigit() and "-" in line]
+        for n, c in enumerate(clients):
+            ids = [e.id for e in c.events if e.event != "ssedge.reset"]
+            resets = [e for e in c.events if e.event == "ssedge.reset"]
+            assert c.reconnects >= 1
+            assert ids == sorted(set(ids), key=parse), f"client {n}: duplicate or out of order"
+            if gap == "expired":
+                assert len(resets) == 1, f"client {n}"
+                before_kill = ids[: ids.index(retained[0])]
+                assert ids == before_kill + retained, f"client {n}"
+                assert before_kill == published[: len(before_kill)]
+            else:
+                assert resets == []
+                assert ids == published, f"client {n}"
+        mb = await metrics(b.url)
+        if gap == "ring":
+            assert mb["ssedge_catchups_total"] == 0
+        else:
+            assert mb["ssedge_catchups_total"] >= CLIENTS
+            assert mb["ssedge_replay_fetches_total"] <= 10  # shared by 200 reconnects
+
+    asyncio.run(run())
