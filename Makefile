@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SYSTEM_PACKAGES := redis-server
 
-.PHONY: up test lint unit integration system venv clean
+.PHONY: up test lint unit integration bench-reconnect system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
@@ -16,7 +16,7 @@ test: venv system lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check relay replay tests
+	$(BIN)/ruff check relay replay tests bench
 	$(BIN)/mypy
 
 unit: venv
@@ -24,6 +24,10 @@ unit: venv
 
 integration: venv system
 	$(BIN)/pytest tests/integration
+
+# 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
+bench-reconnect: venv system
+	$(BIN)/python -m bench.reconnect_storm --clients 5000 --behind 1000
 
 venv: $(STAMP)
 
