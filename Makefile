@@ -1,11 +1,11 @@
 # The two commands: `make up` (the local stack) and `make test` (the suite).
-# Both create .venv with the pinned dependencies and install Debian's redis-server when missing.
+# Both create .venv with the pinned dependencies and install Debian's redis-server and varnish
+# when missing.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-SYSTEM_PACKAGES := redis-server
 
 .PHONY: up test lint unit integration bench-reconnect system venv clean
 
@@ -43,6 +43,7 @@ $(STAMP): pyproject.toml
 system:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v varnishd >/dev/null 2>&1 || test -x /usr/sbin/varnishd || missing="$$missing varnish"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \

@@ -13,7 +13,7 @@ from typing import Any
 from relay import settings as settings_mod
 
 STACK_DIR = Path(".ssedge")
-DEFAULT_URL = "http://127.0.0.1:8101"
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def read_stack_env(directory: Path = STACK_DIR) -> None:
@@ -139,7 +139,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from relay import stack
 
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
-    return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port)
+    return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
+                     args.edge_port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -158,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
     up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
+    up.add_argument("--edge-port", type=int, default=8080, help="Varnish port (8080)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
     up.set_defaults(func=cmd_up)

@@ -78,7 +78,7 @@ class Responder:
                      headers: dict[str, str]) -> None:
         """A cacheable answer with a strong ETag, and 304 when the client has it."""
         etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-        headers = {**headers, "cache-control": cache_control, "etag": etag, "vary": "origin"}
+        headers = {**headers, "cache-control": cache_control, "etag": etag}
         if etag in _etags(request.headers.get("if-none-match", "")):
             headers.pop("content-type", None)
             await self.start(send, 304, headers)

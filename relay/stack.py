@@ -1,7 +1,8 @@
 """``ssedge up``: the local stack in the foreground, stopped as a whole by Ctrl-C.
 
 Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
-nodes and a demo publisher. The publish token and the stack's settings are written under
+nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``) and a
+demo publisher. The publish token and the stack's settings are written under
 ``.ssedge/`` so that ``ssedge`` commands run in the checkout find them.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
 REPLAY_PORT = 8201
+EDGE_PORT = 8080
 DEMO_TOPIC = "demo"
 
 
@@ -77,13 +79,18 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
-        relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT) -> int:
+        relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
+        edge_port: int = EDGE_PORT) -> int:
+    from relay import edge
+
     redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        print("ssedge up: redis-server is not installed (apt-get install redis-server)",
-              file=sys.stderr)
-        return 1
-    for port in (redis_port, replay_port, *relay_ports):
+    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish")):
+        if program is None:
+            print(f"ssedge up: {package} is not installed (apt-get install {package})",
+                  file=sys.stderr)
+            return 1
+    assert redis_server is not None
+    for port in (redis_port, replay_port, edge_port, *relay_ports):
         if _port_busy(port):
             print(f"ssedge up: port {port} is in use (is another stack running?)",
                   file=sys.stderr)
@@ -92,13 +99,14 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
     (directory / "redis").mkdir(exist_ok=True)
     token = _token(directory)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    base_url = f"http://127.0.0.1:{relay_ports[0]}"
+    base_url = f"http://127.0.0.1:{edge_port}"
     replay_url = f"http://127.0.0.1:{replay_port}"
     env = {
         "SSEDGE_REDIS_URL": redis_url,
         "SSEDGE_PUBLISH_TOKEN": token,
         "SSEDGE_URL": base_url,
-        "SSEDGE_REPLAY_URL": replay_url,
+        # relays fetch history through Varnish: identical pages collapse across nodes there
+        "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -131,14 +139,21 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         for i, port in enumerate(relay_ports, 1):
             start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
                                        str(port), "--node-name", f"relay-{i}"])
+        varnish_dir = directory / "varnish"
+        varnish_dir.mkdir(exist_ok=True)
+        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
+            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
+        start("varnish", edge_port, edge.command(
+            (varnish_dir / "work").resolve(), f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
         publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
                                      daemon=True)
         publisher.start()
         print(f"""ssedge stack is up (logs in {directory}/):
-  redis        {redis_url}
+  edge         {base_url}   <- the one address you need (Varnish)
+  demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
   relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
   replay       {replay_url}/v1/replay/{DEMO_TOPIC}?after=0-0
-  demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
+  redis        {redis_url}
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.servers import RedisServer, Relay
+from tests.integration.servers import RedisServer, Relay, Varnish
 
 TOKEN = "test-token"
 
@@ -49,3 +49,17 @@ def start_replay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable
 @pytest.fixture
 def relay(start_relay: Callable[..., Relay]) -> Relay:
     return start_relay(heartbeat_s=0.5, topic_linger_s=0)
+
+
+@pytest.fixture
+def start_varnish(tmp_path: Path) -> Iterator[Callable[..., Varnish]]:
+    started: list[Varnish] = []
+
+    def start(relays: list[Relay], replay: Relay | None, *params: str) -> Varnish:
+        varnish = Varnish(tmp_path / f"varnish-{len(started)}", relays, replay, params)
+        started.append(varnish)
+        return varnish
+
+    yield start
+    for varnish in started:
+        varnish.stop()

@@ -7,6 +7,7 @@ its process group, which is signalled as a whole).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -120,6 +121,47 @@ class Relay:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop_group(self.process, sig)
+
+
+class Varnish:
+    """varnishd with ssedge's VCL in front of the given relays and replay service."""
+
+    def __init__(self, directory: Path, relays: list[Relay], replay: Relay | None,
+                 extra_params: tuple[str, ...] = ()) -> None:
+        from relay import edge
+
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = directory / "work"
+        replay_addr = ("127.0.0.1", replay.port if replay else free_port())
+        (directory / "backends.vcl").write_text(
+            edge.backends_vcl([("127.0.0.1", r.port) for r in relays], replay_addr))
+        argv = edge.command(self.workdir, f"127.0.0.1:{self.port}", directory,
+                            extra_params=extra_params, storage="malloc,64m")
+        self.process = spawn(argv, directory / "varnishd.log", None)
+        _wait(self._ready, 30, "varnishd", self.process)
+
+    def _ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        try:
+            response = asyncio.run(client.request("GET", self.url + "/v1/handshake", timeout=2))
+        except OSError:
+            return False
+        return response.status == 200
+
+    def stats(self) -> dict[str, int]:
+        out = subprocess.run(["varnishstat", "-n", str(self.workdir), "-1", "-j"],
+                             capture_output=True, check=True, timeout=10).stdout
+        counters = json.loads(out)
+        counters = counters.get("counters", counters)
+        return {name: int(c["value"]) for name, c in counters.items()
+                if isinstance(c, dict) and "value" in c}
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         _stop_group(self.process, sig)

@@ -33,3 +33,38 @@ async def collect(es: EventStream, count: int, timeout: float = 60.0) -> list[Ev
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(read(), timeout)
     return events
+
+
+class Follower:
+    """Follows a topic across nodes the way EventSource does: on a dropped stream, it
+    reconnects (to the next node) with the last id it saw."""
+
+    def __init__(self, urls: list[str], gate: asyncio.Event) -> None:
+        self.urls = urls
+        self.gate = gate
+        self.events: list[Event] = []
+        self.reconnects = 0
+
+    async def run(self, until: asyncio.Future[str]) -> None:
+        node, last = 0, ""
+        while True:
+            try:
+                es = await subscribe(self.urls[node], last_event_id=last)
+            except (OSError, AssertionError, asyncio.IncompleteReadError):
+                await asyncio.sleep(0.05)
+                continue
+            async with es:
+                self.events.extend(e for e in getattr(es, "early", []))
+                while not es.ended:
+                    try:
+                        got = await es.read_chunk()
+                    except (OSError, asyncio.IncompleteReadError):
+                        break
+                    self.events.extend(e for e in got if isinstance(e, Event))
+                    last = es.decoder.last_event_id or last
+                    if until.done() and any(e.id == until.result() for e in self.events[-50:]):
+                        return
+            # the node went away: wait for the test's go, then the next node
+            self.reconnects += 1
+            node = min(node + 1, len(self.urls) - 1)
+            await self.gate.wait()

@@ -57,12 +57,12 @@ def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
 
 
 def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    redis_port, relay_a, relay_b, replay = free_port(), free_port(), free_port(), free_port()
+    redis_port, relay_a, relay_b, replay, edge = (free_port() for _ in range(5))
     state = tmp_path / "state"
     stack = subprocess.Popen(
         [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
          "--relay-port", str(relay_a), "--relay-port", str(relay_b),
-         "--replay-port", str(replay)],
+         "--replay-port", str(replay), "--edge-port", str(edge)],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -79,8 +79,9 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         token = (state / "publish-token").read_text().strip()
         env_file = (state / "env").read_text()
         assert f"SSEDGE_PUBLISH_TOKEN={token}" in env_file
-        # the demo publisher ticks on the demo topic: tail sees it through either relay
-        for port in (relay_a, relay_b):
+        # the demo publisher ticks on the demo topic: tail sees it through Varnish and
+        # through either relay
+        for port in (edge, relay_a, relay_b):
             tail = subprocess.run(
                 [*SSEDGE, "tail", "demo", "--count", "1", "--url", f"http://127.0.0.1:{port}"],
                 env=clean_env(), capture_output=True, timeout=30, check=True,
@@ -108,5 +109,5 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         stack.wait(30)
         if stack.stdout is not None:
             stack.stdout.close()
-    for port in (redis_port, relay_a, relay_b, replay):
+    for port in (redis_port, relay_a, relay_b, replay, edge):
         assert not _port_open(port), f"port {port} still open after Ctrl-C"

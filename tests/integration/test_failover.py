@@ -11,47 +11,11 @@ from collections.abc import Callable
 import pytest
 
 from relay.ids import parse
-from relay.wire import Event
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, metrics, publish
-from tests.integration.sse import subscribe
+from tests.integration.sse import Follower
 
 CLIENTS = 200
-
-
-class Client:
-    """Follows a topic across nodes the way EventSource does: on a dropped stream, it
-    reconnects (to the next node) with the last id it saw."""
-
-    def __init__(self, urls: list[str], gate: asyncio.Event) -> None:
-        self.urls = urls
-        self.gate = gate
-        self.events: list[Event] = []
-        self.reconnects = 0
-
-    async def run(self, until: asyncio.Future[str]) -> None:
-        node, last = 0, ""
-        while True:
-            try:
-                es = await subscribe(self.urls[node], last_event_id=last)
-            except (OSError, AssertionError, asyncio.IncompleteReadError):
-                await asyncio.sleep(0.05)
-                continue
-            async with es:
-                self.events.extend(e for e in getattr(es, "early", []))
-                while not es.ended:
-                    try:
-                        got = await es.read_chunk()
-                    except (OSError, asyncio.IncompleteReadError):
-                        break
-                    self.events.extend(e for e in got if isinstance(e, Event))
-                    last = es.decoder.last_event_id or last
-                    if until.done() and any(e.id == until.result() for e in self.events[-50:]):
-                        return
-            # the node went away: wait for the test's go, then the next node
-            self.reconnects += 1
-            node = min(node + 1, len(self.urls) - 1)
-            await self.gate.wait()
 
 
 @pytest.mark.parametrize("gap", ["ring", "replay", "expired"])
@@ -70,7 +34,7 @@ def test_clients_of_a_killed_relay_resume_on_another_exactly_once(
         gate = asyncio.Event()
         if gap == "ring":
             gate.set()  # reconnect at once: B's ring holds everything missed
-        clients = [Client([f"{n.url}/v1/streams/{topic}/events" for n in (a, b)], gate)
+        clients = [Follower([f"{n.url}/v1/streams/{topic}/events" for n in (a, b)], gate)
                    for _ in range(CLIENTS)]
         until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         tasks = [asyncio.ensure_future(c.run(until)) for c in clients]

@@ -1,0 +1,220 @@
+#
+# ssedge edge: balance relay nodes, pass event streams through unbuffered, and cache the
+# handshake, stream metadata, CORS preflights and replay ranges.
+#
+# Read like Varnish's builtin.vcl: each state subroutine calls small subroutines named for
+# their intent; every decision has its comment. Varnish 7.1, VCL 4.1.
+#
+vcl 4.1;
+
+import directors;
+import std;
+
+include "backends.vcl";
+
+#######################################################################
+# Client side
+
+sub vcl_recv {
+    call ssedge_normalize;
+    if (req.method == "OPTIONS") {
+        call ssedge_preflight;
+    }
+    if (req.url ~ "^/v1/streams/[^/]+/events") {
+        if (req.method == "POST") {
+            call ssedge_publish;
+        }
+        call ssedge_stream;
+    }
+    if (req.url ~ "^/v1/replay/") {
+        call ssedge_replay;
+    }
+    if (req.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
+        call ssedge_cached_json;
+    }
+    # health and metrics of a relay node: never cached
+    set req.backend_hint = relays.backend();
+    return (pass);
+}
+
+sub ssedge_normalize {
+    # the cache key is exactly what makes the answer differ: the path and the sorted query;
+    # the Host header and cookies make no difference to any ssedge answer
+    set req.url = std.querysort(req.url);
+    unset req.http.Cookie;
+    set req.http.X-Forwarded-Proto = "http";
+}
+
+sub ssedge_preflight {
+    # CORS preflights are answered by the relays and cached per origin and requested
+    # method/headers (they are part of the hash); the method is restored for the fetch
+    set req.http.X-Ssedge-Method = "OPTIONS";
+    set req.backend_hint = relays.backend();
+    return (hash);
+}
+
+sub ssedge_publish {
+    # passed, never cached; the body is kept so that a publish refused by a dead relay can be
+    # retried on another (vcl_backend_error); more than 1 MiB is the relay's 413 anyway
+    std.cache_req_body(1100KB);
+    set req.backend_hint = relays.backend();
+    return (pass);
+}
+
+sub ssedge_stream {
+    # an event stream is passed: each client has its own stream, Last-Event-ID and query go
+    # to the relay untouched
+    set req.backend_hint = relays.backend();
+    # send_timeout is a total deadline for a response (600 s by default): it would cut every
+    # stream at 10 minutes. A stream lives as long as its client reads it.
+    set sess.send_timeout = 365d;
+    # a client whose writes block for this long is dropped (it resumes with Last-Event-ID)
+    set sess.idle_send_timeout = 120s;
+    # no compression: it would buffer events until a block fills
+    unset req.http.Accept-Encoding;
+    return (pass);
+}
+
+sub ssedge_replay {
+    # replay pages go to the replay service and are cached as it says: closed ranges for a
+    # year (immutable), pages reaching the stream's head for a second; identical concurrent
+    # requests wait for one fetch (the waiting list)
+    set req.backend_hint = replay;
+    if (req.http.Authorization) {
+        return (pass);
+    }
+    return (hash);
+}
+
+sub ssedge_cached_json {
+    # handshake and stream metadata: cached for the lifetime the relay gives (about 30 s and
+    # 1 s). While the relays are healthy a stale copy is served for at most 10 s while it is
+    # refreshed; while none is, the last copy is served for up to an hour (beresp.grace).
+    set req.backend_hint = relays.backend();
+    if (req.http.Authorization) {
+        return (pass);
+    }
+    if (std.healthy(req.backend_hint)) {
+        set req.grace = 10s;
+    }
+    return (hash);
+}
+
+sub vcl_hash {
+    hash_data(req.url);
+    if (req.http.X-Ssedge-Method) {
+        # preflight answers differ by origin and by what is asked for
+        hash_data(req.http.X-Ssedge-Method);
+        hash_data(req.http.Origin);
+        hash_data(req.http.Access-Control-Request-Method);
+        hash_data(req.http.Access-Control-Request-Headers);
+    }
+    return (lookup);
+}
+
+sub vcl_hit {
+    set req.http.X-Cache = "HIT";
+}
+
+sub vcl_miss {
+    set req.http.X-Cache = "MISS";
+}
+
+sub vcl_pass {
+    set req.http.X-Cache = "PASS";
+}
+
+sub vcl_deliver {
+    call ssedge_cache_status;
+    unset resp.http.Via;
+    unset resp.http.X-Varnish;
+}
+
+sub ssedge_cache_status {
+    # for operators and tests: HIT, MISS or PASS, and how often this object was served
+    set resp.http.X-Cache = req.http.X-Cache;
+    if (obj.hits > 0) {
+        set resp.http.X-Cache = "HIT";
+        set resp.http.X-Cache-Hits = obj.hits;
+    }
+}
+
+sub vcl_synth {
+    call ssedge_json_error;
+    return (deliver);
+}
+
+sub ssedge_json_error {
+    # errors are JSON like the relays' own; a 503 tells the client when to try again
+    set resp.http.Content-Type = "application/json";
+    set resp.http.Cache-Control = "no-store";
+    if (resp.status == 503) {
+        set resp.http.Retry-After = "1";
+    }
+    synthetic({"{"error":"edge","message":""} + resp.status + " " + resp.reason + {"""} + "}");
+}
+
+#######################################################################
+# Backend side
+
+sub vcl_backend_fetch {
+    if (bereq.http.X-Ssedge-Method) {
+        # a cache miss is fetched with GET by default: a preflight must stay OPTIONS
+        set bereq.method = bereq.http.X-Ssedge-Method;
+        unset bereq.http.X-Ssedge-Method;
+    }
+    if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_timeouts;
+    }
+}
+
+sub ssedge_stream_timeouts {
+    # the relay sends `retry:` at once and a heartbeat every 15 s: a silent stream is a dead
+    # relay. 60 s between bytes leaves four heartbeats of slack.
+    set bereq.first_byte_timeout = 10s;
+    set bereq.between_bytes_timeout = 60s;
+}
+
+sub vcl_backend_response {
+    if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_response;
+    }
+    if (bereq.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
+        call ssedge_json_response;
+    }
+    return (deliver);
+}
+
+sub ssedge_stream_response {
+    # deliver each event as it arrives: streaming on, nothing that buffers or rewrites
+    set beresp.do_stream = true;
+    set beresp.do_gzip = false;
+    set beresp.do_gunzip = false;
+    set beresp.do_esi = false;
+    set beresp.uncacheable = true;
+}
+
+sub ssedge_json_response {
+    # served stale for up to an hour while every relay is down; kept a day for 304
+    # revalidation with the relay's ETag
+    set beresp.grace = 1h;
+    set beresp.keep = 1d;
+}
+
+sub vcl_backend_error {
+    call ssedge_retry_elsewhere;
+}
+
+sub ssedge_retry_elsewhere {
+    # a relay that refuses connections before its probe has noticed: the director picks
+    # another node. Publishes are retried too (their body was kept in vcl_recv).
+    if (bereq.retries < 2 && bereq.backend != replay) {
+        return (retry);
+    }
+    set beresp.http.Content-Type = "application/json";
+    set beresp.http.Retry-After = "1";
+    set beresp.http.Cache-Control = "no-store";
+    set beresp.ttl = 0s;
+    synthetic({"{"error":"unavailable","message":"no relay answered; try again""} + "}");
+    return (deliver);
+}
