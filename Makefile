@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint unit integration bench-reconnect system venv clean
+.PHONY: up test lint unit integration bench-reconnect bench-edge system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
@@ -28,6 +28,10 @@ integration: venv system
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system
 	$(BIN)/python -m bench.reconnect_storm --clients 5000 --behind 1000
+
+# 1,000 and 4,000 concurrent streams through one varnishd, next to the same on a relay
+bench-edge: venv system
+	$(BIN)/python -m bench.edge_streams --streams 1000 4000
 
 venv: $(STAMP)
 
