@@ -43,9 +43,9 @@ def plan(ring: Ring, after: int | None, *, earliest: bool = False, backfill: int
 def last_before(ring: Ring, cursor: int) -> int:
     """The id just below the frame at ``cursor``."""
     if cursor > ring.tail:
-        return ring.ids(cursor - 1, cursor)[0]
+        return ring.id_at(cursor - 1)
     if cursor < ring.head:
-        return ids.predecessor(ring.ids(cursor, cursor + 1)[0])
+        return ids.predecessor(ring.id_at(cursor))
     return ring.last_id
 
 

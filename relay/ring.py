@@ -93,6 +93,10 @@ class Ring:
         """Whether every entry after ``key`` is in the ring (from its tail on)."""
         return key >= self.floor
 
+    def id_at(self, seq: int) -> int:
+        """The id of the frame at ``seq`` (which must be in the ring)."""
+        return self._ids[seq - self._base]
+
     def ids(self, start: int, stop: int) -> Sequence[int]:
         """The ids of frames ``start`` to ``stop`` (sequence numbers), for tests and replay."""
         return self._ids[start - self._base : stop - self._base]

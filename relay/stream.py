@@ -178,7 +178,7 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
                     return
                 continue
             chunk, sub.cursor = ring.read(cursor, send_max)
-            sub.last_id = ring.ids(sub.cursor - 1, sub.cursor)[0]
+            sub.last_id = ring.id_at(sub.cursor - 1)
             ticks = hub.ticks  # data is as good as a keep-alive
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             metrics.events_out += sub.cursor - cursor

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,32 +19,34 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def start_relay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Relay]]:
+@contextlib.contextmanager
+def _starter(tmp_path: Path, redis: RedisServer, command: str) -> Iterator[Callable[..., Relay]]:
+    """A function that starts ``ssedge relay`` or ``ssedge replay`` processes, all stopped
+    (by PID) when the test ends."""
     started: list[Relay] = []
 
     def start(**settings: Any) -> Relay:
-        relay = Relay(tmp_path, redis_server, TOKEN, **settings)
-        started.append(relay)
-        return relay
+        server = Relay(tmp_path, redis, TOKEN, command=command, **settings)
+        started.append(server)
+        return server
 
-    yield start
-    for relay in started:
-        relay.stop()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def start_relay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Relay]]:
+    with _starter(tmp_path, redis_server, "relay") as start:
+        yield start
 
 
 @pytest.fixture
 def start_replay(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Relay]]:
-    started: list[Relay] = []
-
-    def start(**settings: Any) -> Relay:
-        replay = Relay(tmp_path, redis_server, TOKEN, command="replay", **settings)
-        started.append(replay)
-        return replay
-
-    yield start
-    for replay in started:
-        replay.stop()
+    with _starter(tmp_path, redis_server, "replay") as start:
+        yield start
 
 
 @pytest.fixture
