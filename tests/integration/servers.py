@@ -34,6 +34,8 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.
 
 
 def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until ``predicate``; a process that does not come up is stopped here, so a failed
+    start leaves nothing running."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -41,6 +43,7 @@ def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[b
         if predicate():
             return
         time.sleep(0.05)
+    _stop_group(process, signal.SIGTERM)
     raise RuntimeError(f"{what} not up after {timeout} s")
 
 
