@@ -36,7 +36,6 @@ class Page:
     body: bytes  # frames, the reset event first when there is one
     count: int  # stream entries in the page (a reset event is not one)
     last_id: int | None  # id of the last entry, None for none
-    last_generated: int  # the stream's last id when the page was read (0 for no stream)
     reset: bool
     closed: bool  # the page's answer can never change (safe to cache for good)
 
@@ -73,7 +72,7 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
     last_generated = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
     if after > last_generated:
         body = reset_frame("unknown", after, None, last_generated)
-        return Page(body, 0, None, last_generated, True, False), 0
+        return Page(body, 0, None, True, False), 0
     head = b""
     reset = False
     if info is not None and int(info["entries-added"]) > int(info["length"]) and after:
@@ -89,7 +88,7 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
     # a page up to an ``until`` the stream has already passed is final too
     closed = count == limit or (until is not None and until <= last_generated)
     last_id = keys[-1] if keys else None
-    return Page(head + b"".join(frames), count, last_id, last_generated, reset, closed), bad
+    return Page(head + b"".join(frames), count, last_id, reset, closed), bad
 
 
 def split(body: bytes) -> list[tuple[int, bytes]]:

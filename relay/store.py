@@ -141,13 +141,3 @@ async def newest(r: aioredis.Redis, key: bytes, count: int) -> tuple[list[Entry]
             return entries, ids.predecessor(ids.from_redis(entries[0][0]))
         return entries, ids.from_redis(info["last-generated-id"])
     return entries, ids.ZERO
-
-
-async def range_after(r: aioredis.Redis, key: bytes, after: int, until: int | None,
-                      count: int) -> list[Entry]:
-    """Up to ``count`` entries with ids above ``after`` and at most ``until``."""
-    end = ids.format(until) if until is not None else "+"
-    reply: list[Entry] = await r.xrange(  # type: ignore[assignment]
-        key, min="(" + ids.format(after), max=end, count=count
-    )
-    return reply
