@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 from typing import Annotated
 
 import msgspec
@@ -18,8 +17,6 @@ from redis.exceptions import RedisError
 from relay import __version__, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
-    BadRequest,
-    HTTPError,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -27,14 +24,11 @@ from relay.errors import (
     Unavailable,
     Unprocessable,
 )
-from relay.http import Receive, Request, Scope, Send, read_body
+from relay.http import Receive, Request, Scope, Send, answer, parse_topic, read_body
 from relay.settings import Settings
 from relay.state import Relay
 
-log = logging.getLogger("ssedge.relay")
-
 PROTOCOL = 1
-TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 EventType = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
 
 
@@ -45,12 +39,6 @@ class PublishEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 _publish_decoder = msgspec.json.Decoder(PublishEvent | list[PublishEvent])
 _str_decoder = msgspec.json.Decoder(str)
-
-
-def parse_topic(raw: str) -> str:
-    if not TOPIC.fullmatch(raw):
-        raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
-    return raw
 
 
 def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | None]], bool]:
@@ -114,17 +102,7 @@ class App:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
-        responder = self.relay.responder
-        try:
-            await self.route(request, receive, send)
-        except HTTPError as exc:
-            await responder.error(send, exc)
-        except ConnectionAbortedError:
-            pass
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            await responder.json(send, 500, {"error": "internal",
-                                             "message": "unexpected error; see the relay log"})
+        await answer(self.relay.responder, request, send, self.route(request, receive, send))
 
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
         method, parts = request.method, request.parts

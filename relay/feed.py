@@ -23,9 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import ids, store
 from relay.metrics import Metrics
@@ -111,9 +109,7 @@ class Feed:
                 await self._read_forever()
             except asyncio.CancelledError:
                 raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self._lost(exc)
-            except RedisError as exc:  # e.g. LOADING while Redis replays its AOF
+            except (RedisError, OSError) as exc:  # gone, timed out, or LOADING its AOF
                 self._lost(exc)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, _BACKOFF_MAX)

@@ -7,13 +7,15 @@ status: the one place where the error hierarchy meets HTTP.
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
-from relay.errors import HTTPError, PayloadTooLarge
+from relay.errors import BadRequest, HTTPError, PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -21,6 +23,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _json = msgspec.json.Encoder()
+
+
+TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def parse_topic(raw: str) -> str:
+    """A topic name from a path, or 400."""
+    if not TOPIC.fullmatch(raw):
+        raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    return raw
 
 
 class Request:
@@ -89,6 +101,22 @@ class Responder:
     async def error(self, send: Send, exc: HTTPError) -> None:
         await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
                         {"cache-control": "no-store", **exc.headers})
+
+
+async def answer(responder: Responder, request: Request, send: Send,
+                 handle: Awaitable[None]) -> None:
+    """Run a handler; every error leaves as its JSON answer, never as a traceback."""
+    try:
+        await handle
+    except HTTPError as exc:
+        await responder.error(send, exc)
+    except ConnectionAbortedError:
+        pass  # the client left mid-request: nobody to answer
+    except Exception:
+        logging.getLogger("ssedge").exception("unexpected error on %s %s", request.method,
+                                              request.path)
+        await responder.json(send, 500, {"error": "internal",
+                                         "message": "unexpected error; see the server log"})
 
 
 def _etags(header: str) -> set[str]:

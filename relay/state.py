@@ -96,9 +96,10 @@ class Relay:
     async def _sweep(self) -> None:
         """Close clients that stay too far behind, and forget topics nobody watches.
 
-        A client is closed when it was over the backlog bound at two sweeps in a row: a
-        burst larger than the bound that a client drains within a second is not slowness,
-        a client stuck in a send is. One behind the ring's tail is closed at once.
+        A client is closed when it was over the backlog bound, or behind the ring's tail, at
+        two sweeps in a row: a burst larger than the bound that a client drains within a
+        second is not slowness, and a stream behind the tail that is awake resumes in place
+        (``stream._follow``); a client stuck in a send is closed.
         """
         backlog = self.settings.client_backlog_bytes
         while True:
@@ -106,11 +107,8 @@ class Relay:
             for topic in self.hub:
                 ring = topic.ring
                 for sub in list(topic.subscribers):
-                    if sub.cursor < ring.tail:
-                        over = True
-                        sub.behind = True
-                    else:
-                        over = ring.lag_bytes(sub.cursor) > backlog
+                    # lag_bytes needs a cursor inside the ring; behind it is over anyway
+                    over = sub.cursor < ring.tail or ring.lag_bytes(sub.cursor) > backlog
                     if over and sub.behind and sub.closed_because is None:
                         self.metrics.backlog_drops += 1
                         sub.close("overflow")

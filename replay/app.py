@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 from redis.exceptions import RedisError
 
 from relay import __version__, history, ids, store
 from relay import settings as settings_mod
-from relay.errors import BadRequest, HTTPError, MethodNotAllowed, NotFound, Unavailable
-from relay.http import Receive, Request, Responder, Scope, Send
+from relay.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
+from relay.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
 from relay.metrics import Metrics
 from relay.settings import Settings
 
-log = logging.getLogger("ssedge.replay")
-
-TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
@@ -73,14 +69,7 @@ class ReplayApp:
         if scope["type"] != "http":
             return
         request = Request(scope)
-        try:
-            await self.route(request, send)
-        except HTTPError as exc:
-            await self.responder.error(send, exc)
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            await self.responder.json(send, 500, {"error": "internal",
-                                                  "message": "unexpected error; see the log"})
+        await answer(self.responder, request, send, self.route(request, send))
 
     async def route(self, request: Request, send: Send) -> None:
         parts = request.parts
@@ -100,8 +89,7 @@ class ReplayApp:
 
     async def replay(self, request: Request, topic: str, send: Send) -> None:
         s = self.settings
-        if not TOPIC.fullmatch(topic):
-            raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        parse_topic(topic)
         after = _id(request, "after") or ids.ZERO
         until = _id(request, "until")
         raw_limit = request.query.get("limit", str(s.replay_page))
