@@ -13,18 +13,14 @@ from pathlib import Path
 
 VCL_DIR = Path(__file__).resolve().parent.parent / "varnish"
 
-_PROBES = (VCL_DIR / "backends.vcl").read_text().split("backend relay_1", 1)[0] \
-    if (VCL_DIR / "backends.vcl").is_file() else ""
-
-
 def varnishd() -> str | None:
     """Debian installs varnishd in /usr/sbin, which a user's PATH may not hold."""
     return shutil.which("varnishd") or shutil.which("varnishd", path="/usr/sbin:/usr/local/sbin")
 
 
 def backends_vcl(relays: Sequence[tuple[str, int]], replay: tuple[str, int]) -> str:
-    """A backends.vcl for these relay nodes and this replay service (probes as shipped)."""
-    parts = [_PROBES.rstrip() + "\n"]
+    """A backends.vcl for these relay nodes and this replay service (probes: probes.vcl)."""
+    parts = []
     for n, (host, port) in enumerate(relays, 1):
         parts.append(f'backend relay_{n} {{\n    .host = "{host}";\n    .port = "{port}";\n'
                      f"    .probe = ssedge_relay_probe;\n    .connect_timeout = 1s;\n}}\n")

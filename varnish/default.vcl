@@ -10,6 +10,7 @@ vcl 4.1;
 import directors;
 import std;
 
+include "probes.vcl";
 include "backends.vcl";
 
 #######################################################################
