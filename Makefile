@@ -16,7 +16,7 @@ test: venv system lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check relay replay tests bench
+	$(BIN)/ruff check relay replay loadtests tests bench
 	$(BIN)/mypy
 
 unit: venv
@@ -38,7 +38,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,load]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
