@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
 from granian.http import HTTP1Settings
 
+from relay.listener import Server, TcpOptions
 from relay.settings import Settings, to_environ
 
 
@@ -16,7 +16,7 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
     """Serve ``target`` (an ASGI app factory) in the foreground until SIGINT or SIGTERM."""
     # workers are processes that build their settings from the environment again
     os.environ.update(to_environ(settings))
-    Granian(
+    Server(
         target,
         address=host or settings.host,
         port=port or settings.port,
@@ -33,4 +33,6 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
         factory=True,
         log_access=False,
         workers_kill_timeout=5,
+        # keepalive and user timeout on the listener: vanished clients are let go in bounded time
+        tcp=TcpOptions(settings.tcp_keepalive_s, settings.tcp_user_timeout_s),
     ).serve()

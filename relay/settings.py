@@ -97,6 +97,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_origin: str = "*"
     """Access-Control-Allow-Origin of every answer; empty sends none."""
 
+    # -- vanished peers (relay/listener.py) ------------------------------------------------
+    # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.
+    tcp_user_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    """Sent data unacknowledged this long drops the connection (TCP_USER_TIMEOUT); 0: ~15 min."""
+    tcp_keepalive_s: Annotated[int, Meta(ge=0, le=32767)] = 60
+    """An idle connection gets TCP keepalive probes after this, 3 a third of it apart; 0: off."""
+
     @property
     def node(self) -> str:
         return self.node_name or f"{self.host}:{self.port}"

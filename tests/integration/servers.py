@@ -47,10 +47,10 @@ def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[b
     raise RuntimeError(f"{what} not up after {timeout} s")
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float = 10) -> None:
@@ -96,25 +96,35 @@ class RedisServer:
 
 
 class Relay:
-    """A relay node (``ssedge relay``), or with ``command="replay"`` the replay service."""
+    """A relay node (``ssedge relay``), or with ``command="replay"`` the replay service.
+
+    ``host`` is the address it listens on (loopback unless a test built another interface);
+    ``start()`` after ``stop()`` runs it again on the same port with the same settings."""
 
     def __init__(self, log_dir: Path, redis: RedisServer, token: str, command: str = "relay",
-                 **settings: Any) -> None:
+                 host: str = "127.0.0.1", **settings: Any) -> None:
+        self.command = command
+        self.host = host
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
         env.update({
             "SSEDGE_REDIS_URL": redis.url,
             "SSEDGE_PUBLISH_TOKEN": token,
             "SSEDGE_PORT" if command == "relay" else "SSEDGE_REPLAY_PORT": str(self.port),
+            "SSEDGE_HOST" if command == "relay" else "SSEDGE_REPLAY_HOST": host,
         })
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
+        self.env = env
         self.log = log_dir / f"{command}-{self.port}.log"
-        self.process = spawn([sys.executable, "-m", "relay", command], self.log, env)
-        _wait(self._ready, 20, f"{command} on {self.port}", self.process)
+        self.start()
+
+    def start(self) -> None:
+        self.process = spawn([sys.executable, "-m", "relay", self.command], self.log, self.env)
+        _wait(self._ready, 20, f"{self.command} on {self.port}", self.process)
 
     def _ready(self) -> bool:
-        if not _port_open(self.port):
+        if not _port_open(self.port, self.host):
             return False
         try:
             return asyncio.run(client.request("GET", self.url + "/readyz", timeout=2)).status == 200
@@ -125,8 +135,21 @@ class Relay:
     def pid(self) -> int:
         return self.process.pid
 
+    def worker_pids(self) -> list[int]:
+        """Granian's worker processes (children of the main process)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         _stop_group(self.process, sig)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"no VmRSS for {pid}")
 
 
 class Varnish:
@@ -144,9 +167,13 @@ class Varnish:
         replay_addr = ("127.0.0.1", replay.port if replay else free_port())
         (directory / "backends.vcl").write_text(
             edge.backends_vcl([("127.0.0.1", r.port) for r in relays], replay_addr))
-        argv = edge.command(self.workdir, f"127.0.0.1:{self.port}", directory,
-                            extra_params=extra_params, storage="malloc,64m")
-        self.process = spawn(argv, directory / "varnishd.log", None)
+        self.argv = edge.command(self.workdir, f"127.0.0.1:{self.port}", directory,
+                                 extra_params=extra_params, storage="malloc,64m")
+        self.start()
+
+    def start(self) -> None:
+        """Start varnishd (again, after ``stop()``: same port, same VCL)."""
+        self.process = spawn(self.argv, self.directory / "varnishd.log", None)
         _wait(self._ready, 30, "varnishd", self.process)
 
     def _ready(self) -> bool:

@@ -1,0 +1,50 @@
+"""relay/listener.py: the options set on the listener are the ones accepted sockets have."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from relay.listener import TcpOptions, listening_socket
+
+TCP = socket.IPPROTO_TCP
+
+
+def _accepted(options: TcpOptions) -> tuple[socket.socket, socket.socket, socket.socket]:
+    listener = listening_socket("127.0.0.1", 0, 16, options)
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    return listener, client, accepted
+
+
+def test_linux_copies_keepalive_and_user_timeout_to_accepted_sockets() -> None:
+    listener, client, accepted = _accepted(TcpOptions(keepalive_s=9, user_timeout_s=4.5))
+    with listener, client, accepted:
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert accepted.getsockopt(TCP, socket.TCP_KEEPIDLE) == 9
+        assert accepted.getsockopt(TCP, socket.TCP_KEEPINTVL) == 3
+        assert accepted.getsockopt(TCP, socket.TCP_KEEPCNT) == 3
+        assert accepted.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 4500
+        assert accepted.getsockopt(TCP, socket.TCP_NODELAY) == 1
+        # the connecting side is untouched: these are the server's choices
+        assert client.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 0
+
+
+def test_zero_turns_them_off() -> None:
+    listener, client, accepted = _accepted(TcpOptions(keepalive_s=0, user_timeout_s=0))
+    with listener, client, accepted:
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        assert accepted.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 0
+
+
+@pytest.mark.parametrize(("keepalive", "interval"), [(1, 1), (2, 1), (60, 20), (100, 33)])
+def test_probe_interval_is_a_third_of_the_idle_time(keepalive: int, interval: int) -> None:
+    assert TcpOptions(keepalive, 0).keepalive_interval_s == interval
+
+
+def test_two_relays_may_share_a_port_as_with_granian() -> None:
+    # SO_REUSEPORT, as Granian sets it on its own listeners: nothing changes there
+    first = listening_socket("127.0.0.1", 0, 16, TcpOptions(0, 0))
+    with first, listening_socket("127.0.0.1", first.getsockname()[1], 16, TcpOptions(0, 0)):
+        pass
