@@ -32,7 +32,10 @@ from relay.topics import Hub, Topic
 log = logging.getLogger("ssedge.feed")
 
 _BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 2.0
+# at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
+# within that of Redis answering again (tests/integration/test_redis_restart.py measures it);
+# one refused connect a second per process costs Redis nothing
+_BACKOFF_MAX = 1.0
 _UNBLOCK_TRIES = 200  # 1 ms apart: the XREAD may not have reached Redis yet
 
 
