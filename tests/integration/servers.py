@@ -53,6 +53,16 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _wait_closed(port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
+    """Before starting again on a port: the last owner's processes may still be exiting
+    (the group was signalled, only its leader awaited)."""
+    deadline = time.monotonic() + timeout
+    while _port_open(port, host):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"something still listens on {host}:{port}")
+        time.sleep(0.05)
+
+
 def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float = 10) -> None:
     if process.poll() is not None:
         return
@@ -120,6 +130,7 @@ class Relay:
         self.start()
 
     def start(self) -> None:
+        _wait_closed(self.port, self.host)
         self.process = spawn([sys.executable, "-m", "relay", self.command], self.log, self.env)
         _wait(self._ready, 20, f"{self.command} on {self.port}", self.process)
 
@@ -173,6 +184,7 @@ class Varnish:
 
     def start(self) -> None:
         """Start varnishd (again, after ``stop()``: same port, same VCL)."""
+        _wait_closed(self.port)
         self.process = spawn(self.argv, self.directory / "varnishd.log", None)
         _wait(self._ready, 30, "varnishd", self.process)
 
@@ -184,6 +196,17 @@ class Varnish:
         except OSError:
             return False
         return response.status == 200
+
+    def healthy(self) -> dict[str, bool]:
+        """What varnishd thinks of each backend now (``relay_1``, …, ``replay``)."""
+        out = subprocess.run(["varnishadm", "-n", str(self.workdir), "backend.list"],
+                             capture_output=True, check=True, timeout=10).stdout.decode()
+        health = {}
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 4:
+                health[fields[0].split(".", 1)[-1]] = fields[3] == "healthy"
+        return health
 
     def stats(self) -> dict[str, int]:
         out = subprocess.run(["varnishstat", "-n", str(self.workdir), "-1", "-j"],

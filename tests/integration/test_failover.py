@@ -1,6 +1,6 @@
 """A relay node dies under load: its clients reconnect to another node with Last-Event-ID and
 end with every event exactly once, in order; events trimmed meanwhile are announced by an
-``ssedge.reset`` first."""
+``ssedge.reset`` first; with the replay service dead too, the node reads history from Redis."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.integration.sse import Follower
 CLIENTS = 200
 
 
-@pytest.mark.parametrize("gap", ["ring", "replay", "expired"])
+@pytest.mark.parametrize("gap", ["ring", "replay", "replay-killed", "expired"])
 def test_clients_of_a_killed_relay_resume_on_another_exactly_once(
     start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
     redis_server: RedisServer, gap: str,
@@ -62,6 +62,9 @@ def test_clients_of_a_killed_relay_resume_on_another_exactly_once(
             if gap == "expired":
                 # ... and retention trims past every client's last id
                 redis_server.cli("XTRIM", f"ssedge:{{{topic}}}", "MAXLEN", "50")
+            if gap == "replay-killed":
+                # ... and the replay service dies: B must read the history from Redis itself
+                replay.stop(signal.SIGKILL)
             gate.set()
         await publish_for(1.0)
         until.set_result(published[-1])
@@ -89,5 +92,12 @@ def test_clients_of_a_killed_relay_resume_on_another_exactly_once(
         else:
             assert mb["ssedge_catchups_total"] >= CLIENTS
             assert mb["ssedge_replay_fetches_total"] <= 10  # shared by 200 reconnects
+        if gap == "replay-killed":
+            assert mb["ssedge_replay_fallbacks_total"] >= 1
+            assert mb["ssedge_replay_fallbacks_total"] == mb["ssedge_replay_fetches_total"]
+            assert mb["ssedge_redis_history_reads_total"] >= mb["ssedge_replay_fallbacks_total"]
+            print(f"replay service killed: {CLIENTS} clients caught up from Redis, "
+                  f"{mb['ssedge_replay_fallbacks_total']:.0f} fallbacks, "
+                  f"{len(published)} events each, lost 0, duplicates 0")
 
     asyncio.run(run())
