@@ -1,5 +1,6 @@
-"""The listening socket, made here so that every accepted connection has TCP keepalive and a
-TCP user timeout: a client that vanished from the network is let go in bounded time.
+"""The listening socket, made here so that every accepted connection has TCP keepalive, a TCP
+user timeout and a bounded send buffer: a client that vanished from the network, or never
+reads, is let go in bounded time and costs bounded memory.
 
 A peer that disappears without FIN or RST (power cut, NAT entry dropped, cable pulled) leaves
 an established socket that nothing closes: an idle one forever, one with unacknowledged data
@@ -12,6 +13,14 @@ all that time. Two kernel options bound it:
 - ``SO_KEEPALIVE`` with ``TCP_KEEPIDLE``/``TCP_KEEPINTVL``/``TCP_KEEPCNT``: an idle connection
   (a keep-alive HTTP connection between requests) is probed after ``tcp_keepalive_s``.
 
+The user timeout also ends a connection whose peer keeps its receive window shut that long
+(Linux counts unanswered zero-window time against it since 5.11; checked on 6.18 by
+``tests/integration/test_stuck_clients.py``): a client that never reads, whose stream the
+sweeper already ended, does not hold its buffers forever. ``SO_SNDBUF``
+(``tcp_send_buffer_bytes``) bounds what the kernel holds for each such connection; left to
+autotuning it grows to ``net.ipv4.tcp_wmem``'s maximum (4 MiB), and a thousand stuck clients
+would take gigabytes of the kernel's TCP memory, which every other connection shares.
+
 Linux copies these options from a listening socket to every socket it accepts (checked by
 ``tests/test_listener.py``), so they are set once, here.
 
@@ -19,10 +28,11 @@ Granian has no option for them and, on Linux, builds one ``SO_REUSEPORT`` listen
 inside its Rust code. ``Server`` replaces that step (``_init_shared_socket``, the hook Granian
 itself uses on platforms without per-worker listeners) with a socket built here with
 Granian's own options (``SO_REUSEADDR``, ``SO_REUSEPORT``, ``TCP_NODELAY``) plus ours, handed
-to the workers as a ``SocketHolder``. It leans on Granian internals pinned in pyproject.toml;
-``tests/integration/test_dead_clients.py::test_accepted_sockets_carry_the_tcp_options`` reads
-the options back from a connection a real relay accepted, so an upgrade that bypasses the hook
-fails there.
+to the workers as a ``SocketHolder`` (so a node's workers share one accept queue instead of
+the kernel hashing connections over one queue each). It leans on Granian internals pinned in
+pyproject.toml; ``test_accepted_sockets_carry_the_tcp_options`` (in
+``tests/integration/test_dead_clients.py``) reads the options back from a connection a real
+relay accepted, so an upgrade that bypasses the hook fails there.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ KEEPALIVE_PROBES = 3
 class TcpOptions:
     keepalive_s: int  # 0: keepalive off
     user_timeout_s: float  # 0: the kernel's retransmission limit
+    send_buffer_bytes: int = 0  # 0: the kernel's autotuning (up to net.ipv4.tcp_wmem's max)
 
     @property
     def keepalive_interval_s(self) -> int:
@@ -58,6 +69,8 @@ def apply(sock: socket.socket, options: TcpOptions) -> None:
     if options.user_timeout_s:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                         max(1, round(options.user_timeout_s * 1000)))
+    if options.send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, options.send_buffer_bytes)
 
 
 def listening_socket(host: str, port: int, backlog: int, options: TcpOptions) -> socket.socket:

@@ -34,5 +34,6 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
         log_access=False,
         workers_kill_timeout=5,
         # keepalive and user timeout on the listener: vanished clients are let go in bounded time
-        tcp=TcpOptions(settings.tcp_keepalive_s, settings.tcp_user_timeout_s),
+        tcp=TcpOptions(settings.tcp_keepalive_s, settings.tcp_user_timeout_s,
+                       settings.tcp_send_buffer_bytes),
     ).serve()

@@ -100,9 +100,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # -- vanished peers (relay/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.
     tcp_user_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
-    """Sent data unacknowledged this long drops the connection (TCP_USER_TIMEOUT); 0: ~15 min."""
+    """Data unacknowledged, or a window shut, this long drops a connection; 0: kernel's 15 min."""
     tcp_keepalive_s: Annotated[int, Meta(ge=0, le=32767)] = 60
     """An idle connection gets TCP keepalive probes after this, 3 a third of it apart; 0: off."""
+    tcp_send_buffer_bytes: Annotated[int, Meta(ge=0, le=64 * 1024 * 1024)] = 128 * 1024
+    """Kernel send buffer per connection (SO_SNDBUF; Linux doubles it); 0: autotuned to 4 MiB."""
 
     @property
     def node(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,8 @@ def _accepted(options: TcpOptions) -> tuple[socket.socket, socket.socket, socket
 
 
 def test_linux_copies_keepalive_and_user_timeout_to_accepted_sockets() -> None:
-    listener, client, accepted = _accepted(TcpOptions(keepalive_s=9, user_timeout_s=4.5))
+    listener, client, accepted = _accepted(TcpOptions(keepalive_s=9, user_timeout_s=4.5,
+                                                      send_buffer_bytes=64 * 1024))
     with listener, client, accepted:
         assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert accepted.getsockopt(TCP, socket.TCP_KEEPIDLE) == 9
@@ -27,6 +29,8 @@ def test_linux_copies_keepalive_and_user_timeout_to_accepted_sockets() -> None:
         assert accepted.getsockopt(TCP, socket.TCP_KEEPCNT) == 3
         assert accepted.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 4500
         assert accepted.getsockopt(TCP, socket.TCP_NODELAY) == 1
+        # Linux doubles SO_SNDBUF for its bookkeeping, and locks it (no autotuning)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 128 * 1024
         # the connecting side is untouched: these are the server's choices
         assert client.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 0
 
@@ -36,6 +40,8 @@ def test_zero_turns_them_off() -> None:
     with listener, client, accepted:
         assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
         assert accepted.getsockopt(TCP, socket.TCP_USER_TIMEOUT) == 0
+        wmem_default = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[1])
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= wmem_default
 
 
 @pytest.mark.parametrize(("keepalive", "interval"), [(1, 1), (2, 1), (60, 20), (100, 33)])

@@ -61,7 +61,8 @@ def _socket_of(pid: int, peer: tuple[str, int]) -> socket.socket | None:
 def test_accepted_sockets_carry_the_tcp_options(start_relay: Callable[..., Relay]) -> None:
     """The options reach the sockets Granian's workers accept (fails if a Granian upgrade
     bypasses ``listener.Server``)."""
-    relay = start_relay(tcp_keepalive_s=7, tcp_user_timeout_s=2.5)
+    relay = start_relay(tcp_keepalive_s=7, tcp_user_timeout_s=2.5,
+                        tcp_send_buffer_bytes=96 * 1024)
     with socket.create_connection(("127.0.0.1", relay.port)) as conn:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")
@@ -76,6 +77,7 @@ def test_accepted_sockets_carry_the_tcp_options(start_relay: Callable[..., Relay
             assert accepted.getsockopt(tcp, socket.TCP_KEEPCNT) == 3
             assert accepted.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == 2500
             assert accepted.getsockopt(tcp, socket.TCP_NODELAY) == 1  # as Granian sets it
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 96 * 1024
 
 
 def _sockets_to(addr: str) -> int:
