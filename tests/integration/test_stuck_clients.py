@@ -26,15 +26,21 @@ from tests.integration.sse import subscribe
 
 READERS = 100
 STUCK = 1000
-EVENT_BYTES = 4096
-BATCH = 4  # per publish, 25 publishes a second: 100 events, 400 KiB a second
+# events of this size, BATCH per publish, 400 KiB a second whatever the size (STUCK_EVENT_BYTES
+# changes it: the relay sends one publish as one chunk, and what Granian holds for a
+# connection that does not read grows with the chunk size)
+EVENT_BYTES = int(os.environ.get("STUCK_EVENT_BYTES", "4096"))
+BATCH = 4
+CHUNK = BATCH * EVENT_BYTES
+INTERVAL_S = CHUNK / (400 * 1024)
 BACKLOG = 256 * 1024
 USER_TIMEOUT_S = 5.0
 # waves of stuck clients, one after the other (STUCK_WAVES=10 shows the RSS levelling off)
 WAVES = int(os.environ.get("STUCK_WAVES", "2"))
-# RSS above the idle baseline per stuck connection, at any wave's peak (measured: 145-165 KiB
-# in the first wave, at most 276 KiB over ten; the allocator keeps what it got)
-RSS_PER_STUCK = 320 * 1024
+# RSS above the idle baseline per stuck connection, at any wave's peak. Measured with 16 KiB
+# chunks: 145-165 KiB in the first wave, at most 276 KiB over ten (the allocator keeps what it
+# got); with 128 KiB chunks 933 KiB: Granian queues about 7 chunks before send() waits.
+RSS_PER_STUCK = 64 * 1024 + 16 * CHUNK
 
 
 class Reader:
@@ -97,7 +103,7 @@ def test_stuck_clients_are_closed_and_cost_bounded_memory(
         while time.monotonic() < end:
             body = [{"data": f"{time.monotonic()} {padding}"} for _ in range(BATCH)]
             published.extend(await publish(relay.url, TOKEN, "stuck", body))
-            await asyncio.sleep(0.04)
+            await asyncio.sleep(INTERVAL_S)
 
     async def wave() -> Wave:
         """1,000 clients that send their request and never read (small receive buffers),
@@ -162,8 +168,8 @@ def test_stuck_clients_are_closed_and_cost_bounded_memory(
 
         mib = 1024 * 1024
         print(f"\n{READERS} readers + {WAVES} waves of {STUCK} stuck clients, "
-              f"{len(published)} events of {EVENT_BYTES} B at 100 events/s; RSS before "
-              f"{before / mib:.1f} MiB")
+              f"{len(published)} events of {EVENT_BYTES} B in chunks of {CHUNK // 1024} KiB, "
+              f"400 KiB/s; RSS before {before / mib:.1f} MiB")
         for n, w in enumerate(waves):
             print(f"wave {n + 1}: streams ended after {_s(w.closed_after)} s, connections "
                   f"dropped after {_s(w.dropped_after)} s, {w.drops:.0f} drops; RSS peak "
