@@ -6,7 +6,6 @@ reading, while its RSGI stream transport buffers without bound.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated
 
@@ -14,13 +13,12 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, store, stream
+from relay import __version__, auth, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     Unavailable,
     Unprocessable,
 )
@@ -59,7 +57,10 @@ def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | 
     for ev in events:
         raw = bytes(ev.data).strip()
         # a JSON string is sent as the text it holds; any other JSON value as written
-        data = _str_decoder.decode(raw).encode() if raw[:1] == b'"' else raw
+        try:
+            data = _str_decoder.decode(raw).encode() if raw[:1] == b'"' else raw
+        except UnicodeError:  # bytes that are not UTF-8 inside a string (found by fuzzing)
+            raise Unprocessable("body is not UTF-8") from None
         out.append((data, ev.event))
     return out, many
 
@@ -68,6 +69,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.relay = Relay(settings)
+        self.auth = auth.Authority(settings)
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -81,6 +83,13 @@ class App:
                               "retention_maxlen": settings.retention_maxlen,
                               "retention_max_age_s": settings.retention_max_age_s},
             "publish_auth": "Bearer",
+            # where a private topic's reader puts its token, and the claim that lists its rights
+            "subscribe_auth": {
+                "scheme": "Bearer",
+                "claim": auth.CLAIM,
+                "query": auth.TOKEN_QUERY,
+                "cookie": auth.TOKEN_COOKIE,
+            },
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,17 +116,22 @@ class App:
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
         method, parts = request.method, request.parts
         if method == "OPTIONS":
-            return await self.preflight(send)
+            return await self.preflight(request, send)
+        # a topic's name and the method are checked before any token: a private topic's rules
+        # are public, and nothing else about the request is looked at before its token
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
             topic = parse_topic(parts[2])
             if len(parts) == 3:
                 _only(method, "GET, HEAD")
-                return await self.metadata(request, topic, send)
+                access = self.auth.check_read(request, topic)
+                return await self.metadata(request, topic, access, send)
             if parts[3] == "events":
                 if method == "POST":
                     return await self.publish(request, topic, receive, send)
                 _only(method, "GET, POST")
-                return await stream.serve(self.relay, request, topic, receive, send)
+                access = self.auth.check_read(request, topic)
+                return await stream.serve(self.relay, request, topic, receive, send,
+                                          expires=access.expires)
         simple = {
             "v1/handshake": self.handshake_answer,
             "healthz": self.healthz,
@@ -133,14 +147,9 @@ class App:
 
     async def publish(self, request: Request, topic: str, receive: Receive, send: Send) -> None:
         s = self.settings
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        # compared in constant time; checked before anything else so that without a valid
-        # token the answer is 401 whatever else is wrong
-        if not s.publish_token or scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), s.publish_token.encode()
-        ):
-            raise Unauthorized("publishing needs Authorization: Bearer <publish token>")
+        # checked before the body is read: without a valid token the answer is 401 whatever
+        # else is wrong
+        self.auth.check_publish(request, topic)
         body = await read_body(receive, s.max_body_bytes, request.headers.get("content-length"))
         events, many = decode_events(body, s.max_batch)
         try:
@@ -154,7 +163,8 @@ class App:
         answer = {"ids": assigned} if many else {"id": assigned[0]}
         await self.relay.responder.json(send, 201, answer, {"cache-control": "no-store"})
 
-    async def metadata(self, request: Request, topic: str, send: Send) -> None:
+    async def metadata(self, request: Request, topic: str, access: auth.Access,
+                       send: Send) -> None:
         s = self.settings
         try:
             info = await store.info(self.relay.redis, topic)
@@ -177,11 +187,11 @@ class App:
             "retry_ms": s.retry_ms,
             "heartbeat_s": s.heartbeat_s,
         }
-        await self.relay.responder.cached_json(
-            send, request, payload,
+        # a private topic's metadata is its readers' alone: no shared cache may keep it
+        cache = "private, no-store" if access.private else (
             f"public, max-age={s.metadata_max_age_s}, stale-while-revalidate=5, "
-            "stale-if-error=300",
-        )
+            "stale-if-error=300")
+        await self.relay.responder.cached_json(send, request, payload, cache)
 
     async def handshake_answer(self, request: Request, send: Send) -> None:
         await self.relay.responder.cached_json(
@@ -205,14 +215,8 @@ class App:
             {"content-type": "text/plain; version=0.0.4", "cache-control": "no-store"},
         )
 
-    async def preflight(self, send: Send) -> None:
-        await self.relay.responder.body(send, 204, b"", {
-            "access-control-allow-methods": "GET, HEAD, POST, OPTIONS",
-            "access-control-allow-headers": "authorization, content-type, last-event-id, "
-                                            "if-none-match",
-            "access-control-max-age": "86400",
-            "cache-control": "public, max-age=86400",
-        })
+    async def preflight(self, request: Request, send: Send) -> None:
+        await self.relay.responder.preflight(send, request)
 
 
 def _only(method: str, allowed: str) -> None:

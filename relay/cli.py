@@ -42,6 +42,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
     settings = settings_mod.load(**overrides)
+    _check_auth(settings)
     server.run(settings)
     return 0
 
@@ -51,8 +52,63 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
     settings = settings_mod.load(**overrides)
+    _check_auth(settings)
     server.run(settings, "replay.app:create_app", host=settings.replay_host,
                port=settings.replay_port)
+    return 0
+
+
+def _check_auth(settings: settings_mod.Settings) -> None:
+    """Keys and algorithms are loaded once here, so that a bad one stops the command with one
+    line (exit 2) instead of failing in every worker."""
+    from relay import auth
+
+    auth.Authority(settings)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a token, for tests and operators: HMAC with SSEDGE_JWT_SECRET, or --key PEM."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from relay import auth
+
+    settings = settings_mod.load()
+    key: Any
+    if args.key:
+        try:
+            key = load_pem_private_key(Path(args.key).read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"ssedge token: cannot use {args.key} as a private key: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(key, rsa.RSAPrivateKey):
+            alg = args.alg or "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            alg = args.alg or auth.EC_ALGORITHMS.get(key.curve.name, "ES256")
+        else:
+            print("ssedge token: an RSA or EC private key is needed", file=sys.stderr)
+            return 2
+    elif settings.jwt_secret:
+        key, alg = settings.jwt_secret, args.alg or "HS256"
+    else:
+        print("ssedge token: set SSEDGE_JWT_SECRET or give --key PRIVATE_KEY.pem",
+              file=sys.stderr)
+        return 2
+    claims: dict[str, Any] = {
+        auth.CLAIM: {"subscribe": args.subscribe or [], "publish": args.publish or []},
+        "iat": int(time.time()),
+        "exp": int(time.time()) + args.ttl,
+    }
+    if args.subject:
+        claims["sub"] = args.subject
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    print(jwt.encode(claims, key, algorithm=alg))
     return 0
 
 
@@ -108,7 +164,8 @@ async def _tail(args: argparse.Namespace) -> int:
     seen = 0
     while True:
         try:
-            es = await client.stream(url, last_event_id=last_id)
+            headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+            es = await client.stream(url, last_event_id=last_id, headers=headers)
             if es.response.status != 200:
                 answer = es.response.body.decode(errors="replace")
                 print(f"ssedge tail: {es.response.status} {answer}", file=sys.stderr)
@@ -181,7 +238,19 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--backfill", type=int, default=0, help="start with the last N events")
     tail.add_argument("--count", type=int, default=0, help="stop after N events")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--token", help="a subscriber token, for a private topic")
     tail.set_defaults(func=cmd_tail)
+
+    tok = sub.add_parser("token", help="mint a JWT (HMAC with SSEDGE_JWT_SECRET, or --key)")
+    tok.add_argument("--subscribe", action="append", metavar="PATTERN",
+                     help="a topic pattern it may read; repeat for more")
+    tok.add_argument("--publish", action="append", metavar="PATTERN",
+                     help="a topic pattern it may publish to; repeat for more")
+    tok.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
+    tok.add_argument("--key", help="PEM private key (RSA or EC) to sign with instead")
+    tok.add_argument("--alg", help="signature algorithm (default HS256, RS256 or the curve's ES)")
+    tok.add_argument("--subject", help="the sub claim (who it is for)")
+    tok.set_defaults(func=cmd_token)
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)

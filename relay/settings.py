@@ -20,6 +20,12 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[int, Meta(ge=0)]
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
+# a comma-separated list of origins (scheme://host[:port]), or `*`, or nothing
+_ORIGIN = r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+_ORIGINS = rf"^(\*|({_ORIGIN})(\s*,\s*({_ORIGIN}))*)?$"
+# a comma-separated list of topic patterns: topic characters and `*`
+_PATTERN = r"[A-Za-z0-9._:\-*]{1,128}"
+_PATTERNS = rf"^({_PATTERN}(\s*,\s*{_PATTERN})*)?$"
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
     """Redis holding the streams (redis://, rediss:// or unix://)."""
     publish_token: str = ""
-    """Bearer token for publishing; empty disables publishing (every publish is 401)."""
+    """Static bearer token that may publish to every topic; empty: only JWT publish tokens."""
     host: str = "127.0.0.1"
     """Address the relay listens on."""
     port: Port = 8101
@@ -94,8 +100,26 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Cache lifetime of stream metadata."""
     handshake_max_age_s: NonNegative = 30
     """Cache lifetime of the handshake."""
-    cors_origin: str = "*"
-    """Access-Control-Allow-Origin of every answer; empty sends none."""
+    cors_origin: Annotated[str, Meta(pattern=_ORIGINS)] = "*"
+    """CORS: `*` (any origin, no cookies), or listed origins (with cookies); empty: none."""
+
+    # -- private topics and tokens (relay/auth.py) -------------------------------------
+    private_topics: Annotated[str, Meta(pattern=_PATTERNS)] = ""
+    """Topic patterns (`*` = any run) that need a subscriber JWT; empty: all public."""
+    jwt_secret: str = ""
+    """HMAC secret (32+ bytes) for HS256/HS384/HS512 tokens; empty accepts no HMAC token."""
+    jwt_public_key: str = ""
+    """RSA or EC public key (a PEM file's path, or the PEM) for RS, PS and ES tokens."""
+    jwt_algorithms: str = "HS256,RS256,ES256"
+    """Signature algorithms accepted: HS, RS, PS or ES with 256, 384 or 512; never `none`."""
+    jwt_audience: str = ""
+    """Required `aud` claim; empty: tokens that carry an `aud` are refused."""
+    jwt_issuer: str = ""
+    """Required `iss` claim; empty: not checked."""
+    jwt_leeway_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
+    """Clock skew allowed when checking `exp`, `nbf` and `iat`."""
+    jwt_require_exp: bool = True
+    """Refuse tokens without `exp` (a stream ends when its token expires)."""
 
     @property
     def node(self) -> str:

@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from relay import store
+from relay import auth, store
 from relay.feed import Feed
 from relay.http import Responder
 from relay.metrics import Metrics
@@ -41,6 +41,7 @@ class Relay:
             settings.replay_url, self.redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
             cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
+            private=auth.Patterns.parse(settings.private_topics).match,
         )
         self._tasks: list[asyncio.Task[None]] = []
         m = self.metrics

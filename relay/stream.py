@@ -32,7 +32,7 @@ from relay.wire import encode_comment, encode_retry
 KEEPALIVE = encode_comment("keepalive")
 _STREAM_HEADERS = {
     "content-type": "text/event-stream",
-    "cache-control": "no-store",
+    "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
     "x-accel-buffering": "no",
 }
 
@@ -65,7 +65,8 @@ def parse_start(request: Request, ring_events: int) -> Start:
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
-                send: Send) -> None:
+                send: Send, *, expires: float | None = None) -> None:
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s)."""
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
     hub = relay.hub
@@ -94,6 +95,10 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     metrics.streams_open += 1
     metrics.streams_total += 1
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+    # a token's expiry ends its stream like any close: the client comes back with its
+    # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
+    expiry = None if expires is None else asyncio.get_running_loop().call_later(
+        max(0.0, expires - time.time()), sub.close, "token expired")
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
         await send({"type": "http.response.body",
@@ -110,6 +115,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             task.uncancel()
     finally:
         watcher.cancel()
+        if expiry is not None:
+            expiry.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
