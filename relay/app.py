@@ -42,6 +42,12 @@ _str_decoder = msgspec.json.Decoder(str)
 def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | None]], bool]:
     """(data as sent on the wire, event type) pairs, and whether the body was an array."""
     try:
+        # JSON is UTF-8, but msgspec passes other bytes inside strings and raw values through:
+        # an event must reach every reader exactly as published, so the body is checked whole
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise Unprocessable(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
         decoded = _publish_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise Unprocessable(str(exc)) from None
@@ -57,10 +63,7 @@ def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | 
     for ev in events:
         raw = bytes(ev.data).strip()
         # a JSON string is sent as the text it holds; any other JSON value as written
-        try:
-            data = _str_decoder.decode(raw).encode() if raw[:1] == b'"' else raw
-        except UnicodeError:  # bytes that are not UTF-8 inside a string (found by fuzzing)
-            raise Unprocessable("body is not UTF-8") from None
+        data = _str_decoder.decode(raw).encode() if raw[:1] == b'"' else raw
         out.append((data, ev.event))
     return out, many
 

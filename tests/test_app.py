@@ -23,7 +23,9 @@ def test_decode_events_string_data_as_is_and_json_as_written() -> None:
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"data": 1, "extra": 2}', b'"x"',
-                                  b'{"data": 1, "event": "a\\u0000b"}'])
+                                  b'{"data": 1, "event": "a\\u0000b"}',
+                                  b'{"data": "\xff"}', b'{"data": "\xed\xa0\x80"}',
+                                  b'{"data": ["\xff"]}', b'{"data": 1, "event": "\xff"}'])
 def test_decode_events_refuses(body: bytes) -> None:
     with pytest.raises(Unprocessable):
         decode_events(body, 10)
