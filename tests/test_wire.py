@@ -169,3 +169,23 @@ def test_round_trip_any_chunking(
     # values round-trip exactly
     assert out == expected
     assert dec.retry == 10
+
+
+@given(data=st.binary(max_size=300), event=st.none() | field_text)
+def test_any_bytes_as_data_stay_one_event(data: bytes, event: str | None) -> None:
+    # producers may XADD any bytes: whatever they hold, they frame as exactly one event
+    out = decode_bytewise(encode_event(data, id="1-0", event=event))
+    text = data.decode("utf-8", "replace")
+    assert out == [Event(text.replace("\r\n", "\n").replace("\r", "\n"), event or "message",
+                         "1-0")]
+
+
+@given(raw=st.binary(max_size=500), cuts=st.lists(st.integers(0, 500), max_size=6))
+def test_decoder_takes_any_bytes(raw: bytes, cuts: list[int]) -> None:
+    dec = Decoder(comments=True)
+    prev = 0
+    for cut in [*sorted(c for c in cuts if c <= len(raw)), len(raw)]:
+        for item in dec.feed(raw[prev:cut]):
+            if isinstance(item, Event):
+                assert "\x00" not in item.id and "\r" not in item.id and "\n" not in item.id
+        prev = cut
