@@ -53,11 +53,11 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: 
     raise RuntimeError(f"{name} did not open port {port} within {timeout:.0f} s")
 
 
-def _token(directory: Path) -> str:
-    path = directory / "publish-token"
+def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
+    path = directory / name
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(size)
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
@@ -108,6 +108,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # relays fetch history through Varnish: identical pages collapse across nodes there
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
+        # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
+        "SSEDGE_PRIVATE_TOPICS": "private-*",
+        "SSEDGE_JWT_SECRET": _token(directory, "jwt-secret", 48),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}
@@ -155,6 +158,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   replay       {replay_url}/v1/replay/{DEMO_TOPIC}?after=0-0
   redis        {redis_url}
   publish      token in {directory}/publish-token
+  private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)
         while not stop.wait(0.5):

@@ -104,6 +104,18 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         published = subprocess.run([*SSEDGE, "publish", "demo", "hello"], cwd=tmp_path,
                                    env=clean_env(), capture_output=True, timeout=30)
         assert published.returncode == 0, published.stderr
+        # private-* topics: a token minted in the checkout reads them, nothing else does
+        subprocess.run([*SSEDGE, "publish", "private-demo", "secret"], cwd=tmp_path,
+                       env=clean_env(), capture_output=True, timeout=30, check=True)
+        minted = subprocess.run([*SSEDGE, "token", "--subscribe", "private-*"], cwd=tmp_path,
+                                env=clean_env(), capture_output=True, timeout=30, check=True)
+        tail_private = [*SSEDGE, "tail", "private-demo", "--since", "earliest", "--count", "1"]
+        refused = subprocess.run(tail_private, cwd=tmp_path, env=clean_env(),
+                                 capture_output=True, timeout=30)
+        assert refused.returncode == 1 and b"401" in refused.stderr
+        read = subprocess.run([*tail_private, "--token", minted.stdout.decode().strip()],
+                              cwd=tmp_path, env=clean_env(), capture_output=True, timeout=30)
+        assert read.returncode == 0 and read.stdout.endswith(b"\tsecret\n"), read
     finally:
         stack.send_signal(signal.SIGINT)
         stack.wait(30)
