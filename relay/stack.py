@@ -108,6 +108,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # relays fetch history through Varnish: identical pages collapse across nodes there
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
+        # Ctrl-C drains open streams before the relays stop: keep it short here
+        "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}
