@@ -41,7 +41,7 @@ load-report: venv
 	-$(LOAD) many-topics --users 500 --spawn-rate 100 --set topics=50
 	-$(LOAD) reconnect-storm --users 500 --spawn-rate 100
 	-$(LOAD) slow-consumer --users 200 --spawn-rate 100
-	-$(LOAD) publish-burst --users 200 --spawn-rate 100 --set burst-size=1000
+	-$(LOAD) publish-burst --users 100 --spawn-rate 100
 	-$(LOAD) edge-cache --users 100 --spawn-rate 100
 	$(BIN)/python -m loadtests.report docs/results/load
 

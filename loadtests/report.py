@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("scenario", "verdict", "users", "published", "delivered", "deliveries/s",
-           "p50 ms", "p99 ms", "lost", "dup", "ooo", "replayed", "errors", "hit ratio")
+           "p50 ms", "p99 ms", "lost", "dup", "ooo", "replayed", "errors", "hit ratio", "client CPU %")
 
 
 def row(s: dict[str, Any]) -> list[str]:
@@ -24,7 +24,7 @@ def row(s: dict[str, Any]) -> list[str]:
             num("users"), num("published"), num("delivered"), num("deliveries_per_s"),
             num("p50_ms"), num("p99_ms"), num("lost_total"), num("duplicates"),
             num("out_of_order"), num("replayed"), f"{s['failures']}/{s['requests']:,}",
-            num("hit_ratio")]
+            num("hit_ratio"), num("client_cpu_pct")]
 
 
 def table(directory: Path) -> str:
