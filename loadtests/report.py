@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("scenario", "verdict", "users", "published", "delivered", "deliveries/s",
-           "p50 ms", "p99 ms", "lost", "dup", "ooo", "replayed", "errors", "hit ratio", "client CPU %")
+           "p50 ms", "p99 ms", "lost", "dup", "ooo", "replayed", "errors",
+           "hit ratio", "client CPU %")
 
 
 def row(s: dict[str, Any]) -> list[str]:
