@@ -200,6 +200,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                      args.edge_port)
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from relay import load
+
+    return load.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssedge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +257,12 @@ def parser() -> argparse.ArgumentParser:
     tok.add_argument("--alg", help="signature algorithm (default HS256, RS256 or the curve's ES)")
     tok.add_argument("--subject", help="the sub claim (who it is for)")
     tok.set_defaults(func=cmd_token)
+
+    load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
+    from relay.load import add_arguments
+
+    add_arguments(load_p)
+    load_p.set_defaults(func=cmd_load)
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)

@@ -111,6 +111,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
         "SSEDGE_PRIVATE_TOPICS": "private-*",
         "SSEDGE_JWT_SECRET": _token(directory, "jwt-secret", 48),
+        # Ctrl-C drains open streams before the relays stop: keep it short here
+        "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}
