@@ -9,6 +9,7 @@ are decoded with the wire module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.wire import Decoder, Item
+
+_ERROR_BODY_WAIT_S = 2.0
 
 
 class ProtocolError(ValueError):
@@ -214,12 +217,18 @@ async def stream(url: str, *, last_event_id: str | None = None,
         all_headers["Last-Event-ID"] = last_event_id
     writer, response, body = await _open("GET", url, all_headers, None)
     if response.status != 200:
-        try:
-            chunks: list[bytes] = []
+        chunks: list[bytes] = []
+
+        async def read_error() -> None:
             size = 0
             while not body.done and size < error_body_max:
                 chunks.append(await body.read())
                 size += len(chunks[-1])
+
+        try:
+            # bounded in size and time: an error answer that never ends says enough early
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(read_error(), _ERROR_BODY_WAIT_S)
             response.body = b"".join(chunks)[:error_body_max]
         finally:
             writer.close()

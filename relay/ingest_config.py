@@ -9,9 +9,12 @@ From the command line (``--topic T --from [NAME=]URL …``) and/or a TOML file
 
     [[ingest]]
     topic = "news"
-    envelope = true
-    from = [{ name = "wire", url = "https://news.example/sse",
-              headers = { Authorization = "Bearer abc" } }]
+    envelope = true             # data becomes JSON naming the upstream and its id
+
+    [[ingest.from]]             # an upstream with a name and request headers
+    name = "wire"
+    url = "https://news.example/sse"
+    headers = { Authorization = "Bearer abc" }
 
 An upstream's **name** is its identity: its resume cursor and lease in Redis are keyed by
 (topic, name), and clients see it in every event it sent. Without one it is the URL's
@@ -119,7 +122,7 @@ def load_file(path: Path) -> list[IngestTopic]:
         raise SettingsError(f"bad ingest file {path}: {exc}") from None
     out = []
     for entry in parsed.ingest:
-        ups = [upstream(u) if isinstance(u, str) else upstream(u.url, u.name, u.headers)
+        ups = [parse_from(u) if isinstance(u, str) else upstream(u.url, u.name, u.headers)
                for u in entry.from_]
         out.append(topic(entry.topic, ups, entry.envelope))
     return out

@@ -91,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # -- ingest: following upstream SSE servers ----------------------------------------
     ingest_file: str = ""
-    """TOML file listing the topics and upstreams ``ssedge ingest`` follows (see below)."""
+    """TOML file of the topics and upstreams ``ssedge ingest`` follows, with its flags' ones."""
     ingest_host: str = "127.0.0.1"
     """Address ``ssedge ingest`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on."""
     ingest_port: Annotated[int, Meta(ge=0, le=65535)] = 8301

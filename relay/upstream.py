@@ -158,7 +158,8 @@ class Follower:
             try:
                 position = await self._journal.position()
                 st.cursor = position.cursor
-                st.reconnects += not first
+                if not first:
+                    st.reconnects += 1
                 first = False
                 ending = await self._connection(position)
                 if ending is not None:
