@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint unit integration bench-reconnect bench-edge system venv clean
+.PHONY: up test lint unit integration bench-reconnect bench-edge load-report system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
@@ -16,7 +16,7 @@ test: venv system lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check relay replay tests bench
+	$(BIN)/ruff check relay replay loadtests tests bench
 	$(BIN)/mypy
 
 unit: venv
@@ -33,12 +33,24 @@ bench-reconnect: venv system
 bench-edge: venv system
 	$(BIN)/python -m bench.edge_streams --streams 1000 4000
 
+# One run of each Locust scenario against the running stack (`make up` in another shell),
+# sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.
+LOAD := $(BIN)/ssedge load --results docs/results/load --duration 60s
+load-report: venv
+	-$(LOAD) fanout --users 500 --spawn-rate 100
+	-$(LOAD) many-topics --users 500 --spawn-rate 100 --set topics=50
+	-$(LOAD) reconnect-storm --users 500 --spawn-rate 100
+	-$(LOAD) slow-consumer --users 200 --spawn-rate 100
+	-$(LOAD) publish-burst --users 100 --spawn-rate 100
+	-$(LOAD) edge-cache --users 100 --spawn-rate 100
+	$(BIN)/python -m loadtests.report docs/results/load
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,load]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -6,8 +6,11 @@ reading, while its RSGI stream transport buffers without bound.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import os
+import signal
 from typing import Annotated
 
 import msgspec
@@ -27,6 +30,8 @@ from relay.errors import (
 from relay.http import Receive, Request, Scope, Send, answer, parse_topic, read_body
 from relay.settings import Settings
 from relay.state import Relay
+
+log = logging.getLogger("ssedge.relay")
 
 PROTOCOL = 1
 EventType = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
@@ -65,9 +70,11 @@ def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | 
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = False) -> None:
         self.settings = settings
         self.relay = Relay(settings)
+        self.handle_signals = handle_signals
+        self._stopping: asyncio.Task[None] | None = None
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -94,11 +101,45 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.relay.start()
+                if self.handle_signals:
+                    self._take_stop_signals()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.relay.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _take_stop_signals(self) -> None:
+        """Drain on SIGTERM and SIGINT, in place of Granian's own handling in this worker.
+
+        Granian's worker, on these signals, stops accepting and waits for every connection to
+        end, which event streams never do by themselves: its main process then kills the
+        worker, cutting every client mid-stream. Here the worker drains (``Relay.drain``) and
+        then ends the way the signal's default action would, which is what Granian's main
+        process waits for. Signals that arrive during the drain (systemd and ``kill -- -PGID``
+        signal main process and workers alike) do not cut it short; the main process's kill
+        timeout (``drain_s`` + 5 s, ``relay.server``) stays the hard stop.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_exit(sig))
+        else:
+            log.info("%s while draining: the drain goes on", sig.name)
+
+    async def _drain_and_exit(self, sig: signal.Signals) -> None:
+        try:
+            await self.relay.drain()
+            await self.relay.stop()
+        except Exception:
+            log.exception("drain failed; stopping anyway")
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
@@ -193,6 +234,8 @@ class App:
 
     async def readyz(self, request: Request, send: Send) -> None:
         feed = self.relay.feed
+        if self.relay.draining:
+            raise Unavailable("not ready: draining for shutdown", 1, draining=True)
         if self.relay.ready:
             await self.relay.responder.json(send, 200, {"status": "ready"},
                                             {"cache-control": "no-store"})
@@ -223,4 +266,4 @@ def _only(method: str, allowed: str) -> None:
 def create_app() -> App:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return App(settings_mod.load())
+    return App(settings_mod.load(), handle_signals=True)

@@ -170,6 +170,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                      args.edge_port, args.upstream_port, args.ingest_port)
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from relay import load
+
+    return load.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssedge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +237,12 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=0, help="stop after N events")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(func=cmd_tail)
+
+    load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
+    from relay.load import add_arguments
+
+    add_arguments(load_p)
+    load_p.set_defaults(func=cmd_load)
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)

@@ -52,5 +52,9 @@ class Unprocessable(HTTPError):
 class Unavailable(HTTPError):
     status, code = 503, "unavailable"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"retry-after": str(retry_after)})
+    def __init__(self, message: str, retry_after: int = 1, *, draining: bool = False) -> None:
+        headers = {"retry-after": str(retry_after)}
+        if draining:
+            # the edge retries a request so answered on another node (varnish/default.vcl)
+            headers["x-ssedge-draining"] = "1"
+        super().__init__(message, headers=headers)

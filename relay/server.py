@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from granian import Granian
@@ -32,5 +33,6 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
         http1_settings=HTTP1Settings(max_buffer_size=8192, keep_alive=True),
         factory=True,
         log_access=False,
-        workers_kill_timeout=5,
+        # a stopping relay drains its streams first (relay.app._take_stop_signals)
+        workers_kill_timeout=math.ceil(settings.drain_s) + 5,
     ).serve()

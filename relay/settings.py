@@ -38,6 +38,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Connections one worker serves at once (Granian's backpressure; above it they wait)."""
     node_name: str = ""
     """Name in metrics and logs; empty means host:port."""
+    max_streams: Positive = 10_000
+    """Event streams one worker process serves at once; more is 503 with Retry-After."""
+    drain_s: Seconds = 10.0
+    """On SIGTERM/SIGINT: readiness goes red and open streams are closed over this long."""
+    drain_retry_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
+    """The ``retry:`` a stream closed by a drain gets: come back soon (to another node)."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000

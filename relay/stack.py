@@ -115,6 +115,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_REPLAY_PORT": str(replay_port),
         # another `ssedge ingest` in a second shell serves its metrics on a free port
         "SSEDGE_INGEST_PORT": "0",
+        # Ctrl-C drains open streams before the relays stop: keep it short here
+        "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}

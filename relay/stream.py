@@ -68,6 +68,14 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
                 send: Send) -> None:
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
+    if relay.draining:
+        relay.metrics.refused_streams += 1
+        raise Unavailable("this relay is shutting down; reconnect to another", 1,
+                          draining=True)
+    if relay.metrics.streams_open >= settings.max_streams:
+        relay.metrics.refused_streams += 1
+        raise Unavailable(f"this relay serves its maximum of {settings.max_streams} streams; "
+                          "try again or another node", 2)
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
@@ -113,9 +121,11 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
-        # end the response cleanly so the client reconnects with its Last-Event-ID
+        # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
+        # asks it to come back soon (to another node) rather than after the usual retry
+        last = encode_retry(settings.drain_retry_ms) if sub.closed_because == "drain" else b""
         with contextlib.suppress(Exception):  # the client may be gone too
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def _check_future(relay: Relay, topic: str, after: int) -> tuple[int, bytes]:

@@ -177,6 +177,12 @@ sub ssedge_stream_timeouts {
 }
 
 sub vcl_backend_response {
+    if (beresp.http.X-Ssedge-Draining && bereq.retries < 2) {
+        # a relay draining for shutdown refuses new streams before its probe turns sick:
+        # the request goes to another node, as a refused connection would (an EventSource
+        # given a 503 would give up for good)
+        return (retry);
+    }
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
         call ssedge_stream_response;
     }

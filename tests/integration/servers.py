@@ -99,14 +99,16 @@ class Relay:
     """A relay node (``ssedge relay``), or with ``command="replay"`` the replay service."""
 
     def __init__(self, log_dir: Path, redis: RedisServer, token: str, command: str = "relay",
-                 **settings: Any) -> None:
-        self.port = free_port()
+                 port: int | None = None, **settings: Any) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
         env.update({
             "SSEDGE_REDIS_URL": redis.url,
             "SSEDGE_PUBLISH_TOKEN": token,
             "SSEDGE_PORT" if command == "relay" else "SSEDGE_REPLAY_PORT": str(self.port),
+            # tests stop relays with streams still open: a short drain keeps them quick
+            "SSEDGE_DRAIN_S": "1",
         })
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
         self.log = log_dir / f"{command}-{self.port}.log"

@@ -1,0 +1,431 @@
+"""ssedge's Locust scenarios: readers, publishers, and the run's verdict.
+
+Headless, one scenario: ``ssedge load SCENARIO`` (see ``loadtests/scenarios.py``). Web UI:
+``locust -f loadtests/locustfile.py --class-picker --host http://127.0.0.1:8080`` and pick a
+reader class and a publisher. Distributed: the same file on ``--master`` and ``--worker``s.
+
+Objectives (``--ssedge-max-p99-ms``, ``--ssedge-max-lost``, ``--ssedge-max-error-ratio``,
+``--ssedge-min-hit-ratio``) are judged when Locust quits; a missed one makes the exit code 1
+and is named in the summary line. Readers marked slow are held to "nothing lost", not to the
+latency objective.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import resource
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from locust import FastHttpUser, between, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtests import tally
+from loadtests.sse import TALLIES, SSEUser
+
+log = logging.getLogger("ssedge.load")
+
+#: When this process's test started (storm clocks and publisher deadlines count from it).
+STARTED = [time.time()]
+#: X-Cache verdicts of edge requests in this process, by request name.
+CACHE: dict[str, dict[str, int]] = defaultdict(lambda: {"hit": 0, "miss": 0, "none": 0})
+#: Events this process's publisher had acknowledged (201).
+PUBLISHED = [0]
+#: The most users this run had at once.
+PEAK_USERS = [0]
+#: The latest totals each worker reported (the master sums them).
+WORKER_TOTALS: dict[str, dict[str, int]] = {}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    add = parser.add_argument_group("ssedge").add_argument
+    add("--ssedge-scenario", default="custom", help="scenario name shown in the summary")
+    add("--ssedge-token", default=os.environ.get("SSEDGE_PUBLISH_TOKEN", ""),
+        help="publish token (SSEDGE_PUBLISH_TOKEN)")
+    add("--ssedge-prefix", default="load", help="topic name prefix")
+    add("--ssedge-rate", type=float, default=10.0, help="events per second per topic")
+    add("--ssedge-payload", type=int, default=128, help="padding bytes per event")
+    add("--ssedge-topics", type=int, default=20, help="topics in many-topics and edge-cache")
+    add("--ssedge-storm-every", type=float, default=15.0, help="seconds between storms")
+    add("--ssedge-storm-share", type=float, default=0.9, help="share of readers a storm drops")
+    add("--ssedge-retry-ms", type=int, default=None,
+        help="reconnect delay instead of the stream's retry:")
+    add("--ssedge-slow-delay", type=float, default=0.5, help="slow readers' pause per 1 KiB")
+    add("--ssedge-burst-size", type=int, default=500, help="events per burst")
+    add("--ssedge-burst-every", type=float, default=5.0, help="seconds between bursts")
+    add("--ssedge-publish-for", type=float, default=None,
+        help="publish this long, then send each topic's last event (enables tail-loss checks)")
+    add("--ssedge-max-p99-ms", type=float, default=500.0, help="objective: event p99 latency")
+    add("--ssedge-max-lost", type=int, default=0, help="objective: lost events")
+    add("--ssedge-max-error-ratio", type=float, default=0.01, help="objective: failed/requests")
+    add("--ssedge-min-hit-ratio", type=float, default=0.9, help="objective: edge X-Cache hits")
+    add("--ssedge-summary", default="", help="write the verdict as JSON to this file")
+
+
+def _opt(environment: Environment, name: str) -> Any:
+    return getattr(environment.parsed_options, f"ssedge_{name}")
+
+
+#### Readers ###################################################################################
+
+_topic_numbers = itertools.count()
+
+
+def _storm_clock(environment: Environment) -> Iterator[float]:
+    every = float(_opt(environment, "storm_every"))
+    return (STARTED[0] + every * k for k in itertools.count(1))
+
+
+class FanoutReader(SSEUser):
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return [f"{_opt(environment, 'prefix')}-fanout"]
+
+    @task
+    def read(self) -> None:
+        self.follow(self.topics(self.environment)[0])
+
+
+class TopicsReader(SSEUser):
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        prefix = _opt(environment, "prefix")
+        return [f"{prefix}-topic-{i}" for i in range(int(_opt(environment, "topics")))]
+
+    @task
+    def read(self) -> None:
+        topics = self.topics(self.environment)
+        self.follow(topics[next(_topic_numbers) % len(topics)])
+
+
+class StormReader(SSEUser):
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return [f"{_opt(environment, 'prefix')}-storm"]
+
+    @task
+    def read(self) -> None:
+        self.follow(self.topics(self.environment)[0], storms=_storm_clock(self.environment))
+
+
+class FastReader(SSEUser):
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return [f"{_opt(environment, 'prefix')}-slow"]
+
+    @task
+    def read(self) -> None:
+        self.follow(self.topics(self.environment)[0])
+
+
+class SlowReader(SSEUser):
+    slow = True
+
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return FastReader.topics(environment)
+
+    @task
+    def read(self) -> None:
+        # A 4 KiB receive buffer and 1 KiB reads make the backlog stay on the relay's side.
+        self.follow(self.topics(self.environment)[0], read_size=1024, rcvbuf=4096,
+                    read_delay=float(_opt(self.environment, "slow_delay")))
+
+
+class BurstReader(SSEUser):
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return [f"{_opt(environment, 'prefix')}-burst"]
+
+    @task
+    def read(self) -> None:
+        self.follow(self.topics(self.environment)[0])
+
+
+#### Publishers ################################################################################
+
+class PublisherUser(FastHttpUser):
+    """One publisher for the run: numbers its events per topic and stamps their send time."""
+
+    abstract = True
+    fixed_count = 1
+    batch_limit = 100
+
+    def on_start(self) -> None:
+        self.name = secrets.token_hex(4)
+        self.seq: dict[str, int] = defaultdict(int)
+        self.retired: dict[str, int] = defaultdict(int)
+        self.finished = False
+        self.headers = {"Authorization": f"Bearer {_opt(self.environment, 'token')}"}
+
+    def topics(self) -> list[str]:
+        """The topics of the reader classes in this run."""
+        names = set()
+        for cls in self.environment.user_classes:
+            if issubclass(cls, SSEUser) and hasattr(cls, "topics"):
+                names.update(cls.topics(self.environment))
+        return sorted(names)
+
+    def publishing(self) -> bool:
+        """False once ``--ssedge-publish-for`` has passed; each topic then gets its last event."""
+        publish_for = _opt(self.environment, "publish_for")
+        if publish_for is None or time.time() < STARTED[0] + float(publish_for):
+            return True
+        if not self.finished:
+            self.finished = True
+            for topic in self.topics():
+                self.publish(topic, 1, last=True)
+        return False
+
+    def publish(self, topic: str, count: int, *, last: bool = False) -> None:
+        pad = int(_opt(self.environment, "payload"))
+        while count > 0:
+            n = min(count, self.batch_limit)
+            count -= n
+            first = self.seq[topic] + 1
+            self.seq[topic] += n
+            now = time.time()
+            body = [{"data": tally.encode(now, self.name, s, self.retired[topic],
+                                          last and s == first + n - 1, pad)}
+                    for s in range(first, first + n)]
+            with self.client.post(f"/v1/streams/{topic}/events", json=body,
+                                  headers=self.headers, name="publish",
+                                  catch_response=True) as response:
+                if response.status_code == 201:
+                    PUBLISHED[0] += n
+                else:
+                    # Never acknowledged: readers are told, through later events, not to count
+                    # these numbers as lost.
+                    self.retired[topic] += n
+                    answer = (response.text or str(response.error or ""))[:200]
+                    response.failure(f"HTTP {response.status_code}: {answer}")
+
+
+class SteadyPublisher(PublisherUser):
+    """``--ssedge-rate`` events per second on every topic, sent every 50 ms or slower."""
+
+    wait_time = between(0, 0)
+
+    @task
+    def steady(self) -> None:
+        rate = float(_opt(self.environment, "rate"))
+        tick = max(0.05, 1 / rate)
+        begun = time.time()
+        sent = 0
+        while self.publishing():
+            due = int((time.time() - begun) * rate) - sent
+            if due > 0:
+                for topic in self.topics():
+                    self.publish(topic, due)
+                sent += due
+            time.sleep(tick)
+        time.sleep(3600)  # done: idle until the run stops
+
+
+class BurstPublisher(PublisherUser):
+    """``--ssedge-burst-size`` events as fast as the relay takes them, every few seconds."""
+
+    wait_time = between(0, 0)
+
+    @task
+    def bursts(self) -> None:
+        every = float(_opt(self.environment, "burst_every"))
+        size = int(_opt(self.environment, "burst_size"))
+        time.sleep(1.0)  # let readers connect first
+        while self.publishing():
+            for topic in self.topics():
+                self.publish(topic, size)
+            time.sleep(every)
+        time.sleep(3600)
+
+
+#### Edge ######################################################################################
+
+class EdgeClient(FastHttpUser):
+    """Handshake and metadata traffic, as page loads cause it; counts Varnish's X-Cache."""
+
+    wait_time = between(0.01, 0.05)
+
+    @task(1)
+    def handshake(self) -> None:
+        self._get("/v1/handshake", "handshake")
+
+    @task(4)
+    def metadata(self) -> None:
+        number = next(_topic_numbers) % int(_opt(self.environment, "topics"))
+        self._get(f"/v1/streams/{_opt(self.environment, 'prefix')}-edge-{number}", "metadata")
+
+    def _get(self, path: str, name: str) -> None:
+        with self.client.get(path, name=name, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}")
+                return
+            verdict = (response.headers.get("x-cache") or "").lower()
+            CACHE[name]["hit" if "hit" in verdict else "miss" if verdict else "none"] += 1
+
+
+#### Verdict ###################################################################################
+
+def local_totals() -> dict[str, int]:
+    totals: dict[str, int] = defaultdict(int)
+    for t, slow in TALLIES:
+        totals["readers"] += 1
+        totals["received"] += t.received
+        totals["lost"] += t.lost
+        totals["duplicates"] += t.duplicates
+        totals["out_of_order"] += t.out_of_order + t.id_regressions
+        totals["replayed"] += t.replayed
+        tail, unfinished = t.missing_tail()
+        if slow:
+            totals["slow_behind"] += tail + unfinished
+        else:
+            totals["tail_lost"] += tail
+            totals["unfinished"] += unfinished
+        if not t.publishers:
+            totals["silent"] += 1
+    totals["published"] += PUBLISHED[0]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    totals["client_cpu_ms"] += round((usage.ru_utime + usage.ru_stime) * 1000)
+    for name, counts in CACHE.items():
+        for verdict, n in counts.items():
+            totals[f"{name}_{verdict}"] += n
+    return dict(totals)
+
+
+@events.test_start.add_listener
+def _started(environment: Environment, **_: Any) -> None:
+    STARTED[0] = time.time()
+
+
+@events.spawning_complete.add_listener
+def _spawned(user_count: int, **_: Any) -> None:
+    PEAK_USERS[0] = max(PEAK_USERS[0], user_count)
+
+
+@events.report_to_master.add_listener
+def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data["ssedge"] = local_totals()
+
+
+@events.worker_report.add_listener
+def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    if "ssedge" in data:
+        WORKER_TOTALS[client_id] = data["ssedge"]
+
+
+def verdict(environment: Environment, totals: dict[str, int]) -> dict[str, Any]:
+    """The run's figures and each objective, met or missed."""
+    stats = environment.stats
+    event = stats.entries.get(("event", "SSE"))
+    others = [stats.entries.get((name, "SSE")) for name in ("event slow", "event replayed")]
+    started = stats.start_time or time.time()
+    duration = max(1e-9, (stats.last_request_timestamp or started) - started)
+    total = stats.total
+    figures: dict[str, Any] = {
+        "scenario": _opt(environment, "scenario"),
+        "users": PEAK_USERS[0],
+        "duration_s": round(duration, 1),
+        "delivered": sum(e.num_requests for e in (event, *others) if e is not None),
+        "p50_ms": event.get_response_time_percentile(0.5) if event else None,
+        "p99_ms": event.get_response_time_percentile(0.99) if event else None,
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        **totals,
+    }
+    figures["deliveries_per_s"] = round(figures["delivered"] / duration)
+    publish = stats.entries.get(("publish", "POST"))
+    figures["publish_requests"] = publish.num_requests if publish else 0
+    lost = totals.get("lost", 0) + totals.get("tail_lost", 0) + totals.get("unfinished", 0)
+    figures["lost_total"] = lost
+    missed: list[str] = []
+    readers = totals.get("readers", 0)
+    if readers:
+        if not totals.get("published"):
+            missed.append("nothing was published (check the publish token)")
+        if not figures["delivered"]:
+            missed.append("no events delivered")
+        elif figures["p99_ms"] > _opt(environment, "max_p99_ms"):
+            missed.append(f"p99 {figures['p99_ms']:.0f} ms > {_opt(environment, 'max_p99_ms')}")
+        if lost > _opt(environment, "max_lost"):
+            missed.append(f"lost {lost} > {_opt(environment, 'max_lost')}")
+        if totals.get("duplicates", 0) or totals.get("out_of_order", 0):
+            missed.append(f"duplicates {totals.get('duplicates', 0)}, "
+                          f"out of order {totals.get('out_of_order', 0)}")
+    ratio = total.num_failures / total.num_requests if total.num_requests else 0.0
+    figures["error_ratio"] = round(ratio, 5)
+    if ratio > _opt(environment, "max_error_ratio"):
+        missed.append(f"error ratio {ratio:.4f} > {_opt(environment, 'max_error_ratio')}")
+    hits = sum(v for k, v in totals.items() if k.endswith("_hit"))
+    looked = hits + sum(v for k, v in totals.items() if k.endswith(("_miss", "_none")))
+    if looked:
+        figures["hit_ratio"] = round(hits / looked, 4)
+        if totals.get("handshake_none", 0) + totals.get("metadata_none", 0) == looked:
+            missed.append("no X-Cache header: not behind the Varnish edge")
+        elif figures["hit_ratio"] < _opt(environment, "min_hit_ratio"):
+            missed.append(f"hit ratio {figures['hit_ratio']} < "
+                          f"{_opt(environment, 'min_hit_ratio')}")
+    crashes = sum(e["count"] for e in environment.runner.exceptions.values()) \
+        if environment.runner is not None else 0
+    if crashes:
+        missed.append(f"{crashes} exception(s) in the load code (see the report)")
+    figures["client_cpu_pct"] = round(totals.get("client_cpu_ms", 0) / 10 / duration)
+    if figures["client_cpu_pct"] >= 80 and not isinstance(environment.runner, MasterRunner):
+        figures["note"] = ("the load client used most of a core: latencies include its own "
+                           "queueing (run more workers)")
+    figures["missed"] = missed
+    figures["passed"] = not missed
+    return figures
+
+
+def summary_line(f: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}ms"
+
+    parts = [
+        f"{f['scenario']} {'PASS' if f['passed'] else 'FAIL'}",
+        f"users={f['users']}", f"readers={f.get('readers', 0)}",
+        f"duration={f['duration_s']}s", f"published={f.get('published', 0)}",
+        f"delivered={f['delivered']}", f"deliveries/s={f['deliveries_per_s']}",
+        f"p50={ms(f['p50_ms'])}", f"p99={ms(f['p99_ms'])}",
+        f"lost={f['lost_total']}", f"dup={f.get('duplicates', 0)}",
+        f"ooo={f.get('out_of_order', 0)}", f"replayed={f.get('replayed', 0)}",
+        f"errors={f['failures']}/{f['requests']}", f"client_cpu={f['client_cpu_pct']}%",
+    ]
+    if "hit_ratio" in f:
+        parts.append(f"hit_ratio={f['hit_ratio']}")
+    if f.get("slow_behind"):
+        parts.append(f"slow_behind={f['slow_behind']}")
+    if f["missed"]:
+        parts.append("missed: " + "; ".join(f["missed"]))
+    if f.get("note"):
+        parts.append(f"note: {f['note']}")
+    return " ".join(parts)
+
+
+@events.quitting.add_listener
+def _judge(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    if isinstance(environment.runner, MasterRunner):
+        totals: dict[str, int] = defaultdict(int)
+        for worker in WORKER_TOTALS.values():
+            for key, value in worker.items():
+                totals[key] += value
+    else:
+        totals = defaultdict(int, local_totals())
+    figures = verdict(environment, dict(totals))
+    line = summary_line(figures)
+    log.info("ssedge load: %s", line)
+    path = _opt(environment, "summary")
+    if path:
+        Path(path).write_text(json.dumps({**figures, "line": line}, indent=2) + "\n")
+    environment.process_exit_code = 0 if figures["passed"] else 1

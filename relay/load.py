@@ -1,0 +1,147 @@
+"""``ssedge load``: one Locust scenario, headless, against any base URL, judged by objectives.
+
+Locust runs as its own process: importing it monkey-patches everything with gevent, which
+must never reach the relay's asyncio code (this module imports only the scenario table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import loadtests
+from loadtests.scenarios import SCENARIOS
+
+LOCUSTFILE = Path(loadtests.__file__).with_name("locustfile.py")
+TOKEN_FILE = Path(".ssedge/publish-token")
+_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def seconds(span: str) -> float:
+    """``90``, ``90s``, ``2m``, ``1h30m`` as seconds (Locust's --run-time spelling)."""
+    parts = _SPAN.findall(span)
+    if not parts or "".join(n + u for n, u in parts) != span.strip():
+        raise ValueError(f"not a duration: {span!r} (write e.g. 60s, 2m, 1h30m)")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def token(explicit: str | None) -> str:
+    """--token, else SSEDGE_PUBLISH_TOKEN, else the local stack's .ssedge/publish-token."""
+    if explicit:
+        return explicit
+    if os.environ.get("SSEDGE_PUBLISH_TOKEN"):
+        return os.environ["SSEDGE_PUBLISH_TOKEN"]
+    if TOKEN_FILE.is_file():
+        return TOKEN_FILE.read_text().strip()
+    return ""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", choices=sorted(SCENARIOS), help="what to run")
+    p.add_argument("--host", default="http://127.0.0.1:8080",
+                   help="base URL of the deployment (default the local stack's edge)")
+    p.add_argument("--users", type=int, default=100, help="concurrent users (default 100)")
+    p.add_argument("--spawn-rate", type=float, default=50, help="users started per second")
+    p.add_argument("--duration", default="60s", help="run time, e.g. 60s, 5m (default 60s)")
+    p.add_argument("--results", default=".ssedge/load",
+                   help="directory for the CSV, HTML and summary files (default .ssedge/load)")
+    p.add_argument("--token", help="publish token [SSEDGE_PUBLISH_TOKEN, .ssedge/publish-token]")
+    p.add_argument("--settle", type=float, default=5.0,
+                   help="seconds at the end with no publishing, for the last events to arrive "
+                        "and the tail-loss check (default 5)")
+    p.add_argument("--max-p99-ms", type=float, default=500.0,
+                   help="objective: p99 publish-to-receive latency (default 500)")
+    p.add_argument("--max-lost", type=int, default=0, help="objective: lost events (default 0)")
+    p.add_argument("--max-error-ratio", type=float, default=0.01,
+                   help="objective: failed requests / requests (default 0.01)")
+    p.add_argument("--min-hit-ratio", type=float, default=0.9,
+                   help="objective for edge-cache: X-Cache hit ratio (default 0.9)")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                   help="a scenario knob, e.g. rate=50, payload=512, topics=100, "
+                        "storm-every=10, retry-ms=500 (see loadtests/locustfile.py)")
+    p.add_argument("--expect-workers", type=int, default=0,
+                   help="run as a distributed master waiting for this many workers")
+    p.add_argument("--worker", metavar="MASTER_HOST",
+                   help="run as a worker of the master on this host")
+    p.add_argument("--web", action="store_true",
+                   help="open Locust's web UI (127.0.0.1:8089) instead of a headless run")
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    """The Locust command line for ``args``."""
+    scenario = SCENARIOS[args.scenario]
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    if args.worker:
+        return [*base, "--worker", "--master-host", args.worker]
+    knobs = dict(scenario.options)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants KNOB=VALUE, not {item!r}")
+        knobs[name.strip().removeprefix("ssedge-")] = value.strip()
+    duration = seconds(args.duration)
+    if args.settle >= duration:
+        raise ValueError(f"--settle {args.settle:g}s must be shorter than --duration")
+    results = Path(args.results)
+    knobs.update({
+        "scenario": args.scenario,
+        "max-p99-ms": str(args.max_p99_ms), "max-lost": str(args.max_lost),
+        "max-error-ratio": str(args.max_error_ratio), "min-hit-ratio": str(args.min_hit_ratio),
+        "summary": str(results / f"{args.scenario}-summary.json"),
+    })
+    cmd = [*base, "--host", args.host.rstrip("/"), "-u", str(args.users),
+           "-r", str(args.spawn_rate)]
+    if args.web:
+        cmd += ["--web-host", "127.0.0.1"]
+    else:
+        knobs["publish-for"] = f"{duration - args.settle:g}"
+        cmd += ["--headless", "-t", args.duration, "--stop-timeout", "0",
+                "--csv", str(results / args.scenario), "--html",
+                str(results / f"{args.scenario}.html"), "--only-summary"]
+    if args.expect_workers:
+        cmd += ["--master", "--expect-workers", str(args.expect_workers)]
+    for name, value in knobs.items():
+        cmd += [f"--ssedge-{name}", value]
+    return [*cmd, *scenario.user_classes]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cmd = command(args)
+    except ValueError as exc:
+        print(f"ssedge load: {exc}", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("locust") is None:
+        print("ssedge load: Locust is not installed (pip install 'ssedge[load]')",
+              file=sys.stderr)
+        return 2
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    summary = results / f"{args.scenario}-summary.json"
+    summary.unlink(missing_ok=True)
+    # The token travels in the environment, not argv, where `ps` would show it.
+    env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
+    locust = subprocess.Popen(cmd, env=env)
+    try:
+        code = locust.wait()
+    except KeyboardInterrupt:
+        # Locust's web mode does not stop on SIGINT; SIGTERM makes it write its reports
+        locust.terminate()
+        code = locust.wait()
+    if args.worker or args.web:
+        return code
+    if not summary.is_file():
+        print(f"ssedge load: Locust exited with {code} and wrote no summary", file=sys.stderr)
+        return code or 2
+    line = json.loads(summary.read_text())["line"]
+    (results / f"{args.scenario}-summary.txt").write_text(line + "\n")
+    print(line)
+    print(f"reports: {results}/{args.scenario}.html, {results}/{args.scenario}_stats.csv")
+    return code
