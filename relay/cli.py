@@ -112,6 +112,33 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from relay import ingest, ingest_config
+
+    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
+    settings = settings_mod.load(**overrides)
+    topics = []
+    if settings.ingest_file:
+        topics += ingest_config.load_file(Path(settings.ingest_file))
+    if args.topic or args.sources:
+        if not args.topic:
+            raise settings_mod.SettingsError("--from needs --topic")
+        topics.append(ingest_config.topic(
+            args.topic, [ingest_config.parse_from(u) for u in args.sources or []],
+            args.envelope))
+    if not topics:
+        raise settings_mod.SettingsError(
+            "nothing to ingest: give --topic T --from URL, or SSEDGE_INGEST_FILE")
+    return ingest.run(settings, ingest_config.merge(topics))
+
+
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    from relay import demo_upstream
+
+    return demo_upstream.run(args.host, args.port, interval=args.interval,
+                             drop_every=args.drop_every)
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     print("| variable | default | meaning |\n|---|---|---|")
     for name, default, doc in settings_mod.fields():
@@ -197,7 +224,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
-                     args.edge_port)
+                     args.edge_port, args.upstream_port, args.ingest_port)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -218,11 +245,33 @@ def parser() -> argparse.ArgumentParser:
     _add_setting_flags(replay)
     replay.set_defaults(func=cmd_replay)
 
+    ing = sub.add_parser("ingest", help="follow upstream SSE servers into topics")
+    ing.add_argument("--topic", help="the topic the upstreams' events go to")
+    ing.add_argument("--from", dest="sources", action="append", metavar="[NAME=]URL",
+                     help="an upstream event stream; repeat for more (NAME defaults to the "
+                          "URL's host:port/path)")
+    ing.add_argument("--envelope", action="store_true",
+                     help="store each event's data as JSON naming its upstream and id")
+    _add_setting_flags(ing)
+    ing.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo-upstream", help="a demo upstream SSE server (for ingest)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8401)
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between events")
+    demo.add_argument("--drop-every", type=int, default=0,
+                      help="end each connection after about N events (0: never)")
+    demo.set_defaults(func=cmd_demo_upstream)
+
     up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
     up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
     up.add_argument("--edge-port", type=int, default=8080, help="Varnish port (8080)")
+    up.add_argument("--upstream-port", type=int, default=8401,
+                    help="demo upstream SSE server port (8401)")
+    up.add_argument("--ingest-port", type=int, default=8301,
+                    help="port of the demo ingest's /metrics (8301)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
     up.set_defaults(func=cmd_up)

@@ -93,13 +93,31 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # -- publishing and retention ---------------------------------------------------------
     max_body_bytes: Annotated[int, Meta(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
-    """Largest publish body; larger is 413."""
+    """Largest publish body; larger is 413. Also the largest event data ingest takes."""
     max_batch: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Most events in one published array; more is 413."""
     retention_maxlen: NonNegative = 100_000
     """Approximate events kept per stream (XADD MAXLEN ~); 0 keeps all."""
     retention_max_age_s: NonNegative = 0
     """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
+
+    # -- ingest: following upstream SSE servers ----------------------------------------
+    ingest_file: str = ""
+    """TOML file of the topics and upstreams ``ssedge ingest`` follows, with its flags' ones."""
+    ingest_host: str = "127.0.0.1"
+    """Address ``ssedge ingest`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on."""
+    ingest_port: Annotated[int, Meta(ge=0, le=65535)] = 8301
+    """Port for them; 0 takes a free one (logged)."""
+    ingest_retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
+    """Wait before reconnecting to an upstream, until it sends its own ``retry:``."""
+    ingest_backoff_max_s: Seconds = 30.0
+    """Longest wait between failed attempts to reach an upstream (backoff with jitter)."""
+    ingest_connect_timeout_s: Seconds = 10.0
+    """How long connecting to an upstream and reading its answer's headers may take."""
+    ingest_idle_timeout_s: Seconds = 90.0
+    """An upstream stream silent this long (not even a comment) is reconnected."""
+    ingest_lease_ms: Annotated[int, Meta(ge=100, le=600_000)] = 5000
+    """Lease on an upstream: another ingest process takes it over this long after a crash."""
 
     # -- HTTP caching -----------------------------------------------------------------------
     metadata_max_age_s: NonNegative = 1
