@@ -85,14 +85,27 @@ def _storm_clock(environment: Environment) -> Iterator[float]:
     return (STARTED[0] + every * k for k in itertools.count(1))
 
 
-class FanoutReader(SSEUser):
-    @staticmethod
-    def topics(environment: Environment) -> list[str]:
-        return [f"{_opt(environment, 'prefix')}-fanout"]
+class OneTopicReader(SSEUser):
+    """A reader of the scenario's one topic, ``<prefix>-<suffix>``."""
+
+    abstract = True
+    suffix = ""
+
+    @classmethod
+    def topics(cls, environment: Environment) -> list[str]:
+        return [f"{_opt(environment, 'prefix')}-{cls.suffix}"]
+
+    @property
+    def topic(self) -> str:
+        return self.topics(self.environment)[0]
+
+
+class FanoutReader(OneTopicReader):
+    suffix = "fanout"
 
     @task
     def read(self) -> None:
-        self.follow(self.topics(self.environment)[0])
+        self.follow(self.topic)
 
 
 class TopicsReader(SSEUser):
@@ -107,48 +120,39 @@ class TopicsReader(SSEUser):
         self.follow(topics[next(_topic_numbers) % len(topics)])
 
 
-class StormReader(SSEUser):
-    @staticmethod
-    def topics(environment: Environment) -> list[str]:
-        return [f"{_opt(environment, 'prefix')}-storm"]
+class StormReader(OneTopicReader):
+    suffix = "storm"
 
     @task
     def read(self) -> None:
-        self.follow(self.topics(self.environment)[0], storms=_storm_clock(self.environment))
+        self.follow(self.topic, storms=_storm_clock(self.environment))
 
 
-class FastReader(SSEUser):
-    @staticmethod
-    def topics(environment: Environment) -> list[str]:
-        return [f"{_opt(environment, 'prefix')}-slow"]
+class FastReader(OneTopicReader):
+    suffix = "slow"
 
     @task
     def read(self) -> None:
-        self.follow(self.topics(self.environment)[0])
+        self.follow(self.topic)
 
 
-class SlowReader(SSEUser):
+class SlowReader(OneTopicReader):
+    suffix = "slow"
     slow = True
-
-    @staticmethod
-    def topics(environment: Environment) -> list[str]:
-        return FastReader.topics(environment)
 
     @task
     def read(self) -> None:
         # A 4 KiB receive buffer and 1 KiB reads make the backlog stay on the relay's side.
-        self.follow(self.topics(self.environment)[0], read_size=1024, rcvbuf=4096,
+        self.follow(self.topic, read_size=1024, rcvbuf=4096,
                     read_delay=float(_opt(self.environment, "slow_delay")))
 
 
-class BurstReader(SSEUser):
-    @staticmethod
-    def topics(environment: Environment) -> list[str]:
-        return [f"{_opt(environment, 'prefix')}-burst"]
+class BurstReader(OneTopicReader):
+    suffix = "burst"
 
     @task
     def read(self) -> None:
-        self.follow(self.topics(self.environment)[0])
+        self.follow(self.topic)
 
 
 #### Publishers ################################################################################
