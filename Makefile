@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint unit integration bench-reconnect bench-edge system venv clean
+.PHONY: up test lint unit integration bench-reconnect bench-edge load-report system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
@@ -32,6 +32,18 @@ bench-reconnect: venv system
 # 1,000 and 4,000 concurrent streams through one varnishd, next to the same on a relay
 bench-edge: venv system
 	$(BIN)/python -m bench.edge_streams --streams 1000 4000
+
+# One run of each Locust scenario against the running stack (`make up` in another shell),
+# sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.
+LOAD := $(BIN)/ssedge load --results docs/results/load --duration 60s
+load-report: venv
+	-$(LOAD) fanout --users 500 --spawn-rate 100
+	-$(LOAD) many-topics --users 500 --spawn-rate 100 --set topics=50
+	-$(LOAD) reconnect-storm --users 500 --spawn-rate 100
+	-$(LOAD) slow-consumer --users 200 --spawn-rate 100
+	-$(LOAD) publish-burst --users 100 --spawn-rate 100
+	-$(LOAD) edge-cache --users 100 --spawn-rate 100
+	$(BIN)/python -m loadtests.report docs/results/load
 
 venv: $(STAMP)
 

@@ -6,27 +6,30 @@ reading, while its RSGI stream transport buffers without bound.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
+import os
+import signal
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, store, stream
+from relay import __version__, auth, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    Unauthorized,
     Unavailable,
     Unprocessable,
 )
 from relay.http import Receive, Request, Scope, Send, answer, parse_topic, read_body
 from relay.settings import Settings
 from relay.state import Relay
+
+log = logging.getLogger("ssedge.relay")
 
 PROTOCOL = 1
 EventType = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
@@ -43,6 +46,12 @@ _str_decoder = msgspec.json.Decoder(str)
 
 def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | None]], bool]:
     """(data as sent on the wire, event type) pairs, and whether the body was an array."""
+    try:
+        # JSON is UTF-8, but msgspec passes other bytes inside strings and raw values through:
+        # an event must reach every reader exactly as published, so the body is checked whole
+        body.decode()
+    except UnicodeDecodeError as exc:
+        raise Unprocessable(f"body is not UTF-8 (byte {exc.start})") from None
     try:
         decoded = _publish_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -65,9 +74,12 @@ def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | 
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = False) -> None:
         self.settings = settings
         self.relay = Relay(settings)
+        self.auth = auth.Authority(settings)
+        self.handle_signals = handle_signals
+        self._stopping: asyncio.Task[None] | None = None
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -81,6 +93,13 @@ class App:
                               "retention_maxlen": settings.retention_maxlen,
                               "retention_max_age_s": settings.retention_max_age_s},
             "publish_auth": "Bearer",
+            # where a private topic's reader puts its token, and the claim that lists its rights
+            "subscribe_auth": {
+                "scheme": "Bearer",
+                "claim": auth.CLAIM,
+                "query": auth.TOKEN_QUERY,
+                "cookie": auth.TOKEN_COOKIE,
+            },
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,11 +113,45 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.relay.start()
+                if self.handle_signals:
+                    self._take_stop_signals()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.relay.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _take_stop_signals(self) -> None:
+        """Drain on SIGTERM and SIGINT, in place of Granian's own handling in this worker.
+
+        Granian's worker, on these signals, stops accepting and waits for every connection to
+        end, which event streams never do by themselves: its main process then kills the
+        worker, cutting every client mid-stream. Here the worker drains (``Relay.drain``) and
+        then ends the way the signal's default action would, which is what Granian's main
+        process waits for. Signals that arrive during the drain (systemd and ``kill -- -PGID``
+        signal main process and workers alike) do not cut it short; the main process's kill
+        timeout (``drain_s`` + 5 s, ``relay.server``) stays the hard stop.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_exit(sig))
+        else:
+            log.info("%s while draining: the drain goes on", sig.name)
+
+    async def _drain_and_exit(self, sig: signal.Signals) -> None:
+        try:
+            await self.relay.drain()
+            await self.relay.stop()
+        except Exception:
+            log.exception("drain failed; stopping anyway")
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
@@ -107,17 +160,22 @@ class App:
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
         method, parts = request.method, request.parts
         if method == "OPTIONS":
-            return await self.preflight(send)
+            return await self.preflight(request, send)
+        # a topic's name and the method are checked before any token: a private topic's rules
+        # are public, and nothing else about the request is looked at before its token
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
             topic = parse_topic(parts[2])
             if len(parts) == 3:
                 _only(method, "GET, HEAD")
-                return await self.metadata(request, topic, send)
+                access = self.auth.check_read(request, topic)
+                return await self.metadata(request, topic, access, send)
             if parts[3] == "events":
                 if method == "POST":
                     return await self.publish(request, topic, receive, send)
                 _only(method, "GET, POST")
-                return await stream.serve(self.relay, request, topic, receive, send)
+                access = self.auth.check_read(request, topic)
+                return await stream.serve(self.relay, request, topic, receive, send,
+                                          expires=access.expires)
         simple = {
             "v1/handshake": self.handshake_answer,
             "healthz": self.healthz,
@@ -133,14 +191,9 @@ class App:
 
     async def publish(self, request: Request, topic: str, receive: Receive, send: Send) -> None:
         s = self.settings
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        # compared in constant time; checked before anything else so that without a valid
-        # token the answer is 401 whatever else is wrong
-        if not s.publish_token or scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), s.publish_token.encode()
-        ):
-            raise Unauthorized("publishing needs Authorization: Bearer <publish token>")
+        # checked before the body is read: without a valid token the answer is 401 whatever
+        # else is wrong
+        self.auth.check_publish(request, topic)
         body = await read_body(receive, s.max_body_bytes, request.headers.get("content-length"))
         events, many = decode_events(body, s.max_batch)
         try:
@@ -154,7 +207,8 @@ class App:
         answer = {"ids": assigned} if many else {"id": assigned[0]}
         await self.relay.responder.json(send, 201, answer, {"cache-control": "no-store"})
 
-    async def metadata(self, request: Request, topic: str, send: Send) -> None:
+    async def metadata(self, request: Request, topic: str, access: auth.Access,
+                       send: Send) -> None:
         s = self.settings
         try:
             info = await store.info(self.relay.redis, topic)
@@ -177,11 +231,11 @@ class App:
             "retry_ms": s.retry_ms,
             "heartbeat_s": s.heartbeat_s,
         }
-        await self.relay.responder.cached_json(
-            send, request, payload,
+        # a private topic's metadata is its readers' alone: no shared cache may keep it
+        cache = "private, no-store" if access.private else (
             f"public, max-age={s.metadata_max_age_s}, stale-while-revalidate=5, "
-            "stale-if-error=300",
-        )
+            "stale-if-error=300")
+        await self.relay.responder.cached_json(send, request, payload, cache)
 
     async def handshake_answer(self, request: Request, send: Send) -> None:
         await self.relay.responder.cached_json(
@@ -193,6 +247,8 @@ class App:
 
     async def readyz(self, request: Request, send: Send) -> None:
         feed = self.relay.feed
+        if self.relay.draining:
+            raise Unavailable("not ready: draining for shutdown", 1, draining=True)
         if self.relay.ready:
             await self.relay.responder.json(send, 200, {"status": "ready"},
                                             {"cache-control": "no-store"})
@@ -205,14 +261,8 @@ class App:
             {"content-type": "text/plain; version=0.0.4", "cache-control": "no-store"},
         )
 
-    async def preflight(self, send: Send) -> None:
-        await self.relay.responder.body(send, 204, b"", {
-            "access-control-allow-methods": "GET, HEAD, POST, OPTIONS",
-            "access-control-allow-headers": "authorization, content-type, last-event-id, "
-                                            "if-none-match",
-            "access-control-max-age": "86400",
-            "cache-control": "public, max-age=86400",
-        })
+    async def preflight(self, request: Request, send: Send) -> None:
+        await self.relay.responder.preflight(send, request)
 
 
 def _only(method: str, allowed: str) -> None:
@@ -223,4 +273,4 @@ def _only(method: str, allowed: str) -> None:
 def create_app() -> App:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return App(settings_mod.load())
+    return App(settings_mod.load(), handle_signals=True)

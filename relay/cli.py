@@ -42,6 +42,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
     settings = settings_mod.load(**overrides)
+    _check_auth(settings)
     server.run(settings)
     return 0
 
@@ -51,9 +52,91 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
     settings = settings_mod.load(**overrides)
+    _check_auth(settings)
     server.run(settings, "replay.app:create_app", host=settings.replay_host,
                port=settings.replay_port)
     return 0
+
+
+def _check_auth(settings: settings_mod.Settings) -> None:
+    """Keys and algorithms are loaded once here, so that a bad one stops the command with one
+    line (exit 2) instead of failing in every worker."""
+    from relay import auth
+
+    auth.Authority(settings)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a token, for tests and operators: HMAC with SSEDGE_JWT_SECRET, or --key PEM."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from relay import auth
+
+    settings = settings_mod.load()
+    key: Any
+    if args.key:
+        try:
+            key = load_pem_private_key(Path(args.key).read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"ssedge token: cannot use {args.key} as a private key: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(key, rsa.RSAPrivateKey):
+            alg = args.alg or "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            alg = args.alg or auth.EC_ALGORITHMS.get(key.curve.name, "ES256")
+        else:
+            print("ssedge token: an RSA or EC private key is needed", file=sys.stderr)
+            return 2
+    elif settings.jwt_secret:
+        key, alg = settings.jwt_secret, args.alg or "HS256"
+    else:
+        print("ssedge token: set SSEDGE_JWT_SECRET or give --key PRIVATE_KEY.pem",
+              file=sys.stderr)
+        return 2
+    claims: dict[str, Any] = {
+        auth.CLAIM: {"subscribe": args.subscribe or [], "publish": args.publish or []},
+        "iat": int(time.time()),
+        "exp": int(time.time()) + args.ttl,
+    }
+    if args.subject:
+        claims["sub"] = args.subject
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    print(jwt.encode(claims, key, algorithm=alg))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from relay import ingest, ingest_config
+
+    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
+    settings = settings_mod.load(**overrides)
+    topics = []
+    if settings.ingest_file:
+        topics += ingest_config.load_file(Path(settings.ingest_file))
+    if args.topic or args.sources:
+        if not args.topic:
+            raise settings_mod.SettingsError("--from needs --topic")
+        topics.append(ingest_config.topic(
+            args.topic, [ingest_config.parse_from(u) for u in args.sources or []],
+            args.envelope))
+    if not topics:
+        raise settings_mod.SettingsError(
+            "nothing to ingest: give --topic T --from URL, or SSEDGE_INGEST_FILE")
+    return ingest.run(settings, ingest_config.merge(topics))
+
+
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    from relay import demo_upstream
+
+    return demo_upstream.run(args.host, args.port, interval=args.interval,
+                             drop_every=args.drop_every)
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -108,7 +191,8 @@ async def _tail(args: argparse.Namespace) -> int:
     seen = 0
     while True:
         try:
-            es = await client.stream(url, last_event_id=last_id)
+            headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+            es = await client.stream(url, last_event_id=last_id, headers=headers)
             if es.response.status != 200:
                 answer = es.response.body.decode(errors="replace")
                 print(f"ssedge tail: {es.response.status} {answer}", file=sys.stderr)
@@ -140,7 +224,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
-                     args.edge_port)
+                     args.edge_port, args.upstream_port, args.ingest_port)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -161,11 +245,33 @@ def parser() -> argparse.ArgumentParser:
     _add_setting_flags(replay)
     replay.set_defaults(func=cmd_replay)
 
+    ing = sub.add_parser("ingest", help="follow upstream SSE servers into topics")
+    ing.add_argument("--topic", help="the topic the upstreams' events go to")
+    ing.add_argument("--from", dest="sources", action="append", metavar="[NAME=]URL",
+                     help="an upstream event stream; repeat for more (NAME defaults to the "
+                          "URL's host:port/path)")
+    ing.add_argument("--envelope", action="store_true",
+                     help="store each event's data as JSON naming its upstream and id")
+    _add_setting_flags(ing)
+    ing.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo-upstream", help="a demo upstream SSE server (for ingest)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8401)
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between events")
+    demo.add_argument("--drop-every", type=int, default=0,
+                      help="end each connection after about N events (0: never)")
+    demo.set_defaults(func=cmd_demo_upstream)
+
     up = sub.add_parser("up", help="run the local stack in the foreground (Ctrl-C stops it)")
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
     up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
     up.add_argument("--edge-port", type=int, default=8080, help="Varnish port (8080)")
+    up.add_argument("--upstream-port", type=int, default=8401,
+                    help="demo upstream SSE server port (8401)")
+    up.add_argument("--ingest-port", type=int, default=8301,
+                    help="port of the demo ingest's /metrics (8301)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
     up.set_defaults(func=cmd_up)
@@ -187,7 +293,19 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--backfill", type=int, default=0, help="start with the last N events")
     tail.add_argument("--count", type=int, default=0, help="stop after N events")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--token", help="a subscriber token, for a private topic")
     tail.set_defaults(func=cmd_tail)
+
+    tok = sub.add_parser("token", help="mint a JWT (HMAC with SSEDGE_JWT_SECRET, or --key)")
+    tok.add_argument("--subscribe", action="append", metavar="PATTERN",
+                     help="a topic pattern it may read; repeat for more")
+    tok.add_argument("--publish", action="append", metavar="PATTERN",
+                     help="a topic pattern it may publish to; repeat for more")
+    tok.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
+    tok.add_argument("--key", help="PEM private key (RSA or EC) to sign with instead")
+    tok.add_argument("--alg", help="signature algorithm (default HS256, RS256 or the curve's ES)")
+    tok.add_argument("--subject", help="the sub claim (who it is for)")
+    tok.set_defaults(func=cmd_token)
 
     load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
     from relay.load import add_arguments

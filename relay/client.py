@@ -1,20 +1,29 @@
 """A small asyncio HTTP/1.1 client for ssedge's own needs: event streams and JSON calls.
 
-Used by ``ssedge tail`` and ``ssedge publish``, and by the tests to hold hundreds of streams at
-once. One request per connection; responses are read as they arrive (chunked or not) and
-event streams are decoded with the wire module.
+Used by ``ssedge tail``, ``ssedge publish`` and ``ssedge ingest`` (which follows upstream
+servers over http:// or https://), and by the tests to hold hundreds of streams at once. One
+request per connection; responses are read as they arrive (chunked or not) and event streams
+are decoded with the wire module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.wire import Comment, Decoder, Event
+from relay.wire import Decoder, Item
+
+_ERROR_BODY_WAIT_S = 2.0
+
+
+class ProtocolError(ValueError):
+    """The peer's answer is not HTTP/1.1 as this client reads it (status line, chunk sizes)."""
 
 
 @dataclass
@@ -32,26 +41,35 @@ class _Target:
     host: str
     port: int
     path: str
+    tls: bool = False
 
     @classmethod
     def of(cls, url: str) -> _Target:
         parts = urlsplit(url)
-        if parts.scheme != "http":
-            raise ValueError(f"only http:// URLs are supported here: {url}")
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"only http:// and https:// URLs are supported: {url}")
+        tls = parts.scheme == "https"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.hostname or "127.0.0.1", parts.port or 80, path)
+        return cls(parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), path, tls)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.tls else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
 class _Body:
     """Reads a response body as it arrives, de-chunking when needed."""
 
-    def __init__(self, reader: asyncio.StreamReader, headers: Mapping[str, str]) -> None:
+    def __init__(self, reader: asyncio.StreamReader, headers: Mapping[str, str],
+                 status: int = 200) -> None:
         self._reader = reader
         self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         self._left = int(length) if length is not None and not self._chunked else None
         self._chunk_left = 0
-        self.done = False
+        # these answers have no body whatever their headers say (RFC 9110 6.4.1)
+        self.done = status in (204, 304) or 100 <= status < 200
 
     async def read(self) -> bytes:
         if self.done:
@@ -62,7 +80,10 @@ class _Body:
                 if not size_line:
                     self.done = True
                     return b""
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                try:
+                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                except ValueError:
+                    raise ProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
                 if size == 0:
                     await self._reader.readline()
                     self.done = True
@@ -92,24 +113,36 @@ class _Body:
 async def _open(method: str, url: str, headers: Mapping[str, str] | None,
                 body: bytes | None) -> tuple[asyncio.StreamWriter, Response, _Body]:
     target = _Target.of(url)
-    reader, writer = await asyncio.open_connection(target.host, target.port, limit=1 << 20)
-    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.host}:{target.port}",
+    reader, writer = await asyncio.open_connection(
+        target.host, target.port, limit=1 << 20,
+        ssl=ssl.create_default_context() if target.tls else None,
+    )
+    lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.authority}",
              "Connection: close"]
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}")
     if body is not None:
         lines.append(f"Content-Length: {len(body)}")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
-    parsed: dict[str, str] = {}
-    for line in header_lines:
-        if line:
-            name, _, value = line.partition(":")
-            parsed[name.strip().lower()] = value.strip()
-    response = Response(status, parsed)
-    return writer, response, _Body(reader, parsed)
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise ProtocolError("response head over 1 MiB") from None
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
+            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        parsed: dict[str, str] = {}
+        for line in header_lines:
+            if line:
+                name, _, value = line.partition(":")
+                parsed[name.strip().lower()] = value.strip()
+        return writer, Response(int(code), parsed), _Body(reader, parsed, int(code))
+    except BaseException:
+        writer.close()
+        raise
 
 
 async def request(method: str, url: str, *, headers: Mapping[str, str] | None = None,
@@ -145,7 +178,7 @@ class EventStream:
     raw: bytearray = field(default_factory=bytearray)
     keep_raw: bool = False
 
-    async def __aiter__(self) -> AsyncIterator[Event | Comment]:
+    async def __aiter__(self) -> AsyncIterator[Item]:
         while not self._body.done:
             chunk = await self._body.read()
             if self.keep_raw:
@@ -153,7 +186,7 @@ class EventStream:
             for item in self.decoder.feed(chunk):
                 yield item
 
-    async def read_chunk(self) -> list[Event | Comment]:
+    async def read_chunk(self) -> list[Item]:
         chunk = await self._body.read()
         if self.keep_raw:
             self.raw.extend(chunk)
@@ -175,16 +208,30 @@ class EventStream:
 
 async def stream(url: str, *, last_event_id: str | None = None,
                  headers: Mapping[str, str] | None = None, comments: bool = False,
-                 keep_raw: bool = False) -> EventStream:
-    """Open an event stream (``status`` may be an error: then ``body`` holds the answer)."""
+                 keep_raw: bool = False, extra_fields: bool = False,
+                 max_data: int | None = None, error_body_max: int = 64 * 1024) -> EventStream:
+    """Open an event stream (``status`` may be an error: then ``body`` holds the first
+    ``error_body_max`` bytes of the answer, and the connection is closed)."""
     all_headers = {"Accept": "text/event-stream", **(headers or {})}
     if last_event_id:
         all_headers["Last-Event-ID"] = last_event_id
     writer, response, body = await _open("GET", url, all_headers, None)
     if response.status != 200:
-        chunks = []
-        while not body.done:
-            chunks.append(await body.read())
-        response.body = b"".join(chunks)
-        writer.close()
-    return EventStream(response, Decoder(comments=comments), writer, body, keep_raw=keep_raw)
+        chunks: list[bytes] = []
+
+        async def read_error() -> None:
+            size = 0
+            while not body.done and size < error_body_max:
+                chunks.append(await body.read())
+                size += len(chunks[-1])
+
+        try:
+            # bounded in size and time: an error answer that never ends says enough early
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(read_error(), _ERROR_BODY_WAIT_S)
+            response.body = b"".join(chunks)[:error_body_max]
+        finally:
+            writer.close()
+    return EventStream(response, Decoder(comments=comments, extra_fields=extra_fields,
+                                               max_data=max_data), writer,
+                       body, keep_raw=keep_raw)

@@ -20,14 +20,28 @@ class BadRequest(HTTPError):
 
 
 class Unauthorized(HTTPError):
+    """No token, or one that is not valid here. Per RFC 6750 a request without a token gets
+    the bare challenge and a bad token ``invalid_token`` with its reason: a fixed phrase of
+    ours, never the token nor a library's message."""
+
     status, code = 401, "unauthorized"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"www-authenticate": 'Bearer realm="ssedge"'})
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        challenge = 'Bearer realm="ssedge"'
+        if not missing:
+            reason = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')
+            challenge += f', error="invalid_token", error_description="{reason}"'
+        super().__init__(message, headers={"www-authenticate": challenge})
 
 
 class Forbidden(HTTPError):
+    """A valid token without the right for this topic (RFC 6750 ``insufficient_scope``)."""
+
     status, code = 403, "forbidden"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={
+            "www-authenticate": 'Bearer realm="ssedge", error="insufficient_scope"'})
 
 
 class NotFound(HTTPError):
@@ -52,5 +66,9 @@ class Unprocessable(HTTPError):
 class Unavailable(HTTPError):
     status, code = 503, "unavailable"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"retry-after": str(retry_after)})
+    def __init__(self, message: str, retry_after: int = 1, *, draining: bool = False) -> None:
+        headers = {"retry-after": str(retry_after)}
+        if draining:
+            # the edge retries a request so answered on another node (varnish/default.vcl)
+            headers["x-ssedge-draining"] = "1"
+        super().__init__(message, headers=headers)

@@ -1,7 +1,12 @@
 """Small ASGI helpers: the request as ssedge reads it, JSON answers, bounded bodies, errors.
 
-Every error leaves through ``send_error`` as ``{"error": code, "message": text}`` with its
-status: the one place where the error hierarchy meets HTTP.
+Every error leaves through ``Responder.error`` as ``{"error": code, "message": text}`` with
+its status: the one place where the error hierarchy meets HTTP.
+
+Headers that depend on the request rather than on the answer (CORS: ``relay.cors``) are
+decided once, when ``answer`` starts a request, and held in a context variable that every
+answer of that request reads when it starts: handlers and the stream never pass them along,
+and nothing is added per event.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
+from relay.cors import Cors, Headers
 from relay.errors import BadRequest, HTTPError, PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
@@ -23,6 +30,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _json = msgspec.json.Encoder()
+# the CORS headers of the request being answered (set by ``answer``)
+_request_headers: ContextVar[Headers] = ContextVar("ssedge_request_headers", default=())
 
 
 TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -55,17 +64,14 @@ class Request:
 
 
 class Responder:
-    """Writes whole answers; carries the headers every answer gets (CORS) and counts them."""
+    """Writes whole answers; adds the request's CORS headers to each and counts them."""
 
     def __init__(self, cors_origin: str, counts: dict[int, int]) -> None:
-        self._common: list[tuple[bytes, bytes]] = []
-        if cors_origin:
-            self._common.append((b"access-control-allow-origin", cors_origin.encode()))
-            self._common.append((b"access-control-expose-headers", b"etag, retry-after"))
+        self.cors = Cors(cors_origin)
         self._counts = counts
 
     def headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
-        return self._common + [(k.encode(), v.encode()) for k, v in extra.items()]
+        return [*_request_headers.get(), *((k.encode(), v.encode()) for k, v in extra.items())]
 
     async def start(self, send: Send, status: int, headers: dict[str, str]) -> None:
         self._counts[status] = self._counts.get(status, 0) + 1
@@ -98,6 +104,11 @@ class Responder:
             return
         await self.body(send, 200, body, headers)
 
+    async def preflight(self, send: Send, request: Request) -> None:
+        """A CORS preflight: what a listed origin may send (nothing for another origin)."""
+        allowed = self.cors.preflight(request.headers.get("origin"))
+        await self.body(send, 204, b"", {**allowed, "cache-control": "public, max-age=86400"})
+
     async def error(self, send: Send, exc: HTTPError) -> None:
         await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
                         {"cache-control": "no-store", **exc.headers})
@@ -106,17 +117,18 @@ class Responder:
 async def answer(responder: Responder, request: Request, send: Send,
                  handle: Awaitable[None]) -> None:
     """Run a handler; every error leaves as its JSON answer, never as a traceback."""
+    context = _request_headers.set(responder.cors.headers(request.headers.get("origin")))
     try:
         await handle
     except HTTPError as exc:
         await responder.error(send, exc)
-    except ConnectionAbortedError:
-        pass  # the client left mid-request: nobody to answer
     except Exception:
         logging.getLogger("ssedge").exception("unexpected error on %s %s", request.method,
                                               request.path)
         await responder.json(send, 500, {"error": "internal",
                                          "message": "unexpected error; see the server log"})
+    finally:
+        _request_headers.reset(context)
 
 
 def _etags(header: str) -> set[str]:
@@ -132,7 +144,10 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError("client left while sending its body")
+            # the body ended early. A client that left hears nothing; one that only closed
+            # its sending side (a truncated chunked body, found by fuzzing) gets this 400
+            # instead of the server's bare 500 for an app that answered nothing.
+            raise BadRequest("the request body ended before it was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

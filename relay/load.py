@@ -128,7 +128,13 @@ def run(args: argparse.Namespace) -> int:
     summary.unlink(missing_ok=True)
     # The token travels in the environment, not argv, where `ps` would show it.
     env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
-    code = subprocess.call(cmd, env=env)
+    locust = subprocess.Popen(cmd, env=env)
+    try:
+        code = locust.wait()
+    except KeyboardInterrupt:
+        # Locust's web mode does not stop on SIGINT; SIGTERM makes it write its reports
+        locust.terminate()
+        code = locust.wait()
     if args.worker or args.web:
         return code
     if not summary.is_file():

@@ -20,6 +20,8 @@ class Metrics:
         self.sends = 0  # writes to clients; events_out / sends is the coalescing factor
         self.bytes_out = 0
         self.backlog_drops = 0  # clients closed because they fell too far behind
+        self.drained = 0  # streams closed by a drain (SIGTERM), told to come back soon
+        self.refused_streams = 0  # streams refused: over max_streams, or draining
         self.heartbeats = 0
         self.redis_reconnects = 0
         self.feed_reads = 0
@@ -62,6 +64,10 @@ class Metrics:
         counter("sends_total", "Writes to clients (several events may share one).", self.sends)
         counter("bytes_out_total", "Bytes of events written to clients.", self.bytes_out)
         counter("backlog_drops_total", "Clients closed for falling behind.", self.backlog_drops)
+        counter("drained_total", "Streams closed by a drain, told to come back soon.",
+                self.drained)
+        counter("refused_streams_total", "Streams refused: over max_streams or draining.",
+                self.refused_streams)
         counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
         counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)

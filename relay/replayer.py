@@ -11,6 +11,11 @@ reach the stream's head) for ``replay_open_max_age_s``. Serving an older short p
 If the replay service does not answer, the relay reads the same page from Redis with the
 same code the replay service runs (``history.read_page``), counted in
 ``ssedge_replay_fallbacks_total``.
+
+Private topics (``SSEDGE_PRIVATE_TOPICS``) are always read from Redis: the replay service
+would want a reader's token for them, and a relay holds no token of its own (only keys that
+verify). Their readers were authorised when their stream opened; pages are still shared
+between them inside the process.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from urllib.parse import quote
 
 from redis.asyncio import Redis
@@ -30,8 +36,10 @@ Frames = list[tuple[int, bytes]]
 
 class Replayer:
     def __init__(self, url: str, redis: Redis, metrics: Metrics, *, page_size: int,
-                 timeout: float, cache_bytes: int, open_ttl: float) -> None:
+                 timeout: float, cache_bytes: int, open_ttl: float,
+                 private: Callable[[str], bool] = lambda topic: False) -> None:
         self._url = url.rstrip("/")
+        self._private = private
         self._redis = redis
         self._metrics = metrics
         self.page_size = page_size
@@ -85,7 +93,7 @@ class Replayer:
             self._cached_bytes -= entry[3]
 
     async def _fetch(self, topic: str, after: int) -> tuple[Frames, int]:
-        if self._url:
+        if self._url and not self._private(topic):
             url = (f"{self._url}/v1/replay/{quote(topic, safe='')}"
                    f"?after={ids.format(after)}&limit={self.page_size}")
             self._metrics.replay_fetches += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from granian.constants import HTTPModes, Interfaces, Loops
@@ -32,8 +33,10 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
         http1_settings=HTTP1Settings(max_buffer_size=8192, keep_alive=True),
         factory=True,
         log_access=False,
-        workers_kill_timeout=5,
-        # keepalive and user timeout on the listener: vanished clients are let go in bounded time
+        # a stopping relay drains its streams first (relay.app._take_stop_signals)
+        workers_kill_timeout=math.ceil(settings.drain_s) + 5,
+        # keepalive, user timeout and send buffer on the listener: vanished and stuck clients
+        # are let go in bounded time and cost bounded memory (relay.listener)
         tcp=TcpOptions(settings.tcp_keepalive_s, settings.tcp_user_timeout_s,
                        settings.tcp_send_buffer_bytes),
     ).serve()

@@ -20,6 +20,12 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
 NonNegative = Annotated[int, Meta(ge=0)]
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
+# a comma-separated list of origins (scheme://host[:port]), or `*`, or nothing
+_ORIGIN = r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+_ORIGINS = rf"^(\*|({_ORIGIN})(\s*,\s*({_ORIGIN}))*)?$"
+# a comma-separated list of topic patterns: topic characters and `*`
+_PATTERN = r"[A-Za-z0-9._:\-*]{1,128}"
+_PATTERNS = rf"^({_PATTERN}(\s*,\s*{_PATTERN})*)?$"
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,7 +33,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
     """Redis holding the streams (redis://, rediss:// or unix://)."""
     publish_token: str = ""
-    """Bearer token for publishing; empty disables publishing (every publish is 401)."""
+    """Static bearer token that may publish to every topic; empty: only JWT publish tokens."""
     host: str = "127.0.0.1"
     """Address the relay listens on."""
     port: Port = 8101
@@ -38,6 +44,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Connections one worker serves at once (Granian's backpressure; above it they wait)."""
     node_name: str = ""
     """Name in metrics and logs; empty means host:port."""
+    max_streams: Positive = 10_000
+    """Event streams one worker process serves at once; more is 503 with Retry-After."""
+    drain_s: Seconds = 10.0
+    """On SIGTERM/SIGINT: readiness goes red and open streams are closed over this long."""
+    drain_retry_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
+    """The ``retry:`` a stream closed by a drain gets: come back soon (to another node)."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
@@ -81,7 +93,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # -- publishing and retention ---------------------------------------------------------
     max_body_bytes: Annotated[int, Meta(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
-    """Largest publish body; larger is 413."""
+    """Largest publish body; larger is 413. Also the largest event data ingest takes."""
     max_batch: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Most events in one published array; more is 413."""
     retention_maxlen: NonNegative = 100_000
@@ -89,13 +101,49 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_max_age_s: NonNegative = 0
     """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
 
+    # -- ingest: following upstream SSE servers ----------------------------------------
+    ingest_file: str = ""
+    """TOML file of the topics and upstreams ``ssedge ingest`` follows, with its flags' ones."""
+    ingest_host: str = "127.0.0.1"
+    """Address ``ssedge ingest`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on."""
+    ingest_port: Annotated[int, Meta(ge=0, le=65535)] = 8301
+    """Port for them; 0 takes a free one (logged)."""
+    ingest_retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
+    """Wait before reconnecting to an upstream, until it sends its own ``retry:``."""
+    ingest_backoff_max_s: Seconds = 30.0
+    """Longest wait between failed attempts to reach an upstream (backoff with jitter)."""
+    ingest_connect_timeout_s: Seconds = 10.0
+    """How long connecting to an upstream and reading its answer's headers may take."""
+    ingest_idle_timeout_s: Seconds = 90.0
+    """An upstream stream silent this long (not even a comment) is reconnected."""
+    ingest_lease_ms: Annotated[int, Meta(ge=100, le=600_000)] = 5000
+    """Lease on an upstream: another ingest process takes it over this long after a crash."""
+
     # -- HTTP caching -----------------------------------------------------------------------
     metadata_max_age_s: NonNegative = 1
     """Cache lifetime of stream metadata."""
     handshake_max_age_s: NonNegative = 30
     """Cache lifetime of the handshake."""
-    cors_origin: str = "*"
-    """Access-Control-Allow-Origin of every answer; empty sends none."""
+    cors_origin: Annotated[str, Meta(pattern=_ORIGINS)] = "*"
+    """CORS: `*` (any origin, no cookies), or listed origins (with cookies); empty: none."""
+
+    # -- private topics and tokens (relay/auth.py) -------------------------------------
+    private_topics: Annotated[str, Meta(pattern=_PATTERNS)] = ""
+    """Topic patterns (`*` = any run) that need a subscriber JWT; empty: all public."""
+    jwt_secret: str = ""
+    """HMAC secret (32+ bytes) for HS256/HS384/HS512 tokens; empty accepts no HMAC token."""
+    jwt_public_key: str = ""
+    """RSA or EC public key (a PEM file's path, or the PEM) for RS, PS and ES tokens."""
+    jwt_algorithms: str = "HS256,RS256,ES256"
+    """Signature algorithms accepted: HS, RS, PS or ES with 256, 384 or 512; never `none`."""
+    jwt_audience: str = ""
+    """Required `aud` claim; empty: tokens that carry an `aud` are refused."""
+    jwt_issuer: str = ""
+    """Required `iss` claim; empty: not checked."""
+    jwt_leeway_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
+    """Clock skew allowed when checking `exp`, `nbf` and `iat`."""
+    jwt_require_exp: bool = True
+    """Refuse tokens without `exp` (a stream ends when its token expires)."""
 
     # -- vanished peers (relay/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.

@@ -1,8 +1,9 @@
 """``ssedge up``: the local stack in the foreground, stopped as a whole by Ctrl-C.
 
 Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
-nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``) and a
-demo publisher. The publish token and the stack's settings are written under
+nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``), a
+demo publisher, and a demo upstream SSE server with an ``ssedge ingest`` of it into the
+``ingest-demo`` topic. The publish token and the stack's settings are written under
 ``.ssedge/`` so that ``ssedge`` commands run in the checkout find them.
 """
 
@@ -26,7 +27,10 @@ REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
 REPLAY_PORT = 8201
 EDGE_PORT = 8080
+UPSTREAM_PORT = 8401
+INGEST_PORT = 8301
 DEMO_TOPIC = "demo"
+INGEST_TOPIC = "ingest-demo"
 
 
 @dataclass
@@ -53,11 +57,11 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: 
     raise RuntimeError(f"{name} did not open port {port} within {timeout:.0f} s")
 
 
-def _token(directory: Path) -> str:
-    path = directory / "publish-token"
+def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
+    path = directory / name
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    token = secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(size)
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
@@ -80,7 +84,8 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
-        edge_port: int = EDGE_PORT) -> int:
+        edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
+        ingest_port: int = INGEST_PORT) -> int:
     from relay import edge
 
     redis_server = shutil.which("redis-server")
@@ -90,7 +95,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
                   file=sys.stderr)
             return 1
     assert redis_server is not None
-    for port in (redis_port, replay_port, edge_port, *relay_ports):
+    for port in (redis_port, replay_port, edge_port, upstream_port, ingest_port, *relay_ports):
         if _port_busy(port):
             print(f"ssedge up: port {port} is in use (is another stack running?)",
                   file=sys.stderr)
@@ -108,6 +113,13 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # relays fetch history through Varnish: identical pages collapse across nodes there
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
+        # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
+        "SSEDGE_PRIVATE_TOPICS": "private-*",
+        "SSEDGE_JWT_SECRET": _token(directory, "jwt-secret", 48),
+        # another `ssedge ingest` in a second shell serves its metrics on a free port
+        "SSEDGE_INGEST_PORT": "0",
+        # Ctrl-C drains open streams before the relays stop: keep it short here
+        "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     child_env = {**os.environ, **env}
@@ -145,16 +157,28 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
         start("varnish", edge_port, edge.command(
             (varnish_dir / "work").resolve(), f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
+        # an origin that drops its clients now and then: the ingest resumes it by id
+        start("upstream", upstream_port, [sys.executable, "-m", "relay", "demo-upstream",
+                                          "--port", str(upstream_port), "--drop-every", "30"])
+        start("ingest", ingest_port, [
+            sys.executable, "-m", "relay", "ingest", "--topic", INGEST_TOPIC,
+            "--from", f"demo=http://127.0.0.1:{upstream_port}/events",
+            "--ingest-port", str(ingest_port), "--node-name", "ingest-1",
+        ])
         publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
                                      daemon=True)
         publisher.start()
         print(f"""ssedge stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
+  ingested     {base_url}/v1/streams/{INGEST_TOPIC}/events  (from the demo upstream)
+  upstream     http://127.0.0.1:{upstream_port}/events  (a demo origin server)
+  ingest       http://127.0.0.1:{ingest_port}/metrics
   relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
   replay       {replay_url}/v1/replay/{DEMO_TOPIC}?after=0-0
   redis        {redis_url}
   publish      token in {directory}/publish-token
+  private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)
         while not stop.wait(0.5):

@@ -8,17 +8,18 @@ import time
 
 import redis.asyncio as aioredis
 
-from relay import store
+from relay import auth, store
 from relay.feed import Feed
 from relay.http import Responder
 from relay.metrics import Metrics
 from relay.replayer import Replayer
 from relay.settings import Settings
-from relay.topics import Hub
+from relay.topics import Hub, Subscription
 
 log = logging.getLogger("ssedge.relay")
 
 _SWEEP_S = 1.0
+_DRAIN_STEP_S = 0.1
 
 
 class Relay:
@@ -41,8 +42,10 @@ class Relay:
             settings.replay_url, self.redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
             cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
+            private=auth.Patterns.parse(settings.private_topics).match,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.draining = False
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
         m.gauge("ring_events", "Events held in all rings.",
@@ -67,7 +70,40 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return self.feed.connected and all(not t.done() for t in self._tasks)
+        return (not self.draining and self.feed.connected
+                and all(not t.done() for t in self._tasks))
+
+    async def drain(self) -> None:
+        """Close every stream over ``drain_s``, each told to come back after ``drain_retry_ms``.
+
+        Readiness is red from the first moment, so balancers stop sending new streams; the
+        closes are spread out so that the other nodes take the reconnects as a ramp, not a
+        wall. Each client resumes elsewhere with its Last-Event-ID.
+        """
+        self.draining = True
+        subs = [sub for topic in self.hub for sub in topic.subscribers]
+        period = self.settings.drain_s
+        log.info("draining %d streams over %.1f s", len(subs), period)
+        batches = max(1, min(len(subs), int(period / _DRAIN_STEP_S)))
+        per_batch = -(-len(subs) // batches)
+        for start in range(0, len(subs), per_batch):
+            for sub in subs[start:start + per_batch]:
+                self._close_for_drain(sub)
+            await asyncio.sleep(period / batches)
+        # streams that registered while the first ones closed (they passed the check just
+        # before it turned red), then the last bytes of every stream
+        deadline = time.monotonic() + 2.0
+        while self.metrics.streams_open and time.monotonic() < deadline:
+            for topic in self.hub:
+                for sub in list(topic.subscribers):
+                    self._close_for_drain(sub)
+            await asyncio.sleep(0.02)
+        log.info("drained; %d streams left", self.metrics.streams_open)
+
+    def _close_for_drain(self, sub: Subscription) -> None:
+        if sub.closed_because is None:
+            self.metrics.drained += 1
+            sub.close("drain")
 
     async def stop(self) -> None:
         for topic in self.hub:

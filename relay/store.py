@@ -1,8 +1,10 @@
 """Everything ssedge says to Redis: key layout, framing of entries, publish, metadata, ranges.
 
 Stream key ``ssedge:{topic}`` (the braces are a Cluster hash tag); fields ``d`` (data as sent
-on the wire) and ``e`` (event type, optional). Any producer may XADD these fields directly, so
-entries are framed defensively.
+on the wire) and ``e`` (event type, optional). Entries written by ``ssedge ingest`` also carry
+``o`` (the upstream's name) and ``i`` (the upstream's event id), framed as ``upstream:`` and
+``upstream-id:`` lines, which an EventSource ignores and other SSE parsers can read. Any
+producer may XADD these fields directly, so entries are framed defensively.
 """
 
 from __future__ import annotations
@@ -63,18 +65,29 @@ def frame(entry_id: bytes, fields: list[bytes]) -> tuple[bytes, bool]:
         return b"id: " + entry_id + b"\n" + encode_data(fields[1]) + b"\n", True
     data = b""
     event: bytes | None = None
-    ok = True
+    origin: bytes | None = None
+    origin_id: bytes | None = None
     for i in range(0, len(fields) - 1, 2):
         name = fields[i]
         if name == b"d":
             data = fields[i + 1]
         elif name == b"e":
             event = fields[i + 1]
-    if event is not None and (not event or any(c in event for c in _BAD_TYPE)):
-        event, ok = None, False  # framing it would break the stream; it goes as a message
+        elif name == b"o":
+            origin = fields[i + 1]
+        elif name == b"i":
+            origin_id = fields[i + 1]
+    ok = True
     head = b"id: " + entry_id + b"\n"
-    if event is not None:
-        head += b"event: " + event + b"\n"
+    # a value that would break the stream is left out: the event goes out without it
+    for line, value in ((b"event: ", event), (b"upstream: ", origin),
+                        (b"upstream-id: ", origin_id)):
+        if value is None:
+            continue
+        if not value or any(c in value for c in _BAD_TYPE):
+            ok = False
+            continue
+        head += line + value + b"\n"
     return head + encode_data(data) + b"\n", ok
 
 

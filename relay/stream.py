@@ -32,7 +32,7 @@ from relay.wire import encode_comment, encode_retry
 KEEPALIVE = encode_comment("keepalive")
 _STREAM_HEADERS = {
     "content-type": "text/event-stream",
-    "cache-control": "no-store",
+    "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
     "x-accel-buffering": "no",
 }
 
@@ -65,9 +65,18 @@ def parse_start(request: Request, ring_events: int) -> Start:
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
-                send: Send) -> None:
+                send: Send, *, expires: float | None = None) -> None:
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s)."""
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
+    if relay.draining:
+        relay.metrics.refused_streams += 1
+        raise Unavailable("this relay is shutting down; reconnect to another", 1,
+                          draining=True)
+    if relay.metrics.streams_open >= settings.max_streams:
+        relay.metrics.refused_streams += 1
+        raise Unavailable(f"this relay serves its maximum of {settings.max_streams} streams; "
+                          "try again or another node", 2)
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
@@ -94,6 +103,10 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     metrics.streams_open += 1
     metrics.streams_total += 1
     watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+    # a token's expiry ends its stream like any close: the client comes back with its
+    # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
+    expiry = None if expires is None else asyncio.get_running_loop().call_later(
+        max(0.0, expires - time.time()), sub.close, "token expired")
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
         await send({"type": "http.response.body",
@@ -110,12 +123,16 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             task.uncancel()
     finally:
         watcher.cancel()
+        if expiry is not None:
+            expiry.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
-        # end the response cleanly so the client reconnects with its Last-Event-ID
+        # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
+        # asks it to come back soon (to another node) rather than after the usual retry
+        last = encode_retry(settings.drain_retry_ms) if sub.closed_because == "drain" else b""
         with contextlib.suppress(Exception):  # the client may be gone too
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def _check_future(relay: Relay, topic: str, after: int) -> tuple[int, bytes]:

@@ -10,7 +10,8 @@ content can start a new field or a new event; CR, LF and NUL are refused in ``id
 
 Decoder rules: a leading BOM is stripped; lines end at CRLF, LF or CR, and a CR at the end of
 a chunk is held back until the next byte shows whether an LF follows it; nothing is
-dispatched for an event with an empty data buffer.
+dispatched for an event with an empty data buffer. With ``max_data``, what a peer that never
+ends an event or a line can make it hold is bounded (``Oversize``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 _BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 _FORBIDDEN_IN_FIELD = re.compile(rb"[\r\n\x00]")
+_KEPT_OF_LONG_LINE = 16  # of a line over the bound, enough to read its field name
 
 
 class WireError(ValueError):
@@ -34,6 +36,9 @@ class Event:
     data: str
     event: str = "message"
     id: str = ""
+    # fields other than data, event, id and retry, in order; an EventSource ignores them, and
+    # so does this decoder unless asked (``Decoder(extra_fields=True)``)
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,18 @@ class Comment:
     """A comment line (``: text``); servers send them as keep-alives."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Oversize:
+    """An event whose data was over the decoder's ``max_data``: dispatched without it."""
+
+    size: int  # bytes of data lines, about (characters of the lines that were kept)
+    event: str = "message"
+    id: str = ""
+
+
+Item = Event | Comment | Oversize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,19 +117,41 @@ class Decoder:
 
     ``last_event_id`` and ``retry`` hold the stream's state as the spec defines it, so a client
     reconnects with ``Last-Event-ID: decoder.last_event_id`` after ``decoder.retry`` ms.
+
+    With ``max_data`` set, what a peer can make it hold is bounded: an event whose data grows
+    past ``max_data`` bytes is parsed to its end without keeping the data and comes out as
+    ``Oversize`` (its id and type known, so a reader can account for it), and of a line longer
+    than that only its first bytes are kept.
     """
 
-    def __init__(self, *, comments: bool = False) -> None:
+    def __init__(self, *, comments: bool = False, extra_fields: bool = False,
+                 max_data: int | None = None) -> None:
         self._comments = comments
+        self._keep_extra = extra_fields
+        self._max_data = max_data
         self._pending = b""
         self._started = False
         self._data: list[str] = []
+        self._data_size = 0
+        self._oversize = 0  # data bytes of the event in progress that were dropped
+        self._cutting = False  # inside an over-long line: its bytes are dropped up to its end
+        self._cut = 0  # bytes dropped from the line in progress
         self._event = ""
+        self._extra: list[tuple[str, str]] = []
         self._id_buffer = ""
         self.last_event_id = ""
         self.retry: int | None = None
 
-    def feed(self, chunk: bytes) -> list[Event | Comment]:
+    def feed(self, chunk: bytes) -> list[Item]:
+        if self._cutting:
+            brk = min((i for i in (chunk.find(b"\r"), chunk.find(b"\n")) if i != -1),
+                      default=-1)
+            if brk == -1:
+                self._cut += len(chunk)
+                return []
+            self._cut += brk
+            chunk = chunk[brk:]
+            self._cutting = False
         buf = self._pending + chunk
         if not self._started:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
@@ -121,7 +160,7 @@ class Decoder:
             self._started = True
             if buf.startswith(_BOM):
                 buf = buf[len(_BOM) :]
-        out: list[Event | Comment] = []
+        out: list[Item] = []
         start = 0
         size = len(buf)
         while start < size:
@@ -136,12 +175,24 @@ class Decoder:
             else:
                 end = cr
                 nxt = cr + 2 if buf[cr + 1 : cr + 2] == b"\n" else cr + 1
-            self._line(buf[start:end].decode("utf-8", "replace"), out)
+            line = buf[start:end].decode("utf-8", "replace")
+            if self._cut:
+                self._cut_line(line, self._cut)
+                self._cut = 0
+            else:
+                self._line(line, out)
             start = nxt
         self._pending = buf[start:]
+        limit = self._max_data
+        if (limit is not None and len(self._pending) > limit
+                and not self._pending.endswith(b"\r")):
+            # keep the start of the line (its field name), drop the rest up to its end
+            self._cut += len(self._pending) - _KEPT_OF_LONG_LINE
+            self._pending = self._pending[:_KEPT_OF_LONG_LINE]
+            self._cutting = True
         return out
 
-    def _line(self, line: str, out: list[Event | Comment]) -> None:
+    def _line(self, line: str, out: list[Item]) -> None:
         if not line:
             self._dispatch(out)
             return
@@ -154,20 +205,40 @@ class Decoder:
         if colon and value.startswith(" "):
             value = value[1:]
         if name == "data":
-            self._data.append(value)
+            size = self._data_size + len(value) + 1
+            if self._oversize or (self._max_data is not None and size - 1 > self._max_data):
+                self._oversize += size
+                self._data, self._data_size = [], 0
+            else:
+                self._data.append(value)
+                self._data_size = size
         elif name == "event":
             self._event = value
         elif name == "id":
             if "\x00" not in value:
                 self._id_buffer = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value)
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self.retry = int(value)
+        elif self._keep_extra:
+            self._extra.append((name, value))
 
-    def _dispatch(self, out: list[Event | Comment]) -> None:
+    def _cut_line(self, line: str, dropped: int) -> None:
+        """A line longer than ``max_data``: a data line makes its event oversize; any other
+        field (or comment) that long is ignored, its value incomplete."""
+        if line.partition(":")[0] == "data":
+            self._oversize += self._data_size + len(line) + dropped
+            self._data, self._data_size = [], 0
+
+    def _dispatch(self, out: list[Item]) -> None:
         self.last_event_id = self._id_buffer
-        if not self._data:
-            self._event = ""
-            return
-        out.append(Event("\n".join(self._data), self._event or "message", self.last_event_id))
+        extra, self._extra = tuple(self._extra), []
+        if self._oversize:
+            out.append(Oversize(self._oversize, self._event or "message", self.last_event_id))
+            self._oversize = 0
+        elif self._data:
+            out.append(Event("\n".join(self._data), self._event or "message",
+                             self.last_event_id, extra))
         self._data = []
+        self._data_size = 0
         self._event = ""

@@ -10,6 +10,9 @@ caches both and collapses identical concurrent requests into one fetch.
 Headers for relays and operators: ``X-Ssedge-Count`` (entries in the page),
 ``X-Ssedge-Last-Id`` (the last entry's id, when any), ``X-Ssedge-Reset: 1`` when the page
 starts with an ``ssedge.reset``.
+
+A private topic's pages need a reader's token, as its stream does (``relay.auth``), and are
+``private, no-store``; relays read private topics' history from Redis themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from relay import __version__, history, ids, store
+from relay import __version__, auth, history, ids, store
 from relay import settings as settings_mod
 from relay.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
 from relay.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
@@ -55,6 +58,7 @@ class ReplayApp:
         self.metrics = ReplayMetrics(node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
         self.redis = store.client(settings.redis_url)
+        self.auth = auth.Authority(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -73,8 +77,10 @@ class ReplayApp:
 
     async def route(self, request: Request, send: Send) -> None:
         parts = request.parts
+        if request.method == "OPTIONS":
+            return await self.responder.preflight(send, request)
         if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed("GET, HEAD")
+            raise MethodNotAllowed("GET, HEAD, OPTIONS")
         if parts[:2] == ["v1", "replay"] and len(parts) == 3:
             return await self.replay(request, parts[2], send)
         if parts == ["healthz"]:
@@ -90,6 +96,7 @@ class ReplayApp:
     async def replay(self, request: Request, topic: str, send: Send) -> None:
         s = self.settings
         parse_topic(topic)
+        access = self.auth.check_read(request, topic)
         after = _id(request, "after") or ids.ZERO
         until = _id(request, "until")
         raw_limit = request.query.get("limit", str(s.replay_page))
@@ -114,6 +121,8 @@ class ReplayApp:
         if page.reset:
             headers["x-ssedge-reset"] = "1"
         cache = IMMUTABLE if page.closed else f"public, max-age={s.replay_open_max_age_s}"
+        if access.private:
+            cache = "private, no-store"  # its readers' alone: no shared cache may keep it
         await self.responder.cached(send, request, page.body, cache, headers)
 
     async def readyz(self, send: Send) -> None:

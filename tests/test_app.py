@@ -8,10 +8,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from relay import store
 from relay.app import App, decode_events
 from relay.errors import PayloadTooLarge, Unprocessable
 from relay.settings import load
+from relay.wire import Comment, Decoder, Event
 
 
 def test_decode_events_string_data_as_is_and_json_as_written() -> None:
@@ -23,7 +27,9 @@ def test_decode_events_string_data_as_is_and_json_as_written() -> None:
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"data": 1, "extra": 2}', b'"x"',
-                                  b'{"data": 1, "event": "a\\u0000b"}'])
+                                  b'{"data": 1, "event": "a\\u0000b"}',
+                                  b'{"data": "\xff"}', b'{"data": "\xed\xa0\x80"}',
+                                  b'{"data": ["\xff"]}', b'{"data": 1, "event": "\xff"}'])
 def test_decode_events_refuses(body: bytes) -> None:
     with pytest.raises(Unprocessable):
         decode_events(body, 10)
@@ -92,3 +98,46 @@ def test_preflight_allows_last_event_id_and_authorization(app: App) -> None:
     assert status == 204
     assert "last-event-id" in headers["access-control-allow-headers"]
     assert "authorization" in headers["access-control-allow-headers"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",))), inner, max_size=3),
+    max_leaves=8,
+)
+event_types = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r\n\x00"),
+                      min_size=1, max_size=64)
+
+
+@settings(max_examples=300)
+@given(batch=st.lists(st.tuples(json_values, st.none() | event_types), min_size=1, max_size=6),
+       ascii_only=st.booleans(), cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_published_events_decode_exactly_as_published(
+    batch: list[tuple[Any, str | None]], ascii_only: bool, cuts: list[int]
+) -> None:
+    """The whole publish path without servers: JSON body, validation, the frame the feed
+    builds from the Redis fields, and a reader's decoder fed in arbitrary chunks."""
+    body = json.dumps([{"data": d, **({"event": e} if e is not None else {})}
+                       for d, e in batch], ensure_ascii=ascii_only).encode()
+    events, _ = decode_events(body, 100)
+    raw = b"".join(
+        store.frame(f"{n + 1}-0".encode(), [b"d", data, *((b"e", ev.encode()) if ev else ())])[0]
+        for n, (data, ev) in enumerate(events))
+    decoder = Decoder()
+    got: list[Event | Comment] = []
+    prev = 0
+    for cut in [*sorted(c for c in cuts if c <= len(raw)), len(raw)]:
+        got.extend(decoder.feed(raw[prev:cut]))
+        prev = cut
+    assert [e.id for e in got if isinstance(e, Event)] == [f"{n + 1}-0" for n in range(len(batch))]
+    for (data, event), received in zip(batch, got, strict=True):
+        assert isinstance(received, Event)
+        assert received.event == (event if event is not None else "message")
+        if isinstance(data, str):
+            # the one documented change: CRLF and CR arrive as LF
+            assert received.data == data.replace("\r\n", "\n").replace("\r", "\n")
+        else:
+            assert received.data == json.dumps(data, ensure_ascii=ascii_only)
+            assert json.loads(received.data) == data

@@ -10,6 +10,8 @@ from relay.wire import (
     Comment,
     Decoder,
     Event,
+    Item,
+    Oversize,
     WireError,
     encode_comment,
     encode_data,
@@ -169,3 +171,81 @@ def test_round_trip_any_chunking(
     # values round-trip exactly
     assert out == expected
     assert dec.retry == 10
+
+
+@given(data=st.binary(max_size=300), event=st.none() | field_text)
+def test_any_bytes_as_data_stay_one_event(data: bytes, event: str | None) -> None:
+    # producers may XADD any bytes: whatever they hold, they frame as exactly one event
+    out = decode_bytewise(encode_event(data, id="1-0", event=event))
+    text = data.decode("utf-8", "replace")
+    assert out == [Event(text.replace("\r\n", "\n").replace("\r", "\n"), event or "message",
+                         "1-0")]
+
+
+@given(raw=st.binary(max_size=500), cuts=st.lists(st.integers(0, 500), max_size=6))
+def test_decoder_takes_any_bytes(raw: bytes, cuts: list[int]) -> None:
+    dec = Decoder(comments=True)
+    prev = 0
+    for cut in [*sorted(c for c in cuts if c <= len(raw)), len(raw)]:
+        for item in dec.feed(raw[prev:cut]):
+            if isinstance(item, Event):
+                assert "\x00" not in item.id and "\r" not in item.id and "\n" not in item.id
+        prev = cut
+
+
+# -- extra fields and the data bound (what ingest relies on) --------------------------------
+
+
+def feed_in(dec: Decoder, raw: bytes, step: int) -> list[Item]:
+    out: list[Item] = []
+    for i in range(0, len(raw), step):
+        out.extend(dec.feed(raw[i : i + step]))
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+def test_unknown_fields_kept_only_when_asked(step: int) -> None:
+    raw = b"id: 1-0\nupstream: a\nupstream-id: 42\ndata: x\n\nupstream: b\n\ndata: y\n\n"
+    assert feed_in(Decoder(), raw, step) == [Event("x", id="1-0"), Event("y", id="1-0")]
+    # an event's extra fields are its own: a block without data drops them
+    assert feed_in(Decoder(extra_fields=True), raw, step) == [
+        Event("x", id="1-0", extra=(("upstream", "a"), ("upstream-id", "42"))),
+        Event("y", id="1-0"),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 5, 64, 1 << 20])
+def test_data_over_the_bound_is_dropped_but_the_event_accounted_for(step: int) -> None:
+    big = b"x" * 100
+    raw = (b"data: small\nid: a\n\n"
+           b"event: t\ndata: " + big + b"\nid: b\n\n"  # one line over the bound
+           b"data: " + b"y" * 30 + b"\ndata: " + b"y" * 30 + b"\nid: c\n\n"  # lines over it
+           b"data: after\nid: d\n\n")
+    out = feed_in(Decoder(max_data=50), raw, step)
+    assert [type(i).__name__ for i in out] == ["Event", "Oversize", "Oversize", "Event"]
+    assert out[0] == Event("small", id="a") and out[3] == Event("after", id="d")
+    assert isinstance(out[1], Oversize) and (out[1].event, out[1].id) == ("t", "b")
+    assert out[1].size >= 100 and isinstance(out[2], Oversize) and out[2].id == "c"
+
+
+def test_a_line_that_never_ends_is_not_kept() -> None:
+    dec = Decoder(max_data=1000)
+    assert dec.feed(b"data: ") == []
+    for _ in range(1000):  # 64 MB of one line
+        assert dec.feed(b"z" * 65536) == []
+        assert len(dec._pending) <= 1000
+    assert dec.feed(b"\r") == []
+    out = dec.feed(b"\nid: 9\n\ndata: next\n\n")
+    assert out[0] == Oversize(out[0].size, "message", "9") and out[0].size > 64_000_000
+    assert out[1] == Event("next", id="9")
+
+
+@pytest.mark.parametrize("line", [b": " + b"c" * 500, b"id: " + b"i" * 500, b"x" * 500])
+def test_an_over_long_non_data_line_is_ignored(line: bytes) -> None:
+    raw = b"id: 1\n" + line + b"\ndata: kept\n\n"
+    for step in (1, 3, 100):
+        assert feed_in(Decoder(max_data=50), raw, step) == [Event("kept", id="1")]
+
+
+def test_without_a_bound_nothing_is_oversize() -> None:
+    assert Decoder().feed(b"data: " + b"x" * 100_000 + b"\n\n") == [Event("x" * 100_000)]

@@ -1,6 +1,7 @@
 #
 # ssedge edge: balance relay nodes, pass event streams through unbuffered, and cache the
-# handshake, stream metadata, CORS preflights and replay ranges.
+# handshake, stream metadata, CORS preflights and replay ranges. Nothing that carries a token,
+# and nothing the relays mark private, is ever cached.
 #
 # Read like Varnish's builtin.vcl: each state subroutine calls small subroutines named for
 # their intent; every decision has its comment. Varnish 7.1, VCL 4.1.
@@ -40,10 +41,31 @@ sub vcl_recv {
 
 sub ssedge_normalize {
     # the cache key is exactly what makes the answer differ: the path and the sorted query;
-    # the Host header and cookies make no difference to any ssedge answer
+    # the Host header makes no difference to any ssedge answer
     set req.url = std.querysort(req.url);
-    unset req.http.Cookie;
+    call ssedge_keep_token_cookie;
     set req.http.X-Forwarded-Proto = "http";
+}
+
+sub ssedge_keep_token_cookie {
+    # cookies make no difference to an ssedge answer, except a reader's token cookie
+    # (ssedge_auth): a request that carries it keeps its Cookie header for the relay and is
+    # passed (ssedge_pass_tokens); any other Cookie is dropped
+    if (req.http.Cookie !~ "(^|;)\s*ssedge_auth=") {
+        unset req.http.Cookie;
+    }
+}
+
+sub ssedge_pass_tokens {
+    # an answer to a request that carries a token (Authorization, the token cookie or the
+    # access_token query parameter) may be for that token alone: the request is passed,
+    # never looked up nor stored, and the token reaches the backend untouched. A spelling
+    # this misses is still never stored: the relay marks such answers private (see
+    # ssedge_never_store).
+    if (req.http.Authorization || req.http.Cookie ||
+        req.url ~ "(?i)[?&]access(_|%5f)token=") {
+        return (pass);
+    }
 }
 
 sub ssedge_preflight {
@@ -81,9 +103,7 @@ sub ssedge_replay {
     # year (immutable), pages reaching the stream's head for a second; identical concurrent
     # requests wait for one fetch (the waiting list)
     set req.backend_hint = replay;
-    if (req.http.Authorization) {
-        return (pass);
-    }
+    call ssedge_pass_tokens;
     return (hash);
 }
 
@@ -92,9 +112,7 @@ sub ssedge_cached_json {
     # 1 s). While the relays are healthy a stale copy is served for at most 10 s while it is
     # refreshed; while none is, the last copy is served for up to an hour (beresp.grace).
     set req.backend_hint = relays.backend();
-    if (req.http.Authorization) {
-        return (pass);
-    }
+    call ssedge_pass_tokens;
     if (std.healthy(req.backend_hint)) {
         set req.grace = 10s;
     }
@@ -177,12 +195,31 @@ sub ssedge_stream_timeouts {
 }
 
 sub vcl_backend_response {
+    if (beresp.http.X-Ssedge-Draining && bereq.retries < 2) {
+        # a relay draining for shutdown refuses new streams before its probe turns sick:
+        # the request goes to another node, as a refused connection would (an EventSource
+        # given a 503 would give up for good)
+        return (retry);
+    }
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
         call ssedge_stream_response;
+    }
+    if (beresp.http.Cache-Control ~ "(?i)(private|no-store)") {
+        call ssedge_never_store;
     }
     if (bereq.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_json_response;
     }
+    return (deliver);
+}
+
+sub ssedge_never_store {
+    # the relays mark what no shared cache may keep: a private topic's metadata and replay
+    # pages, errors (401 among them), streams. builtin.vcl would skip these too, but this VCL
+    # returns before it: say it here. Not stored; for a minute the URL bypasses the waiting
+    # list (hit-for-miss), and the next cacheable answer replaces the marker.
+    set beresp.uncacheable = true;
+    set beresp.ttl = 60s;
     return (deliver);
 }
 

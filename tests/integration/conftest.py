@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.servers import RedisServer, Relay, Varnish
+from tests.integration.servers import IngestProcess, RedisServer, Relay, Varnish
+from tests.integration.upstreams import Upstreams
 
 TOKEN = "test-token"
 
@@ -66,3 +67,26 @@ def start_varnish(tmp_path: Path) -> Iterator[Callable[..., Varnish]]:
     yield start
     for varnish in started:
         varnish.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Upstreams]:
+    servers = Upstreams()
+    yield servers
+    servers.close()
+
+
+@pytest.fixture
+def start_ingest(tmp_path: Path, redis_server: RedisServer
+                 ) -> Iterator[Callable[..., IngestProcess]]:
+    """Starts ``ssedge ingest`` processes, all stopped (by PID) when the test ends."""
+    started: list[IngestProcess] = []
+
+    def start(*args: str, **settings: Any) -> IngestProcess:
+        process = IngestProcess(tmp_path, redis_server, list(args), **settings)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

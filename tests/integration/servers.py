@@ -112,10 +112,10 @@ class Relay:
     ``start()`` after ``stop()`` runs it again on the same port with the same settings."""
 
     def __init__(self, log_dir: Path, redis: RedisServer, token: str, command: str = "relay",
-                 host: str = "127.0.0.1", **settings: Any) -> None:
+                 host: str = "127.0.0.1", port: int | None = None, **settings: Any) -> None:
         self.command = command
         self.host = host
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
         env.update({
@@ -123,6 +123,8 @@ class Relay:
             "SSEDGE_PUBLISH_TOKEN": token,
             "SSEDGE_PORT" if command == "relay" else "SSEDGE_REPLAY_PORT": str(self.port),
             "SSEDGE_HOST" if command == "relay" else "SSEDGE_REPLAY_HOST": host,
+            # tests stop relays with streams still open: a short drain keeps them quick
+            "SSEDGE_DRAIN_S": "1",
         })
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
         self.env = env
@@ -161,6 +163,55 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise ValueError(f"no VmRSS for {pid}")
+
+
+class IngestProcess:
+    """``ssedge ingest ARGS``, its ``/metrics`` on a free port; ready when ``/healthz`` is."""
+
+    def __init__(self, log_dir: Path, redis: RedisServer, args: list[str],
+                 **settings: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
+        env.update({"SSEDGE_REDIS_URL": redis.url, "SSEDGE_INGEST_PORT": str(self.port)})
+        env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
+        self.log = log_dir / f"ingest-{self.port}.log"
+        self.process = spawn([sys.executable, "-m", "relay", "ingest", *args], self.log, env)
+        _wait(self._ready, 20, f"ingest on {self.port}", self.process)
+
+    def _ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        try:
+            response = asyncio.run(client.request("GET", self.url + "/healthz", timeout=2))
+        except OSError:
+            return False
+        return response.status == 200
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of ``/metrics``: name, labels, value."""
+        response = asyncio.run(client.request("GET", self.url + "/metrics", timeout=5))
+        out = []
+        for line in response.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                head, _, value = line.rpartition(" ")
+                name, _, rest = head.partition("{")
+                labels = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+                out.append((name, {k: v.strip('"') for k, v in labels.items()}, float(value)))
+        return out
+
+    def metric(self, name: str, upstream: str, **labels: str) -> float:
+        """One upstream's value of ``ssedge_ingest_<name>`` (summed over other labels)."""
+        return sum(v for n, lab, v in self.samples() if n == f"ssedge_ingest_{name}"
+                   and lab.get("upstream") == upstream
+                   and all(lab.get(k) == want for k, want in labels.items()))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop_group(self.process, sig)
 
 
 class Varnish:

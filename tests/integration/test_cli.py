@@ -41,6 +41,22 @@ def test_bad_setting_stops_start_up_with_one_line_naming_it(
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in lines[0]
 
 
+@pytest.mark.parametrize(("args", "named"), [
+    ([], "nothing to ingest"),
+    (["--from", "http://h/x"], "--from needs --topic"),
+    (["--topic", "t", "--from", "ftp://h/x"], "bad upstream URL"),
+    (["--topic", "bad topic", "--from", "http://h/x"], "bad topic"),
+    (["--ingest-file", "/nonexistent.toml"], "cannot read ingest file"),
+    (["--topic", "t", "--from", "http://h/x", "--ingest-lease-ms", "5"], "SSEDGE_INGEST_LEASE_MS"),
+])
+def test_bad_ingest_arguments_stop_it_with_one_line(args: list[str], named: str) -> None:
+    done = subprocess.run([*SSEDGE, "ingest", *args], env=clean_env(), capture_output=True,
+                          timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], lines
+
+
 def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
     env = clean_env(SSEDGE_URL=relay.url, SSEDGE_PUBLISH_TOKEN=TOKEN)
     ids = []
@@ -57,12 +73,14 @@ def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
 
 
 def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    redis_port, relay_a, relay_b, replay, edge = (free_port() for _ in range(5))
+    redis_port, relay_a, relay_b, replay, edge, upstream, ingest = (
+        free_port() for _ in range(7))
     state = tmp_path / "state"
     stack = subprocess.Popen(
         [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
          "--relay-port", str(relay_a), "--relay-port", str(relay_b),
-         "--replay-port", str(replay), "--edge-port", str(edge)],
+         "--replay-port", str(replay), "--edge-port", str(edge),
+         "--upstream-port", str(upstream), "--ingest-port", str(ingest)],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -87,6 +105,15 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
                 env=clean_env(), capture_output=True, timeout=30, check=True,
             )
             assert b"\ttick\t" in tail.stdout
+        # the demo upstream's events, ingested, through Varnish; its ingest says it follows it
+        tail = subprocess.run(
+            [*SSEDGE, "tail", "ingest-demo", "--count", "1", "--url", f"http://127.0.0.1:{edge}"],
+            env=clean_env(), capture_output=True, timeout=30, check=True,
+        )
+        assert b"\tquote\t" in tail.stdout or b"\tsummary\t" in tail.stdout
+        ingest_metrics = asyncio.run(client.request(
+            "GET", f"http://127.0.0.1:{ingest}/metrics")).body.decode()
+        assert 'upstream="demo"} 1' in ingest_metrics.split("ssedge_ingest_active{")[1]
         # the replay service serves the demo topic's history
         tail = subprocess.run(
             [*SSEDGE, "tail", "demo", "--count", "1", "--since", "earliest",
@@ -104,10 +131,22 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         published = subprocess.run([*SSEDGE, "publish", "demo", "hello"], cwd=tmp_path,
                                    env=clean_env(), capture_output=True, timeout=30)
         assert published.returncode == 0, published.stderr
+        # private-* topics: a token minted in the checkout reads them, nothing else does
+        subprocess.run([*SSEDGE, "publish", "private-demo", "secret"], cwd=tmp_path,
+                       env=clean_env(), capture_output=True, timeout=30, check=True)
+        minted = subprocess.run([*SSEDGE, "token", "--subscribe", "private-*"], cwd=tmp_path,
+                                env=clean_env(), capture_output=True, timeout=30, check=True)
+        tail_private = [*SSEDGE, "tail", "private-demo", "--since", "earliest", "--count", "1"]
+        refused = subprocess.run(tail_private, cwd=tmp_path, env=clean_env(),
+                                 capture_output=True, timeout=30)
+        assert refused.returncode == 1 and b"401" in refused.stderr
+        read = subprocess.run([*tail_private, "--token", minted.stdout.decode().strip()],
+                              cwd=tmp_path, env=clean_env(), capture_output=True, timeout=30)
+        assert read.returncode == 0 and read.stdout.endswith(b"\tsecret\n"), read
     finally:
         stack.send_signal(signal.SIGINT)
         stack.wait(30)
         if stack.stdout is not None:
             stack.stdout.close()
-    for port in (redis_port, relay_a, relay_b, replay, edge):
+    for port in (redis_port, relay_a, relay_b, replay, edge, upstream, ingest):
         assert not _port_open(port), f"port {port} still open after Ctrl-C"

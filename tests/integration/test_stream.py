@@ -23,7 +23,7 @@ def test_headers_and_retry_are_the_first_bytes(relay: Relay) -> None:
         es = await client.stream(f"{relay.url}/v1/streams/t/events", keep_raw=True)
         assert es.response.status == 200
         assert es.response.headers["content-type"] == "text/event-stream"
-        assert es.response.headers["cache-control"] == "no-store"
+        assert es.response.headers["cache-control"] == "private, no-store"
         assert es.response.headers["x-accel-buffering"] == "no"
         await es.read_chunk()
         assert bytes(es.raw).startswith(b"retry: 3000\n\n")

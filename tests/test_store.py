@@ -1,0 +1,30 @@
+"""Framing of stream entries: published ones, ingested ones, and anything a producer XADDs."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay import store
+from relay.wire import Decoder, Event
+
+
+def test_published_entry_frames_as_id_event_data() -> None:
+    assert store.frame(b"1-0", [b"d", b"a\nb"]) == (b"id: 1-0\ndata: a\ndata: b\n\n", True)
+    assert store.frame(b"1-1", [b"d", b"x", b"e", b"t"]) == (
+        b"id: 1-1\nevent: t\ndata: x\n\n", True)
+
+
+def test_ingested_entry_shows_its_upstream_and_upstream_id() -> None:
+    frame, ok = store.frame(b"5-0", [b"d", b"{}", b"e", b"quote", b"o", b"a", b"i", b"A7-x"])
+    assert ok and frame == b"id: 5-0\nevent: quote\nupstream: a\nupstream-id: A7-x\ndata: {}\n\n"
+    # an EventSource ignores the two fields; a parser that asks sees them
+    assert Decoder().feed(frame) == [Event("{}", "quote", "5-0")]
+    assert Decoder(extra_fields=True).feed(frame)[0].extra == (
+        ("upstream", "a"), ("upstream-id", "A7-x"))
+
+
+@pytest.mark.parametrize("field", [b"e", b"o", b"i"])
+@pytest.mark.parametrize("bad", [b"", b"x\ny", b"x\rid: 9", b"x\x00"])
+def test_a_value_that_would_break_the_stream_is_left_out(field: bytes, bad: bytes) -> None:
+    frame, ok = store.frame(b"7-0", [b"d", b"data", field, bad])
+    assert not ok and frame == b"id: 7-0\ndata: data\n\n"
