@@ -73,8 +73,8 @@ def apply(sock: socket.socket, options: TcpOptions) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, options.send_buffer_bytes)
 
 
-def listening_socket(host: str, port: int, backlog: int, options: TcpOptions) -> socket.socket:
-    """A bound, listening TCP socket as Granian would make it, plus ``options``."""
+def bound_socket(host: str, port: int, options: TcpOptions) -> socket.socket:
+    """A bound TCP socket as Granian would make it, plus ``options``; not listening yet."""
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
@@ -83,7 +83,6 @@ def listening_socket(host: str, port: int, backlog: int, options: TcpOptions) ->
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: SSE latency
         apply(sock, options)
         sock.bind((host, port))
-        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
@@ -92,7 +91,7 @@ def listening_socket(host: str, port: int, backlog: int, options: TcpOptions) ->
 
 class Server(MPServer):
     """Granian (worker processes, what ``granian.Granian`` is on CPython with the GIL),
-    serving on a listener built by ``listening_socket``."""
+    serving on a listener built by ``bound_socket``."""
 
     def __init__(self, *args: Any, tcp: TcpOptions, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,11 +103,13 @@ class Server(MPServer):
             return
         from granian._granian import SocketHolder
 
-        sock = listening_socket(self.bind_addr, self.bind_port, self.backlog, self.tcp)
+        sock = bound_socket(self.bind_addr, self.bind_port, self.tcp)
         # what Granian does where workers share one listener: the holder goes to each worker
         # (fork keeps the fd number), the inheritable socket object keeps it open here.
-        # Granian declares these attributes as None; its stub lacks SocketHolder's arguments
-        # (Linux builds take fd, is_uds, backlog and listen in each worker).
+        # Granian's Linux SocketHolder takes (fd, is_uds, backlog) (its stub lacks them) and
+        # calls listen() in each worker once the app has started: until then the port refuses
+        # connections, as it does with Granian's own listeners (a probe never queues behind a
+        # worker that is still starting). Granian declares these attributes as None.
         holder = SocketHolder(sock.fileno(), False, self.backlog)  # type: ignore[call-arg]
         self._ssp = None
         self._shd = holder  # type: ignore[assignment]

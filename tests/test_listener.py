@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from relay.listener import TcpOptions, listening_socket
+from relay.listener import TcpOptions, bound_socket
 
 TCP = socket.IPPROTO_TCP
 
 
 def _accepted(options: TcpOptions) -> tuple[socket.socket, socket.socket, socket.socket]:
-    listener = listening_socket("127.0.0.1", 0, 16, options)
+    listener = bound_socket("127.0.0.1", 0, options)
+    listener.listen(16)
     client = socket.create_connection(listener.getsockname())
     accepted, _ = listener.accept()
     return listener, client, accepted
@@ -51,6 +52,12 @@ def test_probe_interval_is_a_third_of_the_idle_time(keepalive: int, interval: in
 
 def test_two_relays_may_share_a_port_as_with_granian() -> None:
     # SO_REUSEPORT, as Granian sets it on its own listeners: nothing changes there
-    first = listening_socket("127.0.0.1", 0, 16, TcpOptions(0, 0))
-    with first, listening_socket("127.0.0.1", first.getsockname()[1], 16, TcpOptions(0, 0)):
-        pass
+    first = bound_socket("127.0.0.1", 0, TcpOptions(0, 0))
+    with first, bound_socket("127.0.0.1", first.getsockname()[1], TcpOptions(0, 0)) as second:
+        first.listen(16)
+        second.listen(16)
+
+
+def test_a_bound_socket_refuses_connections_until_a_worker_listens() -> None:
+    with bound_socket("127.0.0.1", 0, TcpOptions(0, 0)) as sock, socket.socket() as client:
+        assert client.connect_ex(sock.getsockname()) != 0
