@@ -277,10 +277,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conns", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rates", nargs="+", default=["1000:10,100,300,1000,3000",
-                                                        "10000:10,30,100,300"],
+                                                        "10000:1,10,30,100,300"],
                         help="N:r1,r2,… publish rates (events/s) at N connections")
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
-    parser.add_argument("--seconds", type=float, default=8.0, help="publishing time per rate")
+    parser.add_argument("--seconds", type=float, default=6.0, help="publishing time per rate")
     parser.add_argument("--drain", type=float, default=5.0,
                         help="seconds after the last publish until missing events are lost")
     parser.add_argument("--size", type=int, default=150, help="bytes of data per event")
