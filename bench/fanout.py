@@ -179,6 +179,7 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
             client.send(f"start {run}")
             client.expect("started", 10)
             cpu0 = cpu_seconds(server.pids())
+            parts0 = {k: cpu_seconds(v) for k, v in server.parts().items()}
             writes0 = ssedge_writes(server)
             t0 = time.monotonic()
             published = publish(server, topic, rate, args.seconds, run, args.size)
@@ -187,6 +188,8 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
             wall = time.monotonic() - t0
             cpu = cpu_seconds(server.pids()) - cpu0
             writes1 = ssedge_writes(server)
+            split = " / ".join(f"{k} {cpu_seconds(v) - parts0[k]:.2f}"
+                               for k, v in server.parts().items())
             ok = report["lost"] == 0 and report["last_s"] <= args.seconds + 1.0
             row = {
                 "server": server.name, "conns": n, "rate": rate, "offered_per_s": rate * n,
@@ -197,6 +200,7 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
                 "lost": report["lost"], "dup": report["dup"], "closed": report["closed"],
                 "server_cpu_s": round(cpu, 2),
                 "cpu_us_per_delivery": round(1e6 * cpu / max(1, report["events"]), 2),
+                "cpu_split_s": split,
                 "client_cpu_s": report["cpu_s"], "wall_s": round(wall, 1),
                 "publisher_cpu_s": published["cpu_s"], "publish_failures": published["failures"],
                 "status": "ok" if ok else "FAILED",

@@ -113,6 +113,10 @@ class Server:
     def pids(self) -> list[int]:
         return [pid for root in self.roots for pid in tree(root)]
 
+    def parts(self) -> dict[str, list[int]]:
+        """The processes of each part of the server, for the CPU split."""
+        return {"all": self.pids()}
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -166,6 +170,12 @@ class Ssedge(Server):
 
     def pub_target(self, topic: str) -> str:
         return "ssedge:{" + topic + "}"
+
+    def parts(self) -> dict[str, list[int]]:
+        parts = {"relay": tree(self.relay.pid), "redis": [self.redis.process.pid]}
+        if self.varnish is not None:
+            parts["varnish"] = tree(self.varnish.process.pid)
+        return parts
 
     def worker_pids(self) -> list[int]:
         return [pid for pid in tree(self.relay.pid) if pid != self.relay.pid]
