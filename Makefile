@@ -7,7 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint unit integration bench-reconnect bench-edge load-report system venv clean
+.PHONY: up test lint unit integration bench bench-reconnect bench-edge load-report system \
+	bench-system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
@@ -24,6 +25,15 @@ unit: venv
 
 integration: venv system
 	$(BIN)/pytest tests/integration
+
+# Fan-out of one topic at 1,000 and 10,000 connections and several rates: ssedge (1 and 2
+# workers, and through Varnish) next to nginx+Nchan and sse-starlette, with the C load client;
+# about 10-15 minutes; writes docs/results/fanout.md and docs/results/fanout-profile.txt
+bench: venv system bench-system bench/sseload
+	$(BIN)/python -m bench.fanout --profile
+
+bench/sseload: bench/sseload.c
+	$(CC) -O2 -Wall -Wextra -o $@ $<
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system
@@ -50,7 +60,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,load]'
+	$(BIN)/pip install --quiet -e '.[dev,load,bench]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -69,5 +79,17 @@ system:
 	  fi; \
 	fi
 
+# nginx with Nchan, the C peer of `make bench`; installed like `system`
+bench-system:
+	@test -f /usr/lib/nginx/modules/ngx_nchan_module.so || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nginx libnginx-mod-nchan with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      nginx libnginx-mod-nchan >/dev/null; \
+	  else \
+	    echo "missing: nginx with Nchan (sudo apt-get install nginx libnginx-mod-nchan)"; exit 1; \
+	  fi; }
+
 clean:
+	rm -f bench/sseload
 	rm -rf $(VENV) .ssedge .pytest_cache .mypy_cache .ruff_cache

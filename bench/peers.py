@@ -1,0 +1,273 @@
+"""The servers the fan-out benchmark compares, each started on a free loopback port and stopped
+by its PID (process group), and what it costs: CPU seconds and resident memory of every
+process that serves it (relay workers, Redis, varnishd, nginx workers, uvicorn).
+
+Each server says how a client subscribes (port and path of a topic) and how the publisher
+reaches it (``sseload pub`` mode, port and target).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.servers import Relay, Varnish, free_port, spawn
+
+TOKEN = "bench"
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        if _port_open(port):
+            return
+        time.sleep(0.05)
+    stop_group(process)
+    raise RuntimeError(f"{what} not up after {timeout} s")
+
+
+def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a child started in its own session, with everything it started."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(15)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICK
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class Server:
+    name = ""
+    pub_mode = ""
+    publish_port = 0
+    port = 0
+    roots: list[int]
+
+    def sub_path(self, topic: str) -> str:
+        raise NotImplementedError
+
+    def pub_target(self, topic: str) -> str:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        return [pid for root in self.roots for pid in tree(root)]
+
+    def parts(self) -> dict[str, list[int]]:
+        """The processes of each part of the server, for the CPU split."""
+        return {"all": self.pids()}
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class BenchRedis:
+    """redis-server without persistence: the stream is what the relays read, not the disk."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                              "--dir", str(directory), "--appendonly", "no", "--save", "",
+                              "--protected-mode", "no"], directory / "redis.log", None)
+        _wait_port(self.port, self.process, "redis-server")
+
+    def stop(self) -> None:
+        stop_group(self.process)
+
+
+class Ssedge(Server):
+    """A relay (1 or 2 Granian workers) and its Redis; with ``edge``, varnishd in front."""
+
+    pub_mode = "redis"
+
+    def __init__(self, directory: Path, *, workers: int, edge: bool = False,
+                 max_streams: int = 12_000) -> None:
+        self.name = f"ssedge {workers}w" + (" + varnish" if edge else "")
+        self.redis = BenchRedis(directory / "redis")
+        self.publish_port = self.redis.port
+        self.varnish: Varnish | None = None
+        try:
+            self.relay = Relay(directory, self.redis, TOKEN, workers=workers,  # type: ignore[arg-type]
+                               max_connections=max_streams + 100, max_streams=max_streams,
+                               topic_linger_s=0)
+            self.port = self.relay.port
+            self.roots = [self.relay.pid, self.redis.process.pid]
+            if edge:
+                # one stream holds two varnishd threads; a varnishd holds two descriptors
+                # per stream, so RLIMIT_NOFILE (20,000 here) caps it below 10,000 streams
+                self.varnish = Varnish(directory / "varnish", [self.relay], None,
+                                       extra_params=("thread_pool_max=6000",))
+                self.port = self.varnish.port
+                self.roots.append(self.varnish.process.pid)
+        except BaseException:
+            self.stop()
+            raise
+
+    def sub_path(self, topic: str) -> str:
+        return f"/v1/streams/{topic}/events"
+
+    def pub_target(self, topic: str) -> str:
+        return "ssedge:{" + topic + "}"
+
+    def parts(self) -> dict[str, list[int]]:
+        parts = {"relay": tree(self.relay.pid), "redis": [self.redis.process.pid]}
+        if self.varnish is not None:
+            parts["varnish"] = tree(self.varnish.process.pid)
+        return parts
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in tree(self.relay.pid) if pid != self.relay.pid]
+
+    def stop(self) -> None:
+        for server in (self.varnish, getattr(self, "relay", None)):
+            if server is not None:
+                server.stop()
+        self.redis.stop()
+
+
+NGINX_CONF = """\
+load_module {module};
+daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 19000; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location ~ ^/sub/([\\w.:-]+)$ {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $1;
+        }}
+        location ~ ^/pub/([\\w.:-]+)$ {{
+            nchan_publisher;
+            nchan_channel_id $1;
+            nchan_message_buffer_length 2000;
+        }}
+    }}
+}}
+"""
+
+
+class Nchan(Server):
+    """nginx with Debian's Nchan module, ``workers`` worker processes."""
+
+    pub_mode = "post"
+
+    def __init__(self, directory: Path, *, workers: int = 1) -> None:
+        self.name = f"nginx+nchan {workers}w"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.publish_port = free_port()
+        conf = directory / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(module=NCHAN_MODULE, workers=workers, dir=directory,
+                                          port=self.port))
+        self.process = spawn(["nginx", "-c", str(conf), "-p", str(directory)],
+                             directory / "nginx.log", None)
+        _wait_port(self.port, self.process, "nginx")
+        self.roots = [self.process.pid]
+
+    def sub_path(self, topic: str) -> str:
+        return f"/sub/{topic}"
+
+    def pub_target(self, topic: str) -> str:
+        return f"/pub/{topic}"
+
+    def stop(self) -> None:
+        stop_group(self.process)  # SIGTERM: nginx's fast shutdown
+
+
+class Starlette(Server):
+    """sse-starlette on uvicorn (uvloop, httptools), one process."""
+
+    pub_mode = "lines"
+
+    def __init__(self, directory: Path) -> None:
+        self.name = "sse-starlette"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.publish_port = free_port()
+        self.process = spawn(
+            [sys.executable, "-m", "uvicorn", "bench.starlette_peer:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--loop", "uvloop", "--http", "httptools",
+             "--no-access-log", "--backlog", "4096", "--log-level", "warning"],
+            directory / "uvicorn.log", None)
+        _wait_port(self.port, self.process, "uvicorn")
+        self.roots = [self.process.pid]
+
+    def sub_path(self, topic: str) -> str:
+        return f"/sub/{topic}"
+
+    def pub_target(self, topic: str) -> str:
+        return f"/pub/{topic}"
+
+    def stop(self) -> None:
+        stop_group(self.process)
