@@ -198,6 +198,10 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 19000; multi_accept on; }}
 http {{
     access_log off;
+    # the benchmark's publisher keeps one connection for every POST of a run (nginx's default
+    # closes a keep-alive connection after 1,000 requests)
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
