@@ -292,10 +292,14 @@ def main() -> int:
                         help="py-spy the 1-worker relay at the largest N and its top rate")
     parser.add_argument("--smoke", action="store_true",
                         help="check the harness: 200 connections, rates 10 and 100, 2 s each")
-    parser.add_argument("--report", default="docs/results/fanout.md")
+    parser.add_argument("--report", default=None,
+                        help="Markdown results file (docs/results/fanout.md; a smoke run's "
+                             "goes to bench-results/, never over the real figures)")
     args = parser.parse_args()
     if args.smoke:
         args.conns, args.rates, args.seconds = [200], ["200:10,100"], 2.0
+    if args.report is None:
+        args.report = "bench-results/fanout-smoke.md" if args.smoke else "docs/results/fanout.md"
     rates = parse_rates(args.rates)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

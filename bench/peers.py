@@ -103,12 +103,14 @@ class Server:
     publish_port = 0
     port = 0
     roots: list[int]
+    process: subprocess.Popen[bytes]
 
+    # the peers' layout (Nchan's locations and the sse-starlette app); ssedge has its own
     def sub_path(self, topic: str) -> str:
-        raise NotImplementedError
+        return f"/sub/{topic}"
 
     def pub_target(self, topic: str) -> str:
-        raise NotImplementedError
+        return f"/pub/{topic}"
 
     def pids(self) -> list[int]:
         return [pid for root in self.roots for pid in tree(root)]
@@ -118,7 +120,7 @@ class Server:
         return {"all": self.pids()}
 
     def stop(self) -> None:
-        raise NotImplementedError
+        stop_group(self.process)  # SIGTERM (nginx: its fast shutdown)
 
 
 class BenchRedis:
@@ -240,15 +242,6 @@ class Nchan(Server):
         _wait_port(self.port, self.process, "nginx")
         self.roots = [self.process.pid]
 
-    def sub_path(self, topic: str) -> str:
-        return f"/sub/{topic}"
-
-    def pub_target(self, topic: str) -> str:
-        return f"/pub/{topic}"
-
-    def stop(self) -> None:
-        stop_group(self.process)  # SIGTERM: nginx's fast shutdown
-
 
 class Starlette(Server):
     """sse-starlette on uvicorn (uvloop, httptools), one process."""
@@ -266,12 +259,3 @@ class Starlette(Server):
             directory / "uvicorn.log", None)
         _wait_port(self.port, self.process, "uvicorn")
         self.roots = [self.process.pid]
-
-    def sub_path(self, topic: str) -> str:
-        return f"/sub/{topic}"
-
-    def pub_target(self, topic: str) -> str:
-        return f"/pub/{topic}"
-
-    def stop(self) -> None:
-        stop_group(self.process)
