@@ -7,6 +7,7 @@ import contextlib
 
 from relay import client
 from relay.client import EventStream
+from relay.ids import parse
 from relay.wire import Event
 
 
@@ -68,3 +69,73 @@ class Follower:
             self.reconnects += 1
             node = min(node + 1, len(self.urls) - 1)
             await self.gate.wait()
+
+
+class Crowd:
+    """``count`` Followers of one URL (through the edge), reconnecting at once; they run until
+    ``finish`` names the last id published, then ``check`` compares each with what was."""
+
+    def __init__(self, url: str, count: int) -> None:
+        gate = asyncio.Event()
+        gate.set()
+        self.clients = [Follower([url], gate) for _ in range(count)]
+        self._until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._tasks = [asyncio.ensure_future(c.run(self._until)) for c in self.clients]
+
+    async def finish(self, last_id: str, timeout: float = 60) -> None:
+        self._until.set_result(last_id)
+        await asyncio.wait_for(asyncio.gather(*self._tasks), timeout)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(c.reconnects for c in self.clients)
+
+    def check(self, published: list[str]) -> None:
+        """Every client has every acknowledged event exactly once, in order."""
+        for n, c in enumerate(self.clients):
+            ids = [e.id for e in c.events]
+            assert ids == sorted(set(ids), key=parse), f"client {n}: duplicate or out of order"
+            assert ids == published, (f"client {n}: {len(ids)} events for {len(published)} "
+                                      "published")
+
+
+class Publisher:
+    """Publishes a batch every 20 ms to ``target`` until stopped; ``published`` holds the ids
+    acknowledged, in order."""
+
+    def __init__(self, target: str, token: str, topic: str, batch: int = 5) -> None:
+        self.target = target
+        self.token = token
+        self.topic = topic
+        self.batch = batch
+        self.published: list[str] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = asyncio.Lock()  # held while a publish is in flight
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            async with self._busy:
+                n = len(self.published)
+                response = await client.request(
+                    "POST", f"{self.target}/v1/streams/{self.topic}/events",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    json_body=[{"data": n + i} for i in range(self.batch)])
+                assert response.status == 201, response.body
+                self.published += response.json()["ids"]
+            await asyncio.sleep(0.02)
+
+    async def retarget(self, target: str) -> None:
+        """Publish to ``target`` from now on; returns once nothing is in flight elsewhere."""
+        async with self._busy:
+            self.target = target
+
+    async def stop(self) -> str:
+        """Stop; the last id published."""
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+        return self.published[-1]

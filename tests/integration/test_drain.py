@@ -16,8 +16,8 @@ from pathlib import Path
 
 from relay import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish, publish
-from tests.integration.sse import Follower, subscribe
+from tests.integration.servers import RedisServer, Relay, Varnish
+from tests.integration.sse import Crowd, Publisher, subscribe
 
 
 def test_sigterm_drains_streams_over_the_drain_period(
@@ -74,26 +74,11 @@ def test_rolling_restart_under_load_loses_and_repeats_nothing(
     clients_n = 150
     restarts: list[float] = []
 
-    async def run() -> tuple[list[Follower], list[str]]:
-        gate = asyncio.Event()
-        gate.set()  # reconnect at once, through the edge
-        clients = [Follower([f"{varnish.url}/v1/streams/{topic}/events"], gate)
-                   for _ in range(clients_n)]
-        until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        tasks = [asyncio.ensure_future(c.run(until)) for c in clients]
+    async def run() -> tuple[Crowd, list[str]]:
+        crowd = Crowd(f"{varnish.url}/v1/streams/{topic}/events", clients_n)
         await asyncio.sleep(1.5)  # all subscribed before the first event
-        published: list[str] = []
-        stop = asyncio.Event()
-
-        async def publisher() -> None:
-            n = 0
-            while not stop.is_set():
-                published.extend(await publish(varnish.url, TOKEN, topic,
-                                               [{"data": n + i} for i in range(5)]))
-                n += 5
-                await asyncio.sleep(0.02)
-
-        pub = asyncio.ensure_future(publisher())
+        publisher = Publisher(varnish.url, TOKEN, topic)
+        publisher.start()
         await asyncio.sleep(1.0)
         for i, old in enumerate(list(relays)):
             started = time.monotonic()
@@ -103,23 +88,15 @@ def test_rolling_restart_under_load_loses_and_repeats_nothing(
                 Relay, tmp_path, redis_server, TOKEN, port=old.port, **settings)
             restarts.append(time.monotonic() - started)
             await asyncio.sleep(2.5)  # the edge's probe sees it healthy again
-        stop.set()
-        await pub
-        until.set_result(published[-1])
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        return clients, published
+        await crowd.finish(await publisher.stop())
+        return crowd, publisher.published
 
     try:
-        clients, published = asyncio.run(run())
+        crowd, published = asyncio.run(run())
     finally:
         for relay in relays:
             relay.stop()
     print(f"{len(published)} events, {clients_n} clients, restarts took "
-          + ", ".join(f"{t:.1f} s" for t in restarts)
-          + f"; reconnects {sum(c.reconnects for c in clients)}")
-    assert sum(c.reconnects for c in clients) >= clients_n  # each drain moved clients
-    for n, c in enumerate(clients):
-        ids = [e.id for e in c.events]
-        assert ids == published, (
-            f"client {n}: {len(ids)} events for {len(published)} published, "
-            f"{len(set(ids))} distinct")
+          + ", ".join(f"{t:.1f} s" for t in restarts) + f"; reconnects {crowd.reconnects}")
+    assert crowd.reconnects >= clients_n  # each drain moved clients
+    crowd.check(published)

@@ -10,48 +10,11 @@ import signal
 import time
 from collections.abc import Callable
 
-from relay.ids import parse
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, metrics, publish
-from tests.integration.sse import Follower
+from tests.integration.servers import Relay, Varnish, metrics
+from tests.integration.sse import Crowd, Publisher
 
 CLIENTS = 200
-BATCH = 5
-
-
-class Publisher:
-    """Publishes a batch every 20 ms, straight to ``target`` (a relay that is up)."""
-
-    def __init__(self, target: str, topic: str) -> None:
-        self.target = target
-        self.topic = topic
-        self.published: list[str] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._busy = asyncio.Lock()  # held while a publish is in flight
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            async with self._busy:
-                n = len(self.published)
-                self.published += await publish(self.target, TOKEN, self.topic,
-                                                [{"data": n + i} for i in range(BATCH)])
-            await asyncio.sleep(0.02)
-
-    async def retarget(self, target: str) -> None:
-        """Publish to ``target`` from now on; returns once nothing is in flight elsewhere."""
-        async with self._busy:
-            self.target = target
-
-    async def stop(self) -> str:
-        """Stop; the last id published."""
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-        return self.published[-1]
 
 
 async def _open_on(relays: list[Relay], count: int, timeout: float = 30) -> float:
@@ -65,13 +28,6 @@ async def _open_on(relays: list[Relay], count: int, timeout: float = 30) -> floa
     raise AssertionError(f"{open_} streams open, not {count}")
 
 
-def _check(clients: list[Follower], published: list[str]) -> None:
-    for n, c in enumerate(clients):
-        ids = [e.id for e in c.events]
-        assert ids == sorted(set(ids), key=parse), f"client {n}: duplicate or out of order"
-        assert ids == published, f"client {n}: lost events"
-
-
 def test_relay_killed_and_restarted_on_its_port_takes_clients_again(
     start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
     start_varnish: Callable[..., Varnish],
@@ -82,15 +38,11 @@ def test_relay_killed_and_restarted_on_its_port_takes_clients_again(
     url = f"{varnish.url}/v1/streams/relay-restart/events"
 
     async def run() -> None:
-        gate = asyncio.Event()
-        gate.set()
-        clients = [Follower([url], gate) for _ in range(CLIENTS)]
-        until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        tasks = [asyncio.ensure_future(c.run(until)) for c in clients]
+        crowd = Crowd(url, CLIENTS)
         await _open_on([a, b], CLIENTS)
         on_a = (await metrics(a.url))["ssedge_streams_open"]
         assert 0 < on_a < CLIENTS
-        publisher = Publisher(b.url, "relay-restart")
+        publisher = Publisher(b.url, TOKEN, "relay-restart")
         publisher.start()
         await asyncio.sleep(1.0)
 
@@ -109,10 +61,10 @@ def test_relay_killed_and_restarted_on_its_port_takes_clients_again(
         b.stop(signal.SIGKILL)
         to_a = await _open_on([a], CLIENTS)
         await asyncio.sleep(1.0)
-        until.set_result(await publisher.stop())
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        _check(clients, publisher.published)
-        assert sum(c.reconnects >= 1 for c in clients) == CLIENTS  # all were on B at the end
+        await crowd.finish(await publisher.stop())
+        crowd.check(publisher.published)
+        # all were on B at the end
+        assert sum(c.reconnects >= 1 for c in crowd.clients) == CLIENTS
         print(f"{CLIENTS} clients, {len(publisher.published)} events each, lost 0, "
               f"duplicates 0; {on_a:.0f} on A moved to B in {to_b:.1f} s; A restarted and "
               f"healthy in Varnish after {a_back:.1f} s; B killed, all on A in {to_a:.1f} s")
@@ -130,13 +82,9 @@ def test_varnishd_killed_and_restarted_clients_resume_through_it(
     url = f"{varnish.url}/v1/streams/varnish-restart/events"
 
     async def run() -> None:
-        gate = asyncio.Event()
-        gate.set()
-        clients = [Follower([url], gate) for _ in range(CLIENTS)]
-        until: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        tasks = [asyncio.ensure_future(c.run(until)) for c in clients]
+        crowd = Crowd(url, CLIENTS)
         await _open_on([a, b], CLIENTS)
-        publisher = Publisher(a.url, "varnish-restart")
+        publisher = Publisher(a.url, TOKEN, "varnish-restart")
         publisher.start()
         await asyncio.sleep(1.0)
 
@@ -149,10 +97,9 @@ def test_varnishd_killed_and_restarted_clients_resume_through_it(
         up = time.monotonic() - started
         back = await _open_on([a, b], CLIENTS)
         await asyncio.sleep(1.0)
-        until.set_result(await publisher.stop())
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        _check(clients, publisher.published)
-        assert all(c.reconnects >= 1 for c in clients)
+        await crowd.finish(await publisher.stop())
+        crowd.check(publisher.published)
+        assert all(c.reconnects >= 1 for c in crowd.clients)
         print(f"{CLIENTS} clients, {len(publisher.published)} events each, lost 0, "
               f"duplicates 0; streams released by the relays {released:.1f} s after the "
               f"kill; varnishd up again in {up:.1f} s, all clients back {back:.1f} s later")
