@@ -199,7 +199,11 @@ class App:
         try:
             assigned = await store.publish(self.relay.redis, topic, events,
                                            maxlen=s.retention_maxlen,
-                                           max_age_s=s.retention_max_age_s)
+                                           max_age_s=s.retention_max_age_s,
+                                           replicas=s.replicas,
+                                           replica_timeout_ms=s.publish_replica_timeout_ms)
+        except store.NotReplicated as exc:
+            raise Unavailable(f"not acknowledged: {exc}; retry", 1) from None
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable; nothing was published", 1) from None
         self.relay.metrics.published += len(assigned)

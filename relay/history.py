@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from relay import ids, store
 from relay.wire import encode_event
@@ -49,7 +48,7 @@ def reset_frame(reason: str, requested: int, resume_from: int | None, frame_id: 
     return encode_event(data, id=ids.format(frame_id), event=RESET)
 
 
-async def read_page(r: aioredis.Redis, topic: str, after: int, limit: int,
+async def read_page(r: store.Client, topic: str, after: int, limit: int,
                     until: int | None = None) -> tuple[Page, int]:
     """The page, and the number of malformed entries in it. One round trip to Redis."""
     key = store.stream_key(topic)

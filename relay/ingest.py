@@ -55,7 +55,7 @@ class Ingest:
         # who holds a lease, readable in Redis: node, pid, and a nonce for this run
         self.token = f"{self.node}/{os.getpid()}/{secrets.token_hex(4)}"
         # no retries: a write whose reply was lost must be re-read, never sent again
-        self.redis = store.client(s.redis_url, retries=0)
+        self.redis = store.connect(s, retries=0)
         self.lease_ms = s.ingest_lease_ms
         self.workers: list[Worker] = []
         for t in topics:
@@ -172,7 +172,7 @@ class Ingest:
 
     async def _readyz(self) -> Answer:
         try:
-            await asyncio.wait_for(self.redis.ping(), 2)
+            await asyncio.wait_for(store.ping(self.redis), 2)
         except (RedisError, OSError, TimeoutError) as exc:
             body = f'{{"status": "unready", "redis": "{type(exc).__name__}"}}'.encode()
             return 503, "application/json", body

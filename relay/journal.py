@@ -25,9 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from relay.store import stream_key
+from relay.store import Client, stream_key
 
 # KEYS: stream, state hash, lease. ARGV: token, upstream, expected writes, new cursor,
 # maxlen (0: none), minid ('': none), then (type, upstream id, data) per event.
@@ -99,7 +97,7 @@ def lease_key(topic: str, upstream: str) -> str:
 
 
 class Journal:
-    def __init__(self, redis: aioredis.Redis, topic: str, upstream: str, token: str, *,
+    def __init__(self, redis: Client, topic: str, upstream: str, token: str, *,
                  maxlen: int, max_age_s: int) -> None:
         self._redis = redis
         self._keys = [stream_key(topic), state_key(topic), lease_key(topic, upstream)]

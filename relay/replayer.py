@@ -26,16 +26,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from urllib.parse import quote
 
-from redis.asyncio import Redis
-
-from relay import client, history, ids
+from relay import client, history, ids, store
 from relay.metrics import Metrics
 
 Frames = list[tuple[int, bytes]]
 
 
 class Replayer:
-    def __init__(self, url: str, redis: Redis, metrics: Metrics, *, page_size: int,
+    def __init__(self, url: str, redis: store.Client, metrics: Metrics, *, page_size: int,
                  timeout: float, cache_bytes: int, open_ttl: float,
                  private: Callable[[str], bool] = lambda topic: False) -> None:
         self._url = url.rstrip("/")

@@ -26,12 +26,17 @@ _ORIGINS = rf"^(\*|({_ORIGIN})(\s*,\s*({_ORIGIN}))*)?$"
 # a comma-separated list of topic patterns: topic characters and `*`
 _PATTERN = r"[A-Za-z0-9._:\-*]{1,128}"
 _PATTERNS = rf"^({_PATTERN}(\s*,\s*{_PATTERN})*)?$"
+# a comma-separated list of host:port (a host name, IPv4, or [IPv6])
+_SEED = r"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}"
+_SEEDS = rf"^({_SEED}(\s*,\s*{_SEED})*)?$"
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # -- connections -------------------------------------------------------------------------
     redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
     """Redis holding the streams (redis://, rediss:// or unix://)."""
+    redis_cluster: Annotated[str, Meta(pattern=_SEEDS)] = ""
+    """Redis Cluster seed nodes (host:port,host:port); when set, used instead of redis_url."""
     publish_token: str = ""
     """Static bearer token that may publish to every topic; empty: only JWT publish tokens."""
     host: str = "127.0.0.1"
@@ -100,6 +105,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Approximate events kept per stream (XADD MAXLEN ~); 0 keeps all."""
     retention_max_age_s: NonNegative = 0
     """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
+    publish_replicas: Annotated[int, Meta(ge=-1, le=16)] = -1
+    """Replicas that must hold a publish before its 201 (WAIT); -1: 1 on a cluster, else 0."""
+    publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
+    """How long a publish waits for them; then 503 (written, not acknowledged: retry)."""
 
     # -- ingest: following upstream SSE servers ----------------------------------------
     ingest_file: str = ""
@@ -157,6 +166,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def node(self) -> str:
         return self.node_name or f"{self.host}:{self.port}"
+
+    @property
+    def replicas(self) -> int:
+        """Replicas a publish waits for (``publish_replicas`` with -1 resolved)."""
+        if self.publish_replicas >= 0:
+            return self.publish_replicas
+        return 1 if self.redis_cluster else 0
 
 
 class SettingsError(ValueError):

@@ -6,9 +6,8 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
-
 from relay import auth, store
+from relay.cluster_feed import ClusterFeed
 from relay.feed import Feed
 from relay.http import Responder
 from relay.metrics import Metrics
@@ -27,17 +26,25 @@ class Relay:
         self.settings = settings
         self.metrics = Metrics(settings.node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        self.redis: aioredis.Redis = store.client(settings.redis_url)
+        redis = store.connect(settings)
+        self.redis: store.Client = redis
         self.hub = Hub(
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
             max_topics=settings.max_topics,
             key_of=store.stream_key,
         )
-        self.feed = Feed(
-            self.hub, self.redis, self.metrics, url=settings.redis_url,
-            block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
-        )
+        self.feed: Feed
+        if isinstance(redis, store.Cluster):
+            # one reader per primary node (relay/cluster_feed.py)
+            self.feed = ClusterFeed(self.hub, redis, self.metrics,
+                                    block_ms=settings.feed_block_ms,
+                                    read_count=settings.feed_read_count)
+        else:
+            self.feed = Feed(
+                self.hub, redis, self.metrics, url=settings.redis_url,
+                block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+            )
         self.replayer = Replayer(
             settings.replay_url, self.redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
@@ -85,7 +92,7 @@ class Relay:
         period = self.settings.drain_s
         log.info("draining %d streams over %.1f s", len(subs), period)
         batches = max(1, min(len(subs), int(period / _DRAIN_STEP_S)))
-        per_batch = -(-len(subs) // batches)
+        per_batch = max(1, -(-len(subs) // batches))  # no streams: range() needs a step
         for start in range(0, len(subs), per_batch):
             for sub in subs[start:start + per_batch]:
                 self._close_for_drain(sub)

@@ -14,8 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from relay import ids
 from relay.wire import encode_data
@@ -24,6 +33,8 @@ KEY_PREFIX = "ssedge:"
 _BAD_TYPE = (b"\r", b"\n", b"\x00")
 
 Entry = tuple[bytes, list[bytes]]  # (id, [field, value, field, value, ...]) as Redis sends them
+# one Redis or a Redis Cluster: every command ssedge sends touches one topic's keys (one slot)
+Client = aioredis.Redis | RedisCluster
 
 
 def stream_key(topic: str) -> str:
@@ -48,6 +59,78 @@ def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int
     for command in ("XREAD", "XRANGE", "XREVRANGE"):
         r.set_response_callback(command, _raw)
     return r
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client (MOVED/ASK, failover, topology refresh), with its own
+    exceptions that are not ``RedisError`` (a slot not covered while a primary fails over)
+    turned into ``ConnectionError``: callers answer 503 for every ``RedisError``."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None,
+                 shard_hint: Any | None = None) -> ClusterPipeline:
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+
+def seed_nodes(seeds: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as (host, port) pairs (``[v6]:port`` too)."""
+    out = []
+    for seed in seeds.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def cluster_client(seeds: str, *, socket_timeout: float | None = 5.0,
+                   max_connections: int = 50, retries: int = 1) -> Cluster:
+    """A Redis Cluster client from seed nodes, with raw stream replies like ``client``."""
+    r = Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seed_nodes(seeds)],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries),
+        health_check_interval=0,
+        # a failed-over primary's replacement is found on the next MOVED
+        reinitialize_steps=1,
+    )
+    for command in ("XREAD", "XRANGE", "XREVRANGE"):
+        r.set_response_callback(command, _raw)
+    return r
+
+
+def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
+            retries: int = 1) -> aioredis.Redis | Cluster:
+    """The client for ``settings``: the Redis Cluster when ``redis_cluster`` names seed
+    nodes, else the one Redis at ``redis_url``."""
+    if settings.redis_cluster:
+        return cluster_client(settings.redis_cluster, socket_timeout=socket_timeout,
+                              max_connections=max_connections, retries=retries)
+    return client(settings.redis_url, socket_timeout=socket_timeout,
+                  max_connections=max_connections, retries=retries)
+
+
+async def ping(r: Client) -> None:
+    """Is Redis there? On a cluster: is one node there (a primary failing over leaves the
+    rest of the topics readable; the feed reports per node)."""
+    if isinstance(r, RedisCluster):
+        await r.ping(target_nodes=RedisCluster.RANDOM)
+    else:
+        await r.ping()
 
 
 def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
@@ -104,24 +187,127 @@ def frames(entries: Sequence[Entry]) -> tuple[list[int], list[bytes], int]:
     return keys, out, bad
 
 
-async def publish(r: aioredis.Redis, topic: str, events: Sequence[tuple[bytes, str | None]],
-                  *, maxlen: int, max_age_s: int) -> list[str]:
-    """XADD every event in one MULTI/EXEC round trip: all are written or none."""
+class NotReplicated(RedisError):
+    """The events were written but fewer replicas than asked confirmed them in time: a
+    failover now could lose them, so the publish is not acknowledged."""
+
+
+def _publish_commands(key: str, events: Sequence[tuple[bytes, str | None]], *, maxlen: int,
+                      max_age_s: int) -> list[tuple[Any, ...]]:
+    commands: list[tuple[Any, ...]] = []
+    for data, event in events:
+        command: tuple[Any, ...] = ("XADD", key)
+        if maxlen:
+            command += ("MAXLEN", "~", maxlen)
+        command += ("*", "d", data)
+        if event is not None:
+            command += ("e", event)
+        commands.append(command)
+    if max_age_s:
+        min_id = f"{int(time.time() * 1000) - max_age_s * 1000}-0"
+        commands.append(("XTRIM", key, "MINID", "~", min_id))
+    return commands
+
+
+async def publish(r: Client, topic: str, events: Sequence[tuple[bytes, str | None]],
+                  *, maxlen: int, max_age_s: int, replicas: int = 0,
+                  replica_timeout_ms: int = 1000) -> list[str]:
+    """XADD every event in one MULTI/EXEC round trip: all are written or none.
+
+    With ``replicas``, the same connection then sends ``WAIT replicas timeout``: the ids are
+    returned only once that many replicas hold the events, else ``NotReplicated``.
+    """
     key = stream_key(topic)
-    async with r.pipeline(transaction=True) as pipe:
-        for data, event in events:
-            fields: dict[str, bytes | str] = {"d": data}
-            if event is not None:
-                fields["e"] = event
-            pipe.xadd(key, fields, maxlen=maxlen or None, approximate=True)  # type: ignore[arg-type]
-        if max_age_s:
-            min_id = f"{int(time.time() * 1000) - max_age_s * 1000}-0"
-            pipe.xtrim(key, minid=min_id, approximate=True)
-        replies = await pipe.execute()
+    if replicas == 0 and isinstance(r, aioredis.Redis):
+        async with r.pipeline(transaction=True) as pipe:
+            for data, event in events:
+                fields: dict[str, bytes | str] = {"d": data}
+                if event is not None:
+                    fields["e"] = event
+                pipe.xadd(key, fields, maxlen=maxlen or None, approximate=True)  # type: ignore[arg-type]
+            if max_age_s:
+                min_id = f"{int(time.time() * 1000) - max_age_s * 1000}-0"
+                pipe.xtrim(key, minid=min_id, approximate=True)
+            replies = await pipe.execute()
+        return [reply.decode() for reply in replies[: len(events)]]
+    commands = _publish_commands(key, events, maxlen=maxlen, max_age_s=max_age_s)
+    if isinstance(r, aioredis.Redis):
+        conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            replies = await _multi_exec(conn, commands, replicas, replica_timeout_ms)
+        finally:
+            await r.connection_pool.release(conn)
+    else:
+        replies = await _publish_on_cluster(r, key, commands, replicas, replica_timeout_ms)
     return [reply.decode() for reply in replies[: len(events)]]
 
 
-async def info(r: aioredis.Redis, topic: str) -> dict[str, Any] | None:
+_REDIRECTS = 3  # a slot may move more than once while a cluster is resharded
+
+
+async def _publish_on_cluster(r: RedisCluster, key: str, commands: list[tuple[Any, ...]],
+                              replicas: int, replica_timeout_ms: int) -> list[Any]:
+    """MULTI/EXEC (and WAIT) on one connection to the key's primary. redis-py's cluster
+    pipeline cannot add a WAIT after EXEC, so the node's connection is used directly; a
+    redirection or a refused connection means nothing was written: the slot map is
+    refreshed and the write sent again."""
+    for attempt in range(_REDIRECTS + 1):
+        try:
+            if not r.nodes_manager.slots_cache:
+                await r.initialize()
+            node = r.nodes_manager.get_node_from_slot(r.keyslot(key))
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+        conn = node.acquire_connection()
+        sent = False
+        try:
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            sent = True
+            return await _multi_exec(conn, commands, replicas, replica_timeout_ms)
+        except (AskError, TryAgainError, ConnectionError, OSError) as exc:
+            await conn.disconnect()
+            written_maybe = sent and not isinstance(exc, AskError | TryAgainError)
+            if written_maybe or attempt == _REDIRECTS:
+                raise
+            await r.nodes_manager.initialize()
+        finally:
+            node.release(conn)
+    raise AssertionError("unreachable")
+
+
+async def _multi_exec(conn: Any, commands: list[tuple[Any, ...]], replicas: int,
+                      replica_timeout_ms: int) -> list[Any]:
+    """Send MULTI, the commands, EXEC (and WAIT) in one write; EXEC's replies. Any error
+    reply leaves the connection closed (it is not read to the end)."""
+    wire = [("MULTI",), *commands, ("EXEC",)]
+    if replicas:
+        wire.append(("WAIT", replicas, replica_timeout_ms))
+    await conn.send_packed_command(conn.pack_commands(wire))
+    queued_error: ResponseError | None = None
+    try:
+        for _ in range(len(commands) + 1):  # +OK, then QUEUED per command
+            try:
+                await conn.read_response()
+            except ResponseError as exc:  # MOVED/ASK/TRYAGAIN: EXEC will abort
+                queued_error = queued_error or exc
+        try:
+            replies = await conn.read_response()
+        except ResponseError:
+            if queued_error is not None:
+                raise queued_error from None  # EXECABORT: nothing was written
+            raise
+        acked = int(await conn.read_response()) if replicas else 0
+    except BaseException:
+        await conn.disconnect()
+        raise
+    if replicas and acked < replicas:
+        raise NotReplicated(f"written, but {acked} of {replicas} replicas confirmed it "
+                            f"within {replica_timeout_ms} ms")
+    return list(replies)
+
+
+async def info(r: Client, topic: str) -> dict[str, Any] | None:
     """XINFO STREAM, or None when the stream does not exist."""
     try:
         return await r.xinfo_stream(stream_key(topic))
@@ -131,7 +317,7 @@ async def info(r: aioredis.Redis, topic: str) -> dict[str, Any] | None:
         raise
 
 
-async def newest(r: aioredis.Redis, key: bytes, count: int) -> tuple[list[Entry], int]:
+async def newest(r: Client, key: bytes, count: int) -> tuple[list[Entry], int]:
     """The newest ``count`` entries, oldest first, and the floor below which entries may exist
     that were not read: the oldest entry read when the read was full; just below the first
     entry when the stream was ever trimmed (everything trimmed is older than it); else 0-0,

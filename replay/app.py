@@ -57,7 +57,7 @@ class ReplayApp:
         node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
         self.metrics = ReplayMetrics(node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        self.redis = store.client(settings.redis_url)
+        self.redis = store.connect(settings)
         self.auth = auth.Authority(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,7 +127,7 @@ class ReplayApp:
 
     async def readyz(self, send: Send) -> None:
         try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
+            await asyncio.wait_for(store.ping(self.redis), 1.0)
         except (RedisError, OSError, TimeoutError):
             raise Unavailable("not ready: Redis is not reachable", 1) from None
         await self.responder.json(send, 200, {"status": "ready"}, {"cache-control": "no-store"})

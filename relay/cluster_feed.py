@@ -1,0 +1,312 @@
+"""The feed on a Redis Cluster: one reader per primary node, not one per topic or slot.
+
+Redis Cluster refuses an XREAD whose keys are in different slots (CROSSSLOT), even when one
+node holds them all (checked on Redis 7.0.15), and a topic is a slot of its own (hash tag
+``{topic}``). So one XREAD BLOCK per node over its topics cannot be sent, and one per slot
+would mean a blocked connection per topic. Instead each primary gets two connections:
+
+- a *listener* (RESP2, ``SUBSCRIBE __redis__:invalidate``): the one blocking read per node;
+- a *reader* with ``CLIENT TRACKING ON REDIRECT <listener>``: every key it reads is tracked,
+  and the first write to it afterwards (XADD, by any producer) sends the key's name to the
+  listener. The reader then sends one non-blocking ``XREAD COUNT n STREAMS ...`` per slot for
+  the keys named, all pipelined in one write, and reading them tracks them again.
+
+Redis runs commands one at a time, so a write lands either before the read (its entries are
+in the reply) or after it (its invalidation follows): nothing is missed. A read that fills
+``COUNT`` is read again at once. When the node is quiet for ``feed_block_ms`` every key of the
+node is read anyway (a sweep): it costs one pipelined round trip and finds a slot that moved
+(MOVED) or a node that was demoted.
+
+Topology comes from redis-py's cluster client (``nodes_manager``): a reader that fails
+(connection lost, MOVED, ASK, failover) ends, the slot map is refreshed, and readers are
+started for the primaries that now own the watched topics; each topic resumes from the last
+id it saw. Priming and delivery are the single-Redis feed's (``relay.feed.Feed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from relay import store
+from relay.feed import Feed
+from relay.metrics import Metrics
+from relay.topics import Hub, Topic
+
+log = logging.getLogger("ssedge.feed")
+
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 1.0
+_INVALIDATE = b"__redis__:invalidate"
+
+
+class TopologyChanged(RedisError):
+    """A key's slot is served elsewhere now (MOVED/ASK): refresh the slot map."""
+
+
+class ClusterFeed(Feed):
+    """``Feed``'s interface (prime, topics_changed, run, close, connected, last_error)."""
+
+    def __init__(self, hub: Hub, redis: store.Cluster, metrics: Metrics, *, block_ms: int,
+                 read_count: int) -> None:
+        # not Feed.__init__: no single connection pool; prime() and _deliver() use _hub,
+        # _redis and _metrics only
+        self._hub = hub
+        self._redis = redis  # type: ignore[assignment]  # for Feed.prime: store.newest takes both
+        self._cluster = redis
+        self._metrics = metrics
+        self._block_ms = block_ms
+        self._count = read_count
+        self._readers: dict[str, NodeReader] = {}  # by node name, primaries only
+        self._routed: dict[bytes, Topic] = {}  # key -> the topic object a reader was told of
+        self._slots: dict[bytes, int] = {}
+        self._stale = asyncio.Event()  # a reader failed or a topic has no reader yet
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Ready while the slot map is known and no reader is failing: a primary being
+        failed over makes every relay unready at once only if this says so, so one failing
+        node is reported in logs and metrics, not here, unless every node fails."""
+        readers = list(self._readers.values())
+        if readers:
+            return any(r.connected for r in readers)
+        return bool(self._cluster.nodes_manager.slots_cache)
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        pass  # Feed.__init__ is not called; nothing sets it
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def slot(self, key: bytes) -> int:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = self._cluster.keyslot(key)
+        return slot
+
+    def node_of(self, key: bytes) -> str | None:
+        try:
+            return str(self._cluster.nodes_manager.get_node_from_slot(self.slot(key)).name)
+        except (RedisClusterException, KeyError):
+            return None
+
+    def keys_on(self, node: str) -> list[bytes]:
+        return [key for key, topic in self._hub.by_key.items()
+                if topic.primed and self.node_of(key) == node]
+
+    def topics_changed(self) -> None:
+        """Hand topics primed since the last call to their node's reader."""
+        by_key = self._hub.by_key
+        for key in [k for k, t in self._routed.items() if by_key.get(k) is not t]:
+            del self._routed[key]
+            self._slots.pop(key, None)
+        for key, topic in by_key.items():
+            if topic.primed and self._routed.get(key) is not topic:
+                node = self.node_of(key)
+                reader = self._readers.get(node) if node else None
+                if reader is None:
+                    self._stale.set()  # the supervisor starts one
+                    continue
+                self._routed[key] = topic
+                reader.mark([key])
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Refresh the slot map and (re)start node readers whenever one fails or a topic
+        maps to a node without one."""
+        backoff = _BACKOFF_MIN
+        while True:
+            try:
+                self._stale.clear()
+                await self._cluster.nodes_manager.initialize()
+                self._start_readers()
+                await self._stale.wait()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, RedisClusterException, OSError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("cluster slot map not refreshed: %s", self.last_error)
+            if self.last_error is None:
+                backoff = _BACKOFF_MIN
+            else:
+                self._metrics.redis_reconnects += 1
+            # a failed node is tried again at most 1.5 s apart until its replica takes over
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _start_readers(self) -> None:
+        primaries = {n.name: n for n in self._cluster.nodes_manager.nodes_cache.values()
+                     if n.server_type == "primary"}
+        for name in list(self._readers):
+            reader = self._readers[name]
+            if name not in primaries or reader.done:
+                reader.stop()
+                del self._readers[name]
+        for name, node in primaries.items():
+            if name not in self._readers:
+                reader = NodeReader(self, str(node.host), int(node.port), name)
+                self._readers[name] = reader
+                reader.start()
+        self._routed.clear()  # every reader reads all of its keys once it is connected
+        self.topics_changed()
+
+    def reader_failed(self, reader: NodeReader, exc: BaseException) -> None:
+        self.last_error = f"{reader.name}: {exc or type(exc).__name__}"
+        log.warning("feed lost cluster node %s: %s; refreshing the slot map", reader.name, exc)
+        self._stale.set()
+
+    def deliver(self, reply: Any) -> None:
+        self._deliver(reply)
+
+    async def close(self) -> None:
+        for reader in self._readers.values():
+            reader.stop()
+        await asyncio.gather(*(r.task for r in self._readers.values() if r.task),
+                             return_exceptions=True)
+        self._readers.clear()
+
+
+class NodeReader:
+    """The listener and reader connections of one primary, and the keys to read there."""
+
+    def __init__(self, feed: ClusterFeed, host: str, port: int, name: str) -> None:
+        self.feed = feed
+        self.host = host
+        self.port = port
+        self.name = name
+        self.connected = False
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+        self._dirty: set[bytes] = set()
+        self._wake = asyncio.Event()
+        self._conns: list[Connection] = []
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def mark(self, keys: Iterable[bytes]) -> None:
+        self._dirty.update(keys)
+        self._wake.set()
+
+    def _connection(self, socket_timeout: float | None) -> Connection:
+        conn = Connection(host=self.host, port=self.port, protocol=2,
+                          socket_timeout=socket_timeout, socket_connect_timeout=2.0)
+        self._conns.append(conn)
+        return conn
+
+    async def _run(self) -> None:
+        try:
+            # the listener waits without a timeout (a quiet node sends nothing); the reader's
+            # PINGs, sent when the node is quiet, find a node that went away
+            listener = self._connection(None)
+            await listener.connect()  # type: ignore[no-untyped-call]
+            await listener.send_command("CLIENT", "ID")
+            listener_id = int(await listener.read_response())
+            await listener.send_command("SUBSCRIBE", _INVALIDATE)
+            await listener.read_response()
+            reader = self._connection(self.feed._block_ms / 1000 + 10)
+            await reader.connect()  # type: ignore[no-untyped-call]
+            await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
+            await reader.read_response()
+            self.connected = True
+            self.feed.last_error = None
+            log.info("feed reading cluster node %s", self.name)
+            listening = asyncio.ensure_future(self._listen(listener))
+            reading = asyncio.ensure_future(self._read(reader))
+            try:
+                done, _ = await asyncio.wait((listening, reading),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                listening.cancel()
+                reading.cancel()
+                await asyncio.gather(listening, reading, return_exceptions=True)
+        except asyncio.CancelledError:
+            raise
+        except (RedisError, OSError) as exc:
+            self.feed.reader_failed(self, exc)
+        finally:
+            self.connected = False
+            self.done = True
+            for conn in self._conns:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+
+    async def _listen(self, conn: Connection) -> None:
+        """The blocking read: invalidated key names, as they come."""
+        by_key = self.feed._hub.by_key
+        while True:
+            message = await conn.read_response()
+            if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
+                continue  # pong
+            keys = message[2]
+            if keys is None:  # FLUSHALL: read everything
+                self.mark(self.feed.keys_on(self.name))
+            else:
+                self.mark(k for k in keys if k in by_key)
+
+    async def _read(self, conn: Connection) -> None:
+        feed = self.feed
+        self.mark(feed.keys_on(self.name))
+        while True:
+            if not self._dirty:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), feed._block_ms / 1000)
+                except TimeoutError:
+                    self.mark(feed.keys_on(self.name))  # the sweep
+                    if not self._dirty:
+                        await conn.send_command("PING")
+                        await conn.read_response()
+                        continue
+            keys, self._dirty = self._dirty, set()
+            await self._read_keys(conn, keys)
+
+    async def _read_keys(self, conn: Connection, keys: set[bytes]) -> None:
+        feed = self.feed
+        by_key = feed._hub.by_key
+        by_slot: dict[int, list[bytes]] = {}
+        for key in keys:
+            topic = by_key.get(key)
+            if topic is not None and topic.primed:
+                by_slot.setdefault(feed.slot(key), []).append(key)
+        if not by_slot:
+            return
+        commands: list[tuple[Any, ...]] = []
+        for slot_keys in by_slot.values():
+            commands.append(("XREAD", "COUNT", feed._count, "STREAMS", *slot_keys,
+                             *(by_key[k].read_from for k in slot_keys)))
+        await conn.send_packed_command(conn.pack_commands(commands))
+        moved: ResponseError | None = None
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # MOVED/ASK (or CLUSTERDOWN): read the rest first
+                moved = moved or exc
+        feed._metrics.feed_reads += len(commands)
+        for reply in replies:
+            if not reply:
+                continue
+            feed.deliver(reply)
+            for key, entries in store.entries_of(reply):
+                if len(entries) >= feed._count:
+                    self._dirty.add(key)  # more are waiting
+        if moved is not None:  # MOVED, ASK, CLUSTERDOWN: this node no longer serves a slot
+            raise TopologyChanged(f"{type(moved).__name__}: {moved}")
+        if self._dirty:
+            self._wake.set()
