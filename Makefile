@@ -7,11 +7,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up test lint unit integration bench bench-reconnect bench-edge load-report system \
+.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge load-report system \
 	bench-system venv clean
 
 up: venv system
 	$(BIN)/ssedge up
+
+# the same with a local 3-primary Redis Cluster (+3 replicas) and three relay nodes
+up-cluster: venv system
+	$(BIN)/ssedge up --cluster
 
 test: venv system lint
 	$(BIN)/pytest

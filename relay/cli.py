@@ -222,6 +222,12 @@ async def _tail(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from relay import stack
 
+    if args.cluster:
+        from relay import cluster_stack
+
+        return cluster_stack.run(Path(args.dir), replay_port=args.replay_port,
+                                 edge_port=args.edge_port,
+                                 relay_ports=args.relay_port or cluster_stack.RELAY_PORTS)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
                      args.edge_port, args.upstream_port, args.ingest_port)
@@ -274,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
                     help="port of the demo ingest's /metrics (8301)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
+    up.add_argument("--cluster", action="store_true",
+                    help="a local 3-primary Redis Cluster (ports 7001-7006) and three relays "
+                         "(8101-8103) instead of one redis-server and two relays")
     up.set_defaults(func=cmd_up)
 
     pub = sub.add_parser("publish", help="publish one event")
