@@ -45,6 +45,7 @@ log = logging.getLogger("ssedge.feed")
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 _INVALIDATE = b"__redis__:invalidate"
+_PRUNE_S = 30.0
 
 
 class TopologyChanged(RedisError):
@@ -72,9 +73,11 @@ class ClusterFeed(Feed):
 
     @property
     def connected(self) -> bool:
-        """Ready while the slot map is known and no reader is failing: a primary being
-        failed over makes every relay unready at once only if this says so, so one failing
-        node is reported in logs and metrics, not here, unless every node fails."""
+        """Ready while one node reader is connected (or, before any, the slot map is known).
+
+        Not "every node": while one primary fails over, every relay would go unready at once
+        and Varnish would have no backend left for the topics of the other primaries. A
+        failing node is logged and counted (``ssedge_redis_reconnects_total``)."""
         readers = list(self._readers.values())
         if readers:
             return any(r.connected for r in readers)
@@ -102,21 +105,38 @@ class ClusterFeed(Feed):
         return [key for key, topic in self._hub.by_key.items()
                 if topic.primed and self.node_of(key) == node]
 
+    async def prime(self, topic: Topic) -> None:
+        await super().prime(topic)
+        if self._routed.get(topic.key) is not topic:
+            self._route(topic)
+
     def topics_changed(self) -> None:
-        """Hand topics primed since the last call to their node's reader."""
+        """Nothing to unblock: ``prime`` hands each new topic to its node's reader."""
+
+    def _route(self, topic: Topic) -> None:
+        node = self.node_of(topic.key)
+        reader = self._readers.get(node) if node else None
+        if reader is None:
+            self._stale.set()  # the supervisor starts one, and routes every topic
+            return
+        self._routed[topic.key] = topic
+        reader.mark([topic.key])
+
+    def _route_all(self) -> None:
+        """Every primed topic to its reader (after the readers changed)."""
+        self._prune()
+        self._routed.clear()
+        for topic in self._hub.by_key.values():
+            if topic.primed:
+                self._route(topic)
+
+    def _prune(self) -> None:
+        """Forget the routes and slots of topics the hub forgot."""
         by_key = self._hub.by_key
+        for key in [k for k in self._slots if k not in by_key]:
+            del self._slots[key]
         for key in [k for k, t in self._routed.items() if by_key.get(k) is not t]:
             del self._routed[key]
-            self._slots.pop(key, None)
-        for key, topic in by_key.items():
-            if topic.primed and self._routed.get(key) is not topic:
-                node = self.node_of(key)
-                reader = self._readers.get(node) if node else None
-                if reader is None:
-                    self._stale.set()  # the supervisor starts one
-                    continue
-                self._routed[key] = topic
-                reader.mark([key])
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -129,7 +149,10 @@ class ClusterFeed(Feed):
                 self._stale.clear()
                 await self._cluster.nodes_manager.initialize()
                 self._start_readers()
-                await self._stale.wait()
+                while not self._stale.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stale.wait(), _PRUNE_S)
+                    self._prune()
             except asyncio.CancelledError:
                 raise
             except (RedisError, RedisClusterException, OSError) as exc:
@@ -156,8 +179,7 @@ class ClusterFeed(Feed):
                 reader = NodeReader(self, str(node.host), int(node.port), name)
                 self._readers[name] = reader
                 reader.start()
-        self._routed.clear()  # every reader reads all of its keys once it is connected
-        self.topics_changed()
+        self._route_all()
 
     def reader_failed(self, reader: NodeReader, exc: BaseException) -> None:
         self.last_error = f"{reader.name}: {exc or type(exc).__name__}"
