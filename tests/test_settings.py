@@ -21,6 +21,9 @@ def test_flags_override_environment_and_none_means_unset() -> None:
     ({"SSEDGE_RING_EVENTS": "many"}, "SSEDGE_RING_EVENTS"),
     ({"SSEDGE_HEARTBEAT_S": "0"}, "SSEDGE_HEARTBEAT_S"),
     ({"SSEDGE_REDIS_URL": "localhost:6379"}, "SSEDGE_REDIS_URL"),
+    ({"SSEDGE_REDIS_CLUSTER": "redis://10.0.0.1:7000"}, "SSEDGE_REDIS_CLUSTER"),
+    ({"SSEDGE_REDIS_CLUSTER": "10.0.0.1"}, "SSEDGE_REDIS_CLUSTER"),
+    ({"SSEDGE_PUBLISH_REPLICAS": "-2"}, "SSEDGE_PUBLISH_REPLICAS"),
 ])
 def test_bad_value_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -41,3 +44,11 @@ def test_round_trip_through_environment() -> None:
 
 def test_every_setting_is_documented() -> None:
     assert all(doc for _, _, doc in fields())
+
+
+def test_a_cluster_waits_for_one_replica_by_default_one_redis_for_none() -> None:
+    assert load({}).replicas == 0
+    cluster = load({"SSEDGE_REDIS_CLUSTER": "10.0.0.1:7000, redis-b:7001,[::1]:7002"})
+    assert cluster.replicas == 1
+    assert load({"SSEDGE_REDIS_CLUSTER": "h:7000", "SSEDGE_PUBLISH_REPLICAS": "0"}).replicas == 0
+    assert load({"SSEDGE_PUBLISH_REPLICAS": "2"}).replicas == 2

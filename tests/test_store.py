@@ -28,3 +28,18 @@ def test_ingested_entry_shows_its_upstream_and_upstream_id() -> None:
 def test_a_value_that_would_break_the_stream_is_left_out(field: bytes, bad: bytes) -> None:
     frame, ok = store.frame(b"7-0", [b"d", b"data", field, bad])
     assert not ok and frame == b"id: 7-0\ndata: data\n\n"
+
+
+def test_seed_nodes_are_host_port_pairs() -> None:
+    assert store.seed_nodes("10.0.0.1:7000, redis-b:7001,[::1]:7002") == [
+        ("10.0.0.1", 7000), ("redis-b", 7001), ("::1", 7002)]
+
+
+def test_publish_commands_are_xadds_then_the_age_trim() -> None:
+    commands = store._publish_commands("ssedge:{t}", [(b"1", None), (b"2", "e")], maxlen=10,
+                                       max_age_s=60)
+    assert commands[0] == ("XADD", "ssedge:{t}", "MAXLEN", "~", 10, "*", "d", b"1")
+    assert commands[1] == ("XADD", "ssedge:{t}", "MAXLEN", "~", 10, "*", "d", b"2", "e", "e")
+    assert commands[2][:4] == ("XTRIM", "ssedge:{t}", "MINID", "~")
+    assert store._publish_commands("k", [(b"1", None)], maxlen=0, max_age_s=0) == [
+        ("XADD", "k", "*", "d", b"1")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,3 +138,19 @@ def test_unknown_path_and_method(relay: Relay) -> None:
     response = call("DELETE", f"{relay.url}/v1/streams/t/events")
     assert_error(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "GET, POST"
+
+
+def test_publish_waiting_for_a_replica_that_is_not_there_is_503_written_not_acknowledged(
+    start_relay: Callable[..., Relay], redis_server: RedisServer,
+) -> None:
+    relay = start_relay(publish_replicas=1, publish_replica_timeout_ms=50)
+    url = f"{relay.url}/v1/streams/unreplicated/events"
+    response = call("POST", url, headers=AUTH, json_body=[{"data": 1}, {"data": 2}])
+    assert_error(response, 503, "unavailable")
+    assert "0 of 1 replicas" in response.json()["message"]
+    assert response.headers["retry-after"] == "1"
+    # MULTI/EXEC ran before WAIT: written whole, but not known to be safe from a failover
+    assert stream_length(redis_server, "unreplicated") == 2
+    ok = start_relay(publish_replicas=0)
+    assert call("POST", f"{ok.url}/v1/streams/unreplicated/events", headers=AUTH,
+                json_body={"data": 3}).status == 201
