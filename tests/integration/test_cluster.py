@@ -235,6 +235,15 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
         await asyncio.to_thread(cluster.start_node, victim)
         await asyncio.to_thread(cluster.wait_ok, 20)
         rejoined = time.monotonic() - killed
+        await asyncio.sleep(1.0)
+        # and a graceful failover back (CLUSTER FAILOVER on the replica): the relays find the
+        # slots' new home through MOVED
+        await asyncio.to_thread(cluster.cli, victim, "CLUSTER", "FAILOVER")
+        while victim not in cluster.primaries():
+            assert time.monotonic() - killed < 40, "CLUSTER FAILOVER did not happen"
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(cluster.wait_ok, 20)
+        failed_back = time.monotonic() - killed
         await asyncio.sleep(2.0)
         stop.set()
         await asyncio.gather(*running)
@@ -271,7 +280,8 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
         print(f"{len(topics)} topics ({len(on_victim)} on the killed primary), {acked} events "
               f"acknowledged, {refused} publishes refused (503) and retried; replica promoted "
               f"{promoted:.1f} s after the kill, the old primary back as its replica after "
-              f"{rejoined:.1f} s; every acknowledged event reached all "
-              f"{len(readers)} streams in order, none lost in Redis")
+              f"{rejoined:.1f} s, primary again (CLUSTER FAILOVER) after {failed_back:.1f} s; "
+              f"every acknowledged event reached all {len(readers)} streams in order, none "
+              "lost in Redis")
 
     asyncio.run(run())
