@@ -87,6 +87,10 @@ class ClusterFeed(Feed):
     def connected(self, value: bool) -> None:
         pass  # Feed.__init__ is not called; nothing sets it
 
+    @property
+    def nodes_connected(self) -> int:
+        return sum(r.connected for r in self._readers.values())
+
     # -- routing ----------------------------------------------------------------------------
 
     def slot(self, key: bytes) -> int:

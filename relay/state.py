@@ -67,6 +67,10 @@ class Relay:
                 lambda: len(asyncio.all_tasks()))
         m.gauge("redis_connected", "1 while the feed is connected to Redis.",
                 lambda: float(self.feed.connected))
+        if isinstance(self.feed, ClusterFeed):
+            feed = self.feed
+            m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
+                    lambda: feed.nodes_connected)
 
     async def start(self) -> None:
         self._tasks = [

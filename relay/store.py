@@ -9,6 +9,7 @@ producer may XADD these fields directly, so entries are framed defensively.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -125,12 +126,22 @@ def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connection
 
 
 async def ping(r: Client) -> None:
-    """Is Redis there? On a cluster: is one node there (a primary failing over leaves the
-    rest of the topics readable; the feed reports per node)."""
-    if isinstance(r, RedisCluster):
-        await r.ping(target_nodes=RedisCluster.RANDOM)
-    else:
+    """Is Redis there? On a cluster: does any primary answer (one failing over leaves the
+    other primaries' topics readable; a readiness check must not flap with it)."""
+    if not isinstance(r, RedisCluster):
         await r.ping()
+        return
+    try:
+        if not r.nodes_manager.slots_cache:
+            await r.initialize()
+        primaries = r.get_primaries()
+    except RedisClusterException as exc:
+        raise ConnectionError(str(exc)) from exc
+    answers = await asyncio.gather(*(r.ping(target_nodes=node) for node in primaries),
+                                   return_exceptions=True)
+    if not any(answer is True for answer in answers):
+        raise next((a for a in answers if isinstance(a, RedisError)),
+                   ConnectionError("no cluster primary answers"))
 
 
 def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
@@ -270,7 +281,10 @@ async def _publish_on_cluster(r: RedisCluster, key: str, commands: list[tuple[An
             written_maybe = sent and not isinstance(exc, AskError | TryAgainError)
             if written_maybe or attempt == _REDIRECTS:
                 raise
-            await r.nodes_manager.initialize()
+            try:
+                await r.nodes_manager.initialize()
+            except RedisClusterException as refresh:
+                raise ConnectionError(str(refresh)) from exc
         finally:
             node.release(conn)
     raise AssertionError("unreachable")

@@ -160,7 +160,9 @@ def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order
         for port in cluster.primaries():
             assert _tracking_clients(cluster, port) == (3, 3), port
         for relay in relays:
-            assert (await metrics(relay.url))["ssedge_streams_open"] == TOPICS
+            m = await metrics(relay.url)
+            assert m["ssedge_streams_open"] == TOPICS
+            assert m["ssedge_feed_cluster_nodes"] == 3
         for task in tasks:
             task.cancel()
         for r in readers:
