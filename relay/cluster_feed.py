@@ -151,6 +151,9 @@ class ClusterFeed(Feed):
         while True:
             try:
                 self._stale.clear()
+                # the client's own initialize() first (once): it also sets up the parser that
+                # finds the keys of commands; then the slot map is refreshed every time
+                await self._cluster.initialize()
                 await self._cluster.nodes_manager.initialize()
                 self._start_readers()
                 while not self._stale.is_set():

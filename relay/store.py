@@ -132,8 +132,7 @@ async def ping(r: Client) -> None:
         await r.ping()
         return
     try:
-        if not r.nodes_manager.slots_cache:
-            await r.initialize()
+        await r.initialize()  # once; a no-op after
         primaries = r.get_primaries()
     except RedisClusterException as exc:
         raise ConnectionError(str(exc)) from exc
@@ -264,8 +263,7 @@ async def _publish_on_cluster(r: RedisCluster, key: str, commands: list[tuple[An
     refreshed and the write sent again."""
     for attempt in range(_REDIRECTS + 1):
         try:
-            if not r.nodes_manager.slots_cache:
-                await r.initialize()
+            await r.initialize()  # once; a no-op after
             node = r.nodes_manager.get_node_from_slot(r.keyslot(key))
         except RedisClusterException as exc:
             raise ConnectionError(str(exc)) from exc

@@ -131,6 +131,10 @@ def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order
     assert len(per_primary) == 3 and all(per_primary.values()), per_primary
 
     async def run() -> None:
+        # metadata first, before anything else has used a relay's cluster client
+        for relay in relays:
+            meta = await client.request("GET", f"{relay.url}/v1/streams/{topics[0]}")
+            assert meta.status == 200 and meta.json()["length"] == 0, meta.body
         readers, tasks = await _follow(relays, topics)
         published: dict[str, list[str]] = {t: [] for t in topics}
         sem = asyncio.Semaphore(20)
