@@ -1,4 +1,4 @@
-"""ssedge on a real local Redis Cluster: 3 primaries, 3 replicas, 3 relay nodes.
+"""ssedge on a real local Redis Cluster: 3 primaries, 3 replicas, 3 relay nodes (and ingest).
 
 Topics spread over every primary (the hash tag is the topic), every client of every relay gets
 every event of its topic in order, each relay reads a primary over two connections whatever
@@ -18,6 +18,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from redis.cluster import ClusterNode as ClusterNodeSync
+from redis.cluster import RedisCluster as RedisClusterSync
 
 from relay import client, store
 from relay.client import EventStream
@@ -25,8 +27,9 @@ from relay.cluster_stack import LocalCluster
 from relay.ids import parse
 from relay.wire import Event
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, free_port, metrics
+from tests.integration.servers import IngestProcess, Relay, free_port, metrics
 from tests.integration.sse import subscribe
+from tests.integration.upstreams import Upstreams, url
 
 TOPICS = 100
 
@@ -291,3 +294,31 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
               "lost in Redis")
 
     asyncio.run(run())
+
+
+def test_ingest_on_the_cluster_lands_every_upstream_event_once_in_order(
+    tmp_path: Path, cluster: LocalCluster, upstreams: Upstreams,
+) -> None:
+    # the journal's script touches the stream, the cursor hash and the lease: all three carry
+    # the topic's hash tag, so they share its slot and the script runs on one primary
+    up = upstreams.demo(prefix="C", count=150, interval=0.004, drop_every=8, retry_ms=20,
+                        replay_all=True, seed=3)
+    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")
+    ingest = IngestProcess(tmp_path, unused, ["--topic", "fan-in", "--from",  # type: ignore[arg-type]
+                                              f"c={url(up)}"], redis_cluster=cluster.seeds,
+                           ingest_retry_ms=50, ingest_backoff_max_s=0.5, ingest_lease_ms=600)
+    try:
+        with RedisClusterSync(startup_nodes=[ClusterNodeSync("127.0.0.1", p)
+                                             for p in cluster.ports[:1]],
+                              decode_responses=True) as r:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and r.xlen(store.stream_key("fan-in")) < 150:
+                time.sleep(0.05)
+            time.sleep(0.5)  # a duplicate would show up here
+            entries = r.xrange(store.stream_key("fan-in"))
+        got = [fields["i"] for _, fields in entries]
+        assert got == up.ids, f"{len(got)} of {len(up.ids)}, duplicated or out of order"
+        assert up.connections >= 10  # it dropped, and every reconnect resumed by id
+        assert ingest.metric("duplicates_total", "c") == 0
+    finally:
+        ingest.stop()
