@@ -178,7 +178,7 @@ class ClusterFeed(Feed):
                      if n.server_type == "primary"}
         for name in list(self._readers):
             reader = self._readers[name]
-            if name not in primaries or reader.done:
+            if name not in primaries or reader.done or (reader.task and reader.task.done()):
                 reader.stop()
                 del self._readers[name]
         for name, node in primaries.items():
@@ -266,7 +266,12 @@ class NodeReader:
                 await asyncio.gather(listening, reading, return_exceptions=True)
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # Redis gone, MOVED, or a bug: this node is read again anew
+            if not isinstance(exc, RedisError | OSError):
+                log.exception("feed reader of %s failed", self.name)
+            # done before the supervisor hears of it, so that it starts a new reader
+            self.connected = False
+            self.done = True
             self.feed.reader_failed(self, exc)
         finally:
             self.connected = False
