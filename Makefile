@@ -7,7 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge load-report system \
+.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
+	load-report system \
 	bench-system venv clean
 
 up: venv system
@@ -46,6 +47,11 @@ bench-reconnect: venv system
 # 1,000 and 4,000 concurrent streams through one varnishd, next to the same on a relay
 bench-edge: venv system
 	$(BIN)/python -m bench.edge_streams --streams 1000 4000
+
+# The feed and publishing on a local 3-primary Redis Cluster next to one redis-server, 100
+# topics (about a minute; writes docs/results/cluster-feed.md, see docs/SCALING.md)
+bench-cluster: venv system
+	$(BIN)/python -m bench.cluster_feed --topics 100 --seconds 5 --samples 300
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.
