@@ -37,6 +37,7 @@ class Relay:
         self.feed = Feed(
             self.hub, self.redis, self.metrics, url=settings.redis_url,
             block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+            send_max=settings.send_max_bytes,
         )
         self.replayer = Replayer(
             settings.replay_url, self.redis, self.metrics,
