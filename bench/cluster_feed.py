@@ -144,7 +144,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         results.append(await measure(
             "one redis-server", r,
             lambda hub, redis, m: Feed(hub, redis, m, url=single.url, block_ms=5000,
-                                       read_count=1000),
+                                       read_count=1000, send_max=256 * 1024),
             single.url, False, topics, args.samples, args.seconds, 0))
         await r.aclose()
     finally:
@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 f"cluster, 3 primaries, {replicas} replica each"
                 + (", publish waits for 1" if replicas else ""), r,
                 lambda hub, redis, m: ClusterFeed(hub, redis, m, block_ms=5000,
-                                                  read_count=1000),
+                                                  read_count=1000, send_max=256 * 1024),
                 cluster.seeds, True, topics, args.samples, args.seconds, replicas))
             await r.aclose()
         finally:

@@ -56,10 +56,11 @@ class ClusterFeed(Feed):
     """``Feed``'s interface (prime, topics_changed, run, close, connected, last_error)."""
 
     def __init__(self, hub: Hub, redis: store.Cluster, metrics: Metrics, *, block_ms: int,
-                 read_count: int) -> None:
-        # not Feed.__init__: no single connection pool; prime() and _deliver() use _hub,
-        # _redis and _metrics only
+                 read_count: int, send_max: int) -> None:
+        # not Feed.__init__ (it opens the single-Redis pool); what prime() and _deliver() use
+        # of Feed's attributes is set here: keep the two in step
         self._hub = hub
+        self._send_max = send_max
         self._redis = redis  # type: ignore[assignment]  # for Feed.prime: store.newest takes both
         self._cluster = redis
         self._metrics = metrics

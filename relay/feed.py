@@ -1,7 +1,7 @@
 """The feed: one task per relay process reading every watched topic with one blocking XREAD.
 
-Each entry is decoded once and framed once, then appended to its topic's ring; the topic's
-connections are woken together.
+Each entry is decoded once and framed once, then appended to its topic's ring, and the new
+frames go out to the topic's parked connections in one pass (``relay.fanout``).
 
 - A new topic is *primed* before any client of it is answered: its newest entries are read
   (XREVRANGE) into the ring and its last id noted, and the feed reads on from exactly that id.
@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from relay import ids, store
+from relay import fanout, ids, store
 from relay.metrics import Metrics
 from relay.topics import Hub, Topic
 
@@ -41,12 +41,13 @@ _UNBLOCK_TRIES = 200  # 1 ms apart: the XREAD may not have reached Redis yet
 
 class Feed:
     def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
-                 block_ms: int, read_count: int) -> None:
+                 block_ms: int, read_count: int, send_max: int) -> None:
         self._hub = hub
         self._redis = redis  # shared pool: priming and CLIENT UNBLOCK
         self._metrics = metrics
         self._block_ms = block_ms
         self._count = read_count
+        self._send_max = send_max
         self._pool = ConnectionPool.from_url(
             url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0
         )
@@ -179,11 +180,12 @@ class Feed:
                 if not entries:
                     continue
             keys, frames, bad = store.frames(entries)
+            start = ring.head
             ring.extend(keys, frames)
             topic.read_from = entries[-1][0]
             metrics.events_in += len(entries)
             metrics.invalid_entries += bad
-            topic.wake()
+            fanout.deliver(topic, start, metrics, self._send_max)
 
     async def close(self) -> None:
         if self._unblocking is not None:

@@ -19,6 +19,7 @@ class Metrics:
         self.events_in = 0  # entries read from Redis by the feed
         self.events_out = 0  # frames written to clients (one per client per event)
         self.sends = 0  # writes to clients; events_out / sends is the coalescing factor
+        self.parked_sends = 0  # of which made by the feed to parked connections (relay.fanout)
         self.bytes_out = 0
         self.backlog_drops = 0  # clients closed because they fell too far behind
         self.drained = 0  # streams closed by a drain (SIGTERM), told to come back soon
@@ -63,6 +64,8 @@ class Metrics:
         counter("events_in_total", "Stream entries read from Redis by the feed.", self.events_in)
         counter("events_out_total", "Events written to clients (per client).", self.events_out)
         counter("sends_total", "Writes to clients (several events may share one).", self.sends)
+        counter("parked_sends_total", "Of those, made by the feed without waking the stream.",
+                self.parked_sends)
         counter("bytes_out_total", "Bytes of events written to clients.", self.bytes_out)
         counter("backlog_drops_total", "Clients closed for falling behind.", self.backlog_drops)
         counter("drained_total", "Streams closed by a drain, told to come back soon.",

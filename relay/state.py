@@ -39,11 +39,13 @@ class Relay:
             # one reader per primary node (relay/cluster_feed.py)
             self.feed = ClusterFeed(self.hub, redis, self.metrics,
                                     block_ms=settings.feed_block_ms,
-                                    read_count=settings.feed_read_count)
+                                    read_count=settings.feed_read_count,
+                                    send_max=settings.send_max_bytes)
         else:
             self.feed = Feed(
                 self.hub, redis, self.metrics, url=settings.redis_url,
                 block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+                send_max=settings.send_max_bytes,
             )
         self.replayer = Replayer(
             settings.replay_url, self.redis, self.metrics,

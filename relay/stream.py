@@ -6,11 +6,12 @@ cursor reaches the client from the ring. Whatever the client asked for before it
 than the ring, ``since=earliest``) is read as history pages first, up to exactly the ring's
 floor noted at registration, so nothing is missed and nothing is sent twice.
 
-Per wake-up a connection sends everything pending in one write (bounded by
-``send_max_bytes``), so the number of syscalls per event falls as load rises. A connection that
-falls behind the ring's tail catches up the same way from the last id it sent. One that stays
-more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is closed; it reconnects
-with Last-Event-ID and resumes where it was.
+A connection that has sent everything in the ring parks; new frames reach it from the feed
+without waking its task (``relay.fanout``). When it is awake it sends everything pending in one
+write (bounded by ``send_max_bytes``), so the number of syscalls per event falls as load
+rises. A connection that falls behind the ring's tail catches up the same way from the last id
+it sent. One that stays more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is
+closed; it reconnects with Last-Event-ID and resumes where it was.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from relay import history, ids, resume, store
+from relay import fanout, history, ids, resume, store
 from relay.errors import BadRequest, Unavailable
 from relay.http import Receive, Request, Send
 from relay.state import Relay
@@ -110,8 +111,11 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         max(0.0, expires - time.time()), sub.close, "token expired")
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
-        await send({"type": "http.response.body",
-                    "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
+        first = send({"type": "http.response.body",
+                      "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
+        if fanout.done_at_once(first):
+            sub.send = send  # the feed may send to it while it is parked
+        await first
         if plan.history_after is not None:
             metrics.catchups += 1
             await _catch_up(relay, sub, plan.history_after, plan.history_until, send)
@@ -220,6 +224,11 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
     send_max = relay.settings.send_max_bytes
     ticks = hub.ticks
     while True:
+        pending = sub.pending
+        if pending is not None:  # the feed sent it frames the client has not taken yet
+            sub.pending = None
+            await pending
+            continue
         cursor = sub.cursor
         if cursor < ring.head:
             if cursor < ring.tail:
@@ -243,4 +252,4 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
             metrics.heartbeats += 1
         else:
-            await topic.wait()
+            await topic.park(sub)

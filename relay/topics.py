@@ -1,16 +1,16 @@
 """Topics watched by one relay process, and the connections on each: plain bookkeeping.
 
-The feed appends to a topic's ring and calls ``wake``, which resolves the future of every
-connection waiting on the topic. Each waiter has a future of its own: cancelling a task
-cancels the future it awaits, so one shared future would let one client's disconnect cancel
-every other stream of the topic. The heartbeat wakes every topic with ``tick``. Nothing here
-does I/O.
+A connection that has sent everything in its topic's ring *parks*: its task waits on a future
+of its own (cancelling a task cancels the future it awaits, so one shared future would let one
+client's disconnect cancel every other stream of the topic). New frames reach parked
+connections without waking them (``relay.fanout``); ``wake`` resumes every parked task, for
+the heartbeat (``tick``) or when a topic is forgotten. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from relay.ring import Ring
@@ -23,7 +23,8 @@ class TooManyTopics(Exception):
 class Subscription:
     """One connection's place in a topic: a cursor into the ring and the task to close."""
 
-    __slots__ = ("behind", "closed_because", "cursor", "last_id", "task", "topic")
+    __slots__ = ("behind", "closed_because", "cursor", "last_id", "pending", "send", "task",
+                 "topic", "waiter")
 
     def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None,
                  last_id: int = 0) -> None:
@@ -33,21 +34,35 @@ class Subscription:
         self.task = task
         self.closed_because: str | None = None
         self.behind = False  # over the backlog bound at the last sweep
+        # the server's send, when a call to it hands the bytes over at once (relay.fanout)
+        self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self.waiter: asyncio.Future[None] | None = None  # set while parked
+        self.pending: Awaitable[None] | None = None  # a send started for it, to await
+
+    def resume(self, pending: Awaitable[None] | None = None) -> None:
+        """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not
+        taken yet) when given."""
+        waiter, self.waiter = self.waiter, None
+        if pending is not None:
+            self.pending = pending
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self, reason: str) -> None:
         """Stop this connection from the outside (disconnect, overflow, shutdown)."""
         if self.closed_because is None:
             self.closed_because = reason
+            self.waiter = None  # nothing more is sent to it from outside its task
             if self.task is not None:
                 self.task.cancel()
 
 
 class Topic:
     __slots__ = (
-        "_waiters",
         "idle_since",
         "key",
         "name",
+        "parked",
         "primed",
         "priming",
         "read_from",
@@ -64,19 +79,22 @@ class Topic:
         self.priming: asyncio.Future[None] | None = None
         self.primed = False
         self.idle_since: float | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        # connections whose tasks wait for more; a closed one stays here until the next
+        # fan-out or wake, which skip it (its ``waiter`` is None or done)
+        self.parked: list[Subscription] = []
 
-    def wait(self) -> asyncio.Future[None]:
-        """A future of the caller's own, resolved at the next append or heartbeat."""
+    def park(self, sub: Subscription) -> asyncio.Future[None]:
+        """The future ``sub``'s task awaits until it is resumed."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        sub.waiter = waiter
+        self.parked.append(sub)
         return waiter
 
     def wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():  # a cancelled waiter stays here until the next wake
-                waiter.set_result(None)
+        """Resume every parked connection's task."""
+        parked, self.parked = self.parked, []
+        for sub in parked:
+            sub.resume()
 
 
 class Hub:
