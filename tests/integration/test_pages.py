@@ -102,7 +102,8 @@ def test_demo_page_shows_published_events_and_publishes_with_the_token(
     _wait_rows(page, 5)
     assert _shown_ids(page) == published
     assert page.text_content("#last-id") == published[-1]
-    assert page.text_content('#events tr[data-id="%s"] td:nth-child(4)' % published[2]) == "event 2"
+    third = f'#events tr[data-id="{published[2]}"] td:nth-child(4)'
+    assert page.text_content(third) == "event 2"
 
     # the page's own form: refused without the token, published with it
     page.fill("#data", "from the form")
