@@ -6,6 +6,7 @@
 const TOPIC = new URLSearchParams(location.search).get("topic") || "ssedge.stats";
 const WINDOW_S = 300;             // what the plots show
 const KEEP = 600;                 // snapshots held
+const GAP_S = 5;                  // longer between two snapshots: no line across
 const CLASSES = ["handshake", "metadata", "replay", "pages"];
 const COLORS = ["var(--s1)", "var(--s2)", "var(--s3)", "var(--s4)", "var(--s5)"];
 const $ = (id) => document.getElementById(id);
@@ -34,10 +35,22 @@ function spark(svg, series) {
   max = max || 1;
   const parts = [`<line class="axis" x1="0" y1="${H - 0.5}" x2="${W}" y2="${H - 0.5}"/>`];
   for (const s of series) {
-    const pts = s.points.filter(([t, v]) => v !== null && now - t <= WINDOW_S)
-      .map(([t, v]) => `${(W - ((now - t) / WINDOW_S) * W).toFixed(1)},` +
-                       `${(H - 2 - (v / max) * (H - 4)).toFixed(1)}`);
-    if (pts.length) parts.push(`<polyline stroke="${s.color}" points="${pts.join(" ")}"/>`);
+    // a gap (the collector or a node away, a missing value) breaks the line
+    let line = [], prevT = null;
+    const flush = () => {
+      if (line.length) parts.push(`<polyline stroke="${s.color}" points="${line.join(" ")}"/>`);
+      line = [];
+    };
+    for (const [t, v] of s.points) {
+      if (now - t > WINDOW_S) continue;
+      if (v === null || (prevT !== null && t - prevT > GAP_S)) flush();
+      if (v !== null) {
+        line.push(`${(W - ((now - t) / WINDOW_S) * W).toFixed(1)},` +
+                  `${(H - 2 - (v / max) * (H - 4)).toFixed(1)}`);
+      }
+      prevT = t;
+    }
+    flush();
   }
   svg.innerHTML = parts.join("");
   svg.setAttribute("aria-label", `up to ${fmt(max)}`);

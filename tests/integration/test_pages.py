@@ -219,6 +219,6 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
         assert loaded is not None and loaded > 100
         # the plots have points
         assert page.eval_on_selector('svg[data-spark="streams_open"]',
-                                     "s => s.querySelectorAll('polyline').length") == 2
+                                     "s => s.querySelectorAll('polyline').length") >= 2
     finally:
         _stop_group(collector, signal.SIGTERM)
