@@ -7,6 +7,7 @@ reading, while its RSGI stream transport buffers without bound.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -114,8 +115,9 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.relay.start()
-                if self.handle_signals:
+                if self.handle_signals:  # a server's worker process, not a test's app
                     self._take_stop_signals()
+                    tune_gc(self.settings.gc_young_objects)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.relay.stop()
@@ -275,6 +277,19 @@ class App:
 def _only(method: str, allowed: str) -> None:
     if method not in allowed.split(", "):
         raise MethodNotAllowed(allowed)
+
+
+def tune_gc(young: int) -> None:
+    """Fewer garbage collector passes in a worker: each one stops every stream of the process.
+
+    Objects made at start-up are frozen out of every pass; ``young`` allocations (Python's
+    default: 700) are let pile up before a pass over the young generation, so full passes over
+    all the connections' objects come 70 times less often. 0 leaves Python's settings.
+    """
+    if young:
+        gc.freeze()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young, middle, old)
 
 
 def create_app() -> App:

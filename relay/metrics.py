@@ -6,6 +6,7 @@ Granian worker is its own process with its own numbers, labelled by ``pid``.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterable
 
@@ -98,6 +99,9 @@ class Metrics:
                [("", self.feed_lag_s)])
         metric("responses_total", "counter", "HTTP answers by status.",
                [(f'status="{s}"', n) for s, n in sorted(self.responses.items())])
+        metric("gc_collections_total", "counter",
+               "Garbage-collector passes by generation; each one stalls every stream.",
+               [(f'generation="{i}"', g["collections"]) for i, g in enumerate(gc.get_stats())])
         for name, help, read in self.gauges:
             metric(name, "gauge", help, [("", read())])
         return ("\n".join(lines) + "\n").encode()

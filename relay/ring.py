@@ -33,30 +33,22 @@ class Ring:
         # so the bytes between two cursors is one subtraction.
         self._ends: list[int] = []
         self._base = 0  # sequence number of _frames[0]
-        self._first = 0  # sequence number of the oldest frame still served (>= _base)
+        # plain attributes, not properties: every connection reads them at every wake-up
+        self.head = 0  # the sequence number the next appended frame will get
+        self.tail = 0  # the sequence number of the oldest frame still served (>= _base)
         self.floor = 0  # every entry with an id above this is in the ring
         self.last_id = 0  # the id of the newest frame, or the floor when there is none
 
     # -- what a connection reads ---------------------------------------------------------
 
-    @property
-    def head(self) -> int:
-        """The sequence number the next appended frame will get."""
-        return self._base + len(self._frames)
-
-    @property
-    def tail(self) -> int:
-        """The sequence number of the oldest frame still in the ring."""
-        return self._first
-
     def __len__(self) -> int:
-        return self.head - self._first
+        return self.head - self.tail
 
     @property
     def nbytes(self) -> int:
-        if self.head == self._first:
+        if self.head == self.tail:
             return 0
-        return self._ends[-1] - self._offset(self._first)
+        return self._ends[-1] - self._offset(self.tail)
 
     def _offset(self, seq: int) -> int:
         """Byte offset of the start of frame ``seq``."""
@@ -76,6 +68,8 @@ class Ring:
         if cursor >= head:
             return b"", cursor
         i = cursor - self._base
+        if cursor + 1 == head:  # the newest frame alone: most sends once a client keeps up
+            return self._frames[i], head
         j = len(self._frames)
         start = self._offset(cursor)
         if self._ends[-1] - start > max_bytes:
@@ -86,7 +80,7 @@ class Ring:
 
     def position_after(self, key: int) -> int:
         """The sequence number of the first frame whose id is above ``key``."""
-        lo = self._first - self._base
+        lo = self.tail - self._base
         return self._base + bisect_right(self._ids, key, lo)
 
     def covers(self, key: int) -> bool:
@@ -128,23 +122,24 @@ class Ring:
             ends.append(end)
         self._ids.extend(ids)
         self._frames.extend(frames)
+        self.head += len(frames)
         if ids:
             self.last_id = ids[-1]
         self._trim()
 
     def _trim(self) -> None:
         head = self.head
-        first = max(self._first, head - self.max_events)
+        first = max(self.tail, head - self.max_events)
         limit = self._ends[-1] - self.max_bytes if self._ends else 0
         if first < head and self._offset(first) < limit:
             # the smallest first whose start offset is at or above the limit; the newest frame
             # always stays, even when it alone is over the byte bound
             k = bisect_left(self._ends, limit, max(0, first - self._base - 1))
             first = min(head - 1, self._base + k + 1)
-        if first == self._first:
+        if first == self.tail:
             return
         self.floor = self._ids[first - 1 - self._base]
-        self._first = first
+        self.tail = first
         dead = first - self._base
         if dead >= max(_COMPACT_MIN, head - first):
             del self._ids[:dead], self._frames[:dead], self._ends[:dead]

@@ -72,6 +72,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Longest wait of the feed's blocking XREAD."""
     feed_read_count: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Entries read per topic per XREAD."""
+    gc_young_objects: Annotated[int, Meta(ge=0, le=10_000_000)] = 50_000
+    """Allocations between garbage-collector passes (Python: 700); each pass stalls streams."""
 
     # -- history and the replay service -------------------------------------------------
     replay_url: Annotated[str, Meta(pattern=r"^(https?://.+)?$")] = ""

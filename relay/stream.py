@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -102,7 +103,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     metrics = relay.metrics
     metrics.streams_open += 1
     metrics.streams_total += 1
-    watcher = asyncio.ensure_future(_watch_disconnect(receive, sub))
+    watcher = _DisconnectWatch(receive, sub)
     # a token's expiry ends its stream like any close: the client comes back with its
     # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
@@ -145,11 +146,47 @@ async def _check_future(relay: Relay, topic: str, after: int) -> tuple[int, byte
     return last, history.reset_frame("unknown", after, None, last)
 
 
-async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
-    # ASGI send() after the client left does not raise: receive() is what tells
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    sub.close("disconnect")
+class _DisconnectWatch:
+    """Closes the subscription when ``receive()`` says the client left.
+
+    ASGI send() after the client left does not raise: receive() is what tells. A callback on
+    the pending receive, not a task per connection: Granian's receive() is a future already
+    (one less task and coroutine frame per idle stream); any other awaitable is wrapped in one.
+    """
+
+    __slots__ = ("_pending", "_receive", "_sub")
+
+    def __init__(self, receive: Receive, sub: Subscription) -> None:
+        self._receive = receive
+        self._sub = sub
+        self._pending: Any = None
+        self._arm()
+
+    def _arm(self) -> None:
+        pending: Any = self._receive()
+        if not hasattr(pending, "add_done_callback"):
+            pending = asyncio.ensure_future(pending)
+        self._pending = pending
+        pending.add_done_callback(self._done)
+
+    def _done(self, pending: Any) -> None:
+        if self._pending is not pending or self._sub.closed_because is not None:
+            return
+        try:
+            message = pending.result()
+        except BaseException:  # noqa: BLE001  cancelled, or the receive failed: gone either way
+            message = {"type": "http.disconnect"}
+        if message["type"] == "http.disconnect":
+            self._sub.close("disconnect")
+        else:
+            self._arm()
+
+    def cancel(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.remove_done_callback(self._done)
+            if isinstance(pending, asyncio.Task):
+                pending.cancel()
 
 
 async def _catch_up(relay: Relay, sub: Subscription, after: int, until: int,

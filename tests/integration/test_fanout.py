@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from relay import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
@@ -14,15 +15,24 @@ CLIENTS_A = 500
 CLIENTS_B = 100
 
 
+async def young_gc_passes(url: str) -> int:
+    response = await client.request("GET", url + "/metrics")
+    for line in response.body.decode().splitlines():
+        if line.startswith("ssedge_gc_collections_total{") and 'generation="0"' in line:
+            return int(float(line.rpartition(" ")[2]))
+    raise AssertionError("no ssedge_gc_collections_total for generation 0")
+
+
 def test_500_clients_and_a_second_relay_get_every_event_in_order_with_redis_ids(
     start_relay: Callable[..., Relay], redis_server: RedisServer
 ) -> None:
     a = start_relay(max_connections=2000)
-    b = start_relay(max_connections=2000)
+    b = start_relay(max_connections=2000, gc_young_objects=0)  # Python's own GC thresholds
 
     async def run() -> None:
         url_a = f"{a.url}/v1/streams/scores/events"
         url_b = f"{b.url}/v1/streams/scores/events"
+        passes = [await young_gc_passes(a.url), await young_gc_passes(b.url)]
         streams = await asyncio.gather(*(subscribe(url_a) for _ in range(CLIENTS_A)),
                                        *(subscribe(url_b) for _ in range(CLIENTS_B)))
         readers = [asyncio.ensure_future(collect(es, EVENTS, timeout=120)) for es in streams]
@@ -47,5 +57,10 @@ def test_500_clients_and_a_second_relay_get_every_event_in_order_with_redis_ids(
         # each process read each event from Redis once, whatever its number of clients
         assert ma["ssedge_events_in_total"] == EVENTS
         assert mb["ssedge_events_in_total"] == EVENTS
+        # with its default gc_young_objects a worker stops for the collector far less often,
+        # though it served five times the streams
+        a_passes = await young_gc_passes(a.url) - passes[0]
+        b_passes = await young_gc_passes(b.url) - passes[1]
+        assert b_passes > 0 and a_passes * 3 < b_passes, (a_passes, b_passes)
 
     asyncio.run(run())
