@@ -184,13 +184,12 @@ class Feed:
                 if not entries:
                     continue
             keys, frames, bad = store.frames(entries)
-            start = ring.head
             ring.extend(keys, frames)
             topic.read_from = entries[-1][0]
             metrics.events_in += len(entries)
             metrics.invalid_entries += bad
             newest = max(newest, ring.last_id)
-            fanout.deliver(topic, start, metrics, self._send_max)
+            fanout.kick(topic, metrics, self._send_max)
         if newest:
             # an entry id's time is Redis's clock when it was added: how long it took to get here
             metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
