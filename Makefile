@@ -8,8 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
-	load-report system \
-	bench-system venv clean
+	load-report system bench-system venv clean screenshots
 
 up: venv system
 	$(BIN)/ssedge up
@@ -22,7 +21,7 @@ test: venv system lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check relay replay loadtests tests bench
+	$(BIN)/ruff check relay replay loadtests tests bench docs
 	$(BIN)/mypy
 
 unit: venv
@@ -74,12 +73,18 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# Debian packages the stack runs: installed with apt-get when run as root, else one line
-# saying what to install.
+# Screenshots of the live feed and the dashboard (docs/img/) from the running stack
+# (`make up` in another shell), after a minute of load so the plots have data
+screenshots: venv system
+	$(BIN)/python docs/screenshots.py --out docs/img
+
+# Debian packages the stack runs, and chromium for the pages' browser tests: installed with
+# apt-get when run as root, else one line saying what to install.
 system:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v varnishd >/dev/null 2>&1 || test -x /usr/sbin/varnishd || missing="$$missing varnish"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, auth, store, stream
+from relay import __version__, auth, pages, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
     MethodNotAllowed,
@@ -80,6 +80,7 @@ class App:
         self.relay = Relay(settings)
         self.auth = auth.Authority(settings)
         self.handle_signals = handle_signals
+        self.pages = pages.Pages()
         self._stopping: asyncio.Task[None] | None = None
         self.handshake = {
             "protocol": PROTOCOL,
@@ -178,6 +179,12 @@ class App:
                 access = self.auth.check_read(request, topic)
                 return await stream.serve(self.relay, request, topic, receive, send,
                                           expires=access.expires)
+        page = self.pages.find(parts)
+        if page is not None:
+            _only(method, "GET, HEAD")
+            return await self.relay.responder.cached(
+                send, request, page.body, pages.CACHE_CONTROL,
+                {"content-type": page.content_type})
         simple = {
             "v1/handshake": self.handshake_answer,
             "healthz": self.healthz,

@@ -233,6 +233,17 @@ def cmd_up(args: argparse.Namespace) -> int:
                      args.edge_port, args.upstream_port, args.ingest_port)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from relay import collector
+
+    settings = settings_mod.load()
+    return collector.run(collector.Options(
+        relays=tuple(u.rstrip("/") for u in args.relay or ["http://127.0.0.1:8101"]),
+        redis_url=settings.redis_url, varnish_name=args.varnish_name,
+        interval_s=args.interval, topic=args.topic, keep=args.keep,
+    ))
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     from relay import load
 
@@ -315,6 +326,16 @@ def parser() -> argparse.ArgumentParser:
     tok.add_argument("--alg", help="signature algorithm (default HS256, RS256 or the curve's ES)")
     tok.add_argument("--subject", help="the sub claim (who it is for)")
     tok.set_defaults(func=cmd_token)
+
+    sta = sub.add_parser("stats", help="publish the dashboard's snapshots of relays and edge")
+    sta.add_argument("--relay", action="append", metavar="URL",
+                     help="a relay node's base URL; repeat for every node (http://127.0.0.1:8101)")
+    sta.add_argument("--varnish-name", metavar="DIR",
+                     help="varnishd's working directory (-n), for the edge's hit ratios")
+    sta.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (1)")
+    sta.add_argument("--topic", default="ssedge.stats", help="topic of the snapshots")
+    sta.add_argument("--keep", type=int, default=3600, help="snapshots kept in Redis (3600)")
+    sta.set_defaults(func=cmd_stats)
 
     load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
     from relay.load import add_arguments

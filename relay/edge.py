@@ -18,6 +18,12 @@ def varnishd() -> str | None:
     return shutil.which("varnishd") or shutil.which("varnishd", path="/usr/sbin:/usr/local/sbin")
 
 
+def varnishncsa() -> str:
+    """varnishd's request log reader (``ssedge stats`` counts edge hits with it)."""
+    return (shutil.which("varnishncsa")
+            or shutil.which("varnishncsa", path="/usr/bin:/usr/local/bin") or "varnishncsa")
+
+
 def backends_vcl(relays: Sequence[tuple[str, int]], replay: tuple[str, int]) -> str:
     """A backends.vcl for these relay nodes and this replay service (probes: probes.vcl)."""
     parts = []

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -165,10 +166,13 @@ class Feed:
             self._metrics.feed_reads += 1
             if reply:
                 self._deliver(reply)
+            else:
+                self._metrics.feed_lag_s = 0.0  # a whole block with nothing new: caught up
 
     def _deliver(self, reply: Any) -> None:
         by_key = self._hub.by_key
         metrics = self._metrics
+        newest = 0
         for key, entries in store.entries_of(reply):
             topic = by_key.get(key)
             if topic is None or not entries or not topic.primed:
@@ -180,12 +184,15 @@ class Feed:
                 if not entries:
                     continue
             keys, frames, bad = store.frames(entries)
-            start = ring.head
             ring.extend(keys, frames)
             topic.read_from = entries[-1][0]
             metrics.events_in += len(entries)
             metrics.invalid_entries += bad
-            fanout.deliver(topic, start, metrics, self._send_max)
+            newest = max(newest, ring.last_id)
+            fanout.kick(topic, metrics, self._send_max)
+        if newest:
+            # an entry id's time is Redis's clock when it was added: how long it took to get here
+            metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
 
     async def close(self) -> None:
         if self._unblocking is not None:

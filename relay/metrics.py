@@ -38,6 +38,9 @@ class Metrics:
         self.replay_fallbacks = 0  # replay service failed: the page was read from Redis
         self.redis_history_reads = 0  # pages read from Redis by this relay
         self.invalid_entries = 0  # stream entries with a field that could not be framed as sent
+        # seconds from the newest entry's id time to the feed reading it, at the last read
+        # that returned entries; 0 after a read that found nothing new
+        self.feed_lag_s = 0.0
         self.responses: dict[int, int] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
 
@@ -94,6 +97,9 @@ class Metrics:
                 self.redis_history_reads)
         counter("invalid_entries_total", "Stream entries with an unusable field.",
                 self.invalid_entries)
+        metric("feed_lag_seconds", "gauge",
+               "Newest entry read: seconds from its id's time (Redis's clock) to the feed.",
+               [("", self.feed_lag_s)])
         metric("responses_total", "counter", "HTTP answers by status.",
                [(f'status="{s}"', n) for s, n in sorted(self.responses.items())])
         metric("gc_collections_total", "counter",

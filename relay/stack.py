@@ -133,7 +133,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         services.append(Service(name, port, process))
-        _wait_port(port, process, name, 20)
+        if port:
+            _wait_port(port, process, name, 20)
 
     def shutdown(*_: object) -> None:
         stop.set()
@@ -165,6 +166,10 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             "--from", f"demo=http://127.0.0.1:{upstream_port}/events",
             "--ingest-port", str(ingest_port), "--node-name", "ingest-1",
         ])
+        # the dashboard's snapshots of every relay and of the edge (topic ssedge.stats)
+        start("stats", 0, [sys.executable, "-m", "relay", "stats",
+                           *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
+                           "--varnish-name", str((varnish_dir / "work").resolve())])
         publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
                                      daemon=True)
         publisher.start()
@@ -179,6 +184,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   redis        {redis_url}
   publish      token in {directory}/publish-token
   private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
+  pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)
         while not stop.wait(0.5):

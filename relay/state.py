@@ -122,9 +122,10 @@ class Relay:
         for topic in self.hub:
             for sub in list(topic.subscribers):
                 sub.close("shutdown")
-        for task in self._tasks:
+        passes = [t.fanning for t in self.hub if t.fanning is not None]
+        for task in self._tasks + passes:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *passes, return_exceptions=True)
         await self.feed.close()
         await self.redis.aclose()
 

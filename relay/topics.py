@@ -59,6 +59,7 @@ class Subscription:
 
 class Topic:
     __slots__ = (
+        "fanning",
         "idle_since",
         "key",
         "name",
@@ -82,6 +83,7 @@ class Topic:
         # connections whose tasks wait for more; a closed one stays here until the next
         # fan-out or wake, which skip it (its ``waiter`` is None or done)
         self.parked: list[Subscription] = []
+        self.fanning: asyncio.Task[None] | None = None  # a fan-out pass (relay.fanout)
 
     def park(self, sub: Subscription) -> asyncio.Future[None]:
         """The future ``sub``'s task awaits until it is resumed."""
@@ -91,7 +93,7 @@ class Topic:
         return waiter
 
     def wake(self) -> None:
-        """Resume every parked connection's task."""
+        """Resume every parked connection's task (those in a fan-out pass get data anyway)."""
         parked, self.parked = self.parked, []
         for sub in parked:
             sub.resume()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from relay import fanout
 from relay.metrics import Metrics
 from relay.topics import Hub, Subscription, Topic
@@ -59,7 +61,7 @@ def test_new_frames_go_to_parked_connections_in_one_send_each_without_waking_the
         start = topic.ring.head
         topic.ring.extend([3, 4], [b"id: 3\n\n", b"id: 4\n\n"])
         metrics = Metrics("n")
-        fanout.deliver(topic, start, metrics, 1 << 16)
+        fanout.kick(topic, metrics, 1 << 16)
 
         assert fast.bodies == slow.bodies == [b"id: 3\n\nid: 4\n\n"]
         assert (a.cursor, a.last_id) == (b.cursor, b.last_id) == (4, 4)
@@ -83,7 +85,7 @@ def test_closed_connections_get_nothing_and_leave_the_parked_list() -> None:
         sub.close("disconnect")
         start = topic.ring.head
         topic.ring.extend([2], [b"id: 2\n\n"])
-        fanout.deliver(topic, start, Metrics("n"), 1 << 16)
+        fanout.kick(topic, Metrics("n"), 1 << 16)
         assert client.bodies == [] and topic.parked == [] and sub.cursor == start
 
     asyncio.run(run())
@@ -97,7 +99,7 @@ def test_more_than_one_send_wakes_every_task_to_write_its_own() -> None:
         waiter = sub.waiter
         start = topic.ring.head
         topic.ring.extend([2, 3], [b"id: 2\n\n" + b"x" * 100, b"id: 3\n\n"])
-        fanout.deliver(topic, start, Metrics("n"), 64)
+        fanout.kick(topic, Metrics("n"), 64)
         assert client.bodies == [] and sub.cursor == start
         assert waiter is not None and waiter.done() and topic.parked == []
 
@@ -116,5 +118,50 @@ def test_a_cancelled_task_does_not_cancel_the_others() -> None:
         await asyncio.sleep(0)
         assert tasks[0].cancelled()
         assert [t.done() and not t.cancelled() for t in tasks[1:]] == [True, True]
+
+    asyncio.run(run())
+
+
+def test_a_long_pass_yields_and_later_connections_get_what_came_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fanout, "SLICE", 2)
+
+    async def run() -> None:
+        topic = topic_with(1)
+        clients = [Client() for _ in range(5)]
+        subs = [parked(topic, c) for c in clients]
+        metrics = Metrics("n")
+        topic.ring.extend([2], [b"id: 2\n\n"])
+        fanout.kick(topic, metrics, 1 << 16)
+        assert topic.fanning is not None  # more than a slice: a task of its own
+        assert [c.bodies for c in clients] == [[]] * 5  # nothing sent before the loop runs it
+        await asyncio.sleep(0)  # first slice
+        topic.ring.extend([3], [b"id: 3\n\n"])  # the feed appends during the pass
+        fanout.kick(topic, metrics, 1 << 16)  # joins the pass under way
+        for _ in range(6):
+            await asyncio.sleep(0)
+        assert topic.fanning is None
+        # the first slice got 2 then 3 (a second pass); the rest 2 and 3 in one send
+        assert clients[0].bodies == clients[1].bodies == [b"id: 2\n\n", b"id: 3\n\n"]
+        assert all(c.bodies == [b"id: 2\n\nid: 3\n\n"] for c in clients[2:])
+        assert all(sub.cursor == topic.ring.head and sub.last_id == 3 for sub in subs)
+        assert sorted(map(id, topic.parked)) == sorted(map(id, subs))
+        assert (metrics.sends, metrics.events_out) == (7, 10)
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_pass_resumes_every_connection_it_held() -> None:
+    async def run() -> None:
+        topic = topic_with(1)
+        subs = [parked(topic, Client()) for _ in range(fanout.SLICE + 1)]
+        topic.ring.extend([2], [b"id: 2\n\n"])
+        fanout.kick(topic, Metrics("n"), 1 << 16)
+        assert topic.fanning is not None
+        await asyncio.sleep(0)
+        topic.fanning.cancel()
+        await asyncio.sleep(0)
+        assert topic.fanning is None and all(sub.waiter is None for sub in subs)
 
     asyncio.run(run())

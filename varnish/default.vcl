@@ -34,6 +34,9 @@ sub vcl_recv {
     if (req.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_cached_json;
     }
+    if (req.url ~ "^/(dashboard|static/[^/?]+)?(\?|$)") {
+        call ssedge_page;
+    }
     # health and metrics of a relay node: never cached
     set req.backend_hint = relays.backend();
     return (pass);
@@ -116,6 +119,15 @@ sub ssedge_cached_json {
     if (std.healthy(req.backend_hint)) {
         set req.grace = 10s;
     }
+    return (hash);
+}
+
+sub ssedge_page {
+    # the demo page, the dashboard and their files: public and the same for everyone, cached
+    # for the relay's lifetime (a minute). The query only tells the page's script what to show
+    # (the browser reads it): it is left out of the cache key and of the fetch.
+    set req.url = regsub(req.url, "\?.*$", "");
+    set req.backend_hint = relays.backend();
     return (hash);
 }
 
@@ -210,6 +222,9 @@ sub vcl_backend_response {
     if (bereq.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_json_response;
     }
+    if (bereq.url ~ "^/(dashboard|static/[^/]+)?$") {
+        call ssedge_page_response;
+    }
     return (deliver);
 }
 
@@ -235,6 +250,13 @@ sub ssedge_stream_response {
 sub ssedge_json_response {
     # served stale for up to an hour while every relay is down; kept a day for 304
     # revalidation with the relay's ETag
+    set beresp.grace = 1h;
+    set beresp.keep = 1d;
+}
+
+sub ssedge_page_response {
+    # a page is served stale for up to an hour while every relay is down: the dashboard is
+    # what an operator opens then; kept a day for 304 revalidation with the relay's ETag
     set beresp.grace = 1h;
     set beresp.keep = 1d;
 }
