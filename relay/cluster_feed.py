@@ -20,7 +20,7 @@ node is read anyway (a sweep): it costs one pipelined round trip and finds a slo
 Topology comes from redis-py's cluster client (``nodes_manager``): a reader that fails
 (connection lost, MOVED, ASK, failover) ends, the slot map is refreshed, and readers are
 started for the primaries that now own the watched topics; each topic resumes from the last
-id it saw. Priming and delivery are the single-Redis feed's (``relay.feed.Feed``).
+id it saw. Priming and delivery are shared with the single-Redis feed (``relay.feed.FeedBase``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from relay import store
-from relay.feed import Feed
+from relay.feed import FeedBase
 from relay.metrics import Metrics
 from relay.topics import Hub, Topic
 
@@ -52,25 +52,18 @@ class TopologyChanged(RedisError):
     """A key's slot is served elsewhere now (MOVED/ASK): refresh the slot map."""
 
 
-class ClusterFeed(Feed):
+class ClusterFeed(FeedBase):
     """``Feed``'s interface (prime, topics_changed, run, close, connected, last_error)."""
 
     def __init__(self, hub: Hub, redis: store.Cluster, metrics: Metrics, *, block_ms: int,
                  read_count: int, send_max: int) -> None:
-        # not Feed.__init__ (it opens the single-Redis pool); what prime() and _deliver() use
-        # of Feed's attributes is set here: keep the two in step
-        self._hub = hub
-        self._send_max = send_max
-        self._redis = redis  # type: ignore[assignment]  # for Feed.prime: store.newest takes both
+        super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
+                         send_max=send_max)
         self._cluster = redis
-        self._metrics = metrics
-        self._block_ms = block_ms
-        self._count = read_count
         self._readers: dict[str, NodeReader] = {}  # by node name, primaries only
         self._routed: dict[bytes, Topic] = {}  # key -> the topic object a reader was told of
         self._slots: dict[bytes, int] = {}
         self._stale = asyncio.Event()  # a reader failed or a topic has no reader yet
-        self.last_error: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -83,10 +76,6 @@ class ClusterFeed(Feed):
         if readers:
             return any(r.connected for r in readers)
         return bool(self._cluster.nodes_manager.slots_cache)
-
-    @connected.setter
-    def connected(self, value: bool) -> None:
-        pass  # Feed.__init__ is not called; nothing sets it
 
     @property
     def nodes_connected(self) -> int:

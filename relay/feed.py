@@ -40,25 +40,60 @@ _BACKOFF_MAX = 1.0
 _UNBLOCK_TRIES = 200  # 1 ms apart: the XREAD may not have reached Redis yet
 
 
-class Feed:
-    def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
-                 block_ms: int, read_count: int, send_max: int) -> None:
+class FeedBase:
+    """What every feed shares: priming a topic and delivering what was read to its ring.
+
+    ``Feed`` reads one Redis; ``relay.cluster_feed.ClusterFeed`` a Redis Cluster."""
+
+    def __init__(self, hub: Hub, redis: Any, metrics: Metrics, *, block_ms: int,
+                 read_count: int, send_max: int) -> None:
         self._hub = hub
-        self._redis = redis  # shared pool: priming and CLIENT UNBLOCK
+        self._redis = redis  # shared client: priming (and CLIENT UNBLOCK on one Redis)
         self._metrics = metrics
         self._block_ms = block_ms
         self._count = read_count
         self._send_max = send_max
-        self._pool = ConnectionPool.from_url(
-            url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0
-        )
-        self._conn: AbstractConnection | None = None
-        self._client_id: int | None = None
-        self._reading_generation = -1  # hub generation of the XREAD in flight
-        self._unblocking: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()  # set when there is something to read
-        self.connected = False
         self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the feed is reading (readiness)."""
+        raise NotImplementedError
+
+    def topics_changed(self) -> None:
+        """Make the reads in flight include the topics primed since they started."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, reply: Any) -> None:
+        by_key = self._hub.by_key
+        metrics = self._metrics
+        newest = 0
+        for key, entries in store.entries_of(reply):
+            topic = by_key.get(key)
+            if topic is None or not entries or not topic.primed:
+                continue  # forgotten while the read was in flight
+            ring = topic.ring
+            if ids.from_redis(entries[0][0]) <= ring.last_id:
+                # a topic forgotten and primed again during the read already holds these
+                entries = [e for e in entries if ids.from_redis(e[0]) > ring.last_id]
+                if not entries:
+                    continue
+            keys, frames, bad = store.frames(entries)
+            ring.extend(keys, frames)
+            topic.read_from = entries[-1][0]
+            metrics.events_in += len(entries)
+            metrics.invalid_entries += bad
+            newest = max(newest, ring.last_id)
+            fanout.kick(topic, metrics, self._send_max)
+        if newest:
+            # an entry id's time is Redis's clock when it was added: how long it took to get here
+            metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
 
     # -- priming ----------------------------------------------------------------------------
 
@@ -83,6 +118,27 @@ class Feed:
             self.topics_changed()
         finally:
             topic.priming = None
+
+class Feed(FeedBase):
+    """One Redis: one connection, one blocking XREAD over every watched topic."""
+
+    def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
+                 block_ms: int, read_count: int, send_max: int) -> None:
+        super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
+                         send_max=send_max)
+        self._pool = ConnectionPool.from_url(
+            url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0
+        )
+        self._conn: AbstractConnection | None = None
+        self._client_id: int | None = None
+        self._reading_generation = -1  # hub generation of the XREAD in flight
+        self._unblocking: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set when there is something to read
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     # -- waking the blocked read -------------------------------------------------------------
 
@@ -120,9 +176,9 @@ class Feed:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _lost(self, exc: BaseException) -> None:
-        if self.connected:
+        if self._connected:
             log.warning("feed lost Redis: %s; reconnecting", exc)
-        self.connected = False
+        self._connected = False
         self.last_error = str(exc) or type(exc).__name__
         self._client_id = None
         self._metrics.redis_reconnects += 1
@@ -137,9 +193,9 @@ class Feed:
         await conn.send_command("CLIENT", "ID")
         self._client_id = int(await conn.read_response())
         self._conn = conn
-        if not self.connected:
+        if not self._connected:
             log.info("feed connected to Redis (client id %s)", self._client_id)
-        self.connected = True
+        self._connected = True
         self.last_error = None
 
     async def _read_forever(self) -> None:
@@ -168,31 +224,6 @@ class Feed:
                 self._deliver(reply)
             else:
                 self._metrics.feed_lag_s = 0.0  # a whole block with nothing new: caught up
-
-    def _deliver(self, reply: Any) -> None:
-        by_key = self._hub.by_key
-        metrics = self._metrics
-        newest = 0
-        for key, entries in store.entries_of(reply):
-            topic = by_key.get(key)
-            if topic is None or not entries or not topic.primed:
-                continue  # forgotten while the read was in flight
-            ring = topic.ring
-            if ids.from_redis(entries[0][0]) <= ring.last_id:
-                # a topic forgotten and primed again during the read already holds these
-                entries = [e for e in entries if ids.from_redis(e[0]) > ring.last_id]
-                if not entries:
-                    continue
-            keys, frames, bad = store.frames(entries)
-            ring.extend(keys, frames)
-            topic.read_from = entries[-1][0]
-            metrics.events_in += len(entries)
-            metrics.invalid_entries += bad
-            newest = max(newest, ring.last_id)
-            fanout.kick(topic, metrics, self._send_max)
-        if newest:
-            # an entry id's time is Redis's clock when it was added: how long it took to get here
-            metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
 
     async def close(self) -> None:
         if self._unblocking is not None:

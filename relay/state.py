@@ -8,7 +8,7 @@ import time
 
 from relay import auth, store
 from relay.cluster_feed import ClusterFeed
-from relay.feed import Feed
+from relay.feed import Feed, FeedBase
 from relay.http import Responder
 from relay.metrics import Metrics
 from relay.replayer import Replayer
@@ -34,7 +34,7 @@ class Relay:
             max_topics=settings.max_topics,
             key_of=store.stream_key,
         )
-        self.feed: Feed
+        self.feed: FeedBase
         if isinstance(redis, store.Cluster):
             # one reader per primary node (relay/cluster_feed.py)
             self.feed = ClusterFeed(self.hub, redis, self.metrics,
