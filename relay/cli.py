@@ -239,7 +239,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = settings_mod.load()
     return collector.run(collector.Options(
         relays=tuple(u.rstrip("/") for u in args.relay or ["http://127.0.0.1:8101"]),
-        redis_url=settings.redis_url, varnish_name=args.varnish_name,
+        redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
+        varnish_name=args.varnish_name,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
     ))
 

@@ -209,7 +209,8 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         services.append(Service(name, port, process))
-        _wait_port(port, process, name, 20)
+        if port:  # the stats collector listens on none
+            _wait_port(port, process, name, 20)
 
     def shutdown(*_: object) -> None:
         stop.set()
@@ -228,11 +229,16 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
             [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
         start("varnish", edge_port, edge.command(
             (varnish_dir / "work").resolve(), f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
+        # the dashboard's snapshots of every relay and of the edge (topic ssedge.stats)
+        start("stats", 0, [sys.executable, "-m", "relay", "stats",
+                           *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
+                           "--varnish-name", str((varnish_dir / "work").resolve())])
         threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
                          daemon=True).start()
         print(f"""ssedge cluster stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)
   demo topic   {base_url}/v1/streams/demo/events  (a tick every second)
+  pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
   replay       http://127.0.0.1:{replay_port}/v1/replay/demo?after=0-0
   redis        cluster {cluster.seeds} (3 primaries, 3 replicas; redis-cli -c -p {cluster_ports[0]})

@@ -35,6 +35,7 @@ NCSA_FORMAT = "%{Varnish:handling}x %U"
 class Options:
     relays: tuple[str, ...]
     redis_url: str
+    redis_cluster: str = ""  # seed nodes: publish to the Redis Cluster instead
     varnish_name: str | None = None  # varnishd's working directory (-n); None: no edge
     interval_s: float = 1.0
     topic: str = stats.TOPIC
@@ -84,7 +85,7 @@ async def scrape(url: str, timeout: float) -> tuple[stats.Scrape | None, str | N
 
 
 async def collect(options: Options, stop: asyncio.Event) -> None:
-    redis = store.client(options.redis_url)
+    redis = store.connect(options)
     edge_log = EdgeLog(options.varnish_name) if options.varnish_name else None
     reader = asyncio.ensure_future(edge_log.run()) if edge_log else None
     previous: dict[str, stats.Scrape] = {}

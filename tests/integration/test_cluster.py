@@ -9,6 +9,7 @@ losing an acknowledged event (publishes wait for one replica: ``SSEDGE_PUBLISH_R
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -21,14 +22,14 @@ import pytest
 from redis.cluster import ClusterNode as ClusterNodeSync
 from redis.cluster import RedisCluster as RedisClusterSync
 
-from relay import client, store
+from relay import client, collector, stats, store
 from relay.client import EventStream
 from relay.cluster_stack import LocalCluster
 from relay.ids import parse
 from relay.wire import Event
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import IngestProcess, Relay, free_port, metrics
-from tests.integration.sse import subscribe
+from tests.integration.sse import collect, subscribe
 from tests.integration.upstreams import Upstreams, url
 
 TOPICS = 100
@@ -174,6 +175,18 @@ def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order
             task.cancel()
         for r in readers:
             r.es.close()
+        # the dashboard's collector publishes its snapshots to the cluster as well
+        stop = asyncio.Event()
+        collecting = asyncio.ensure_future(collector.collect(collector.Options(
+            relays=tuple(r.url for r in relays), redis_url="redis://127.0.0.1:1/0",
+            redis_cluster=cluster.seeds, interval_s=0.2), stop))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await collecting
+        async with await subscribe(
+                f"{relays[0].url}/v1/streams/{stats.TOPIC}/events?backfill=1") as es:
+            snapshot = json.loads((await collect(es, 1, timeout=10))[0].data)
+        assert [n["up"] for n in snapshot["nodes"]] == [True] * 3, snapshot
         events = sum(len(v) for v in published.values())
         print(f"{TOPICS} topics over primaries {per_primary}; {events} events published in "
               f"{took:.1f} s, each to 3 relays x 1 stream per topic ({len(readers)} streams)")
