@@ -350,8 +350,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    read_stack_env()
     args = parser().parse_args(argv)
+    if args.func is not cmd_up:
+        # `ssedge up` writes that file for the stack it starts: the settings of the previous
+        # one (say, a cluster's seed nodes after `up --cluster`) must not reach its children
+        read_stack_env()
     try:
         return int(args.func(args))
     except settings_mod.SettingsError as exc:

@@ -176,17 +176,14 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     """``ssedge up --cluster``: the cluster, the replay service, three relays and varnishd in
     the foreground; Ctrl-C (or SIGTERM) stops them all."""
     from relay import edge
-    from relay.stack import Service, _demo_publisher, _port_busy, _token, _wait_port
+    from relay.stack import Processes, _demo_publisher, _token, ports_free
 
     if shutil.which("redis-server") is None or edge.varnishd() is None:
         print("ssedge up: redis-server and varnish are needed (apt-get install redis-server "
               "varnish)", file=sys.stderr)
         return 1
-    for port in (*cluster_ports, *relay_ports, replay_port, edge_port):
-        if _port_busy(port):
-            print(f"ssedge up: port {port} is in use (is another stack running?)",
-                  file=sys.stderr)
-            return 1
+    if not ports_free((*cluster_ports, *relay_ports, replay_port, edge_port)):
+        return 1
     directory.mkdir(exist_ok=True)
     token = _token(directory)
     cluster = LocalCluster(directory / "cluster", cluster_ports)
@@ -200,40 +197,11 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    child_env = {**os.environ, **env}
-    services: list[Service] = []
-    stop = threading.Event()
-
-    def start(name: str, port: int, argv: list[str]) -> None:
-        log = open(directory / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        services.append(Service(name, port, process))
-        if port:  # the stats collector listens on none
-            _wait_port(port, process, name, 20)
-
-    def shutdown(*_: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    children = Processes(directory, env)
     try:
         cluster.start()
-        start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
-        for i, port in enumerate(relay_ports, 1):
-            start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
-                                       str(port), "--node-name", f"relay-{i}"])
-        varnish_dir = directory / "varnish"
-        varnish_dir.mkdir(exist_ok=True)
-        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
-            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
-        start("varnish", edge_port, edge.command(
-            (varnish_dir / "work").resolve(), f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
-        # the dashboard's snapshots of every relay and of the edge (topic ssedge.stats)
-        start("stats", 0, [sys.executable, "-m", "relay", "stats",
-                           *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
-                           "--varnish-name", str((varnish_dir / "work").resolve())])
-        threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
+        children.edge_tier(relay_ports, replay_port, edge_port)
+        threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge cluster stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)
@@ -245,27 +213,13 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail demo
 Ctrl-C stops everything.""", flush=True)
-        while not stop.wait(0.5):
-            for service in services:
-                if service.process.poll() is not None:
-                    print(f"ssedge up: {service.name} exited ({service.process.returncode}); "
-                          f"see {directory}/{service.name}.log", file=sys.stderr)
-                    stop.set()
+        children.supervise()
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
         print(f"ssedge up: {exc}", file=sys.stderr)
     finally:
-        stop.set()
-        for service in reversed(services):
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        for service in reversed(services):
-            try:
-                service.process.wait(10)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+        children.stop_all()
         cluster.stop()
         print("ssedge cluster stack stopped.")
     return 0

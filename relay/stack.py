@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,81 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
             ))
 
 
+def ports_free(ports: Sequence[int]) -> bool:
+    """False, having said which, when one of ``ports`` is taken."""
+    for port in ports:
+        if _port_busy(port):
+            print(f"ssedge up: port {port} is in use (is another stack running?)",
+                  file=sys.stderr)
+            return False
+    return True
+
+
+class Processes:
+    """A stack's children, each in a process group of its own (Ctrl-C reaches the stack, which
+    then stops each child in order), logs under the stack's directory."""
+
+    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+        self.directory = directory
+        self.env = {**os.environ, **env}
+        self.services: list[Service] = []
+        self.stop = threading.Event()
+        # explicit handlers: a stack started from a script may inherit SIGINT ignored
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+
+    def start(self, name: str, port: int, argv: list[str]) -> None:
+        """Start a child and wait for its port (0: it listens on none)."""
+        log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - lives as the child
+        process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.services.append(Service(name, port, process))
+        if port:
+            _wait_port(port, process, name, 20)
+
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int) -> None:
+        """The replay service, the relays, varnishd in front of them, and the dashboard's
+        collector of every relay's and the edge's numbers (topic ssedge.stats)."""
+        from relay import edge
+
+        self.start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
+        for i, port in enumerate(relay_ports, 1):
+            self.start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
+                                            str(port), "--node-name", f"relay-{i}"])
+        varnish_dir = self.directory / "varnish"
+        varnish_dir.mkdir(exist_ok=True)
+        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
+            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
+        work = (varnish_dir / "work").resolve()
+        self.start("varnish", edge_port, edge.command(work, f"127.0.0.1:{edge_port}",
+                                                      varnish_dir.resolve()))
+        self.start("stats", 0, [sys.executable, "-m", "relay", "stats",
+                                *(a for p in relay_ports
+                                  for a in ("--relay", f"http://127.0.0.1:{p}")),
+                                "--varnish-name", str(work)])
+
+    def supervise(self) -> None:
+        """Until Ctrl-C, SIGTERM, or a child ending on its own."""
+        while not self.stop.wait(0.5):
+            for service in self.services:
+                if service.process.poll() is not None:
+                    print(f"ssedge up: {service.name} exited ({service.process.returncode}); "
+                          f"see {self.directory}/{service.name}.log", file=sys.stderr)
+                    self.stop.set()
+
+    def stop_all(self) -> None:
+        self.stop.set()
+        for service in reversed(self.services):
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            try:
+                service.process.wait(10)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+
+
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
@@ -95,11 +171,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
                   file=sys.stderr)
             return 1
     assert redis_server is not None
-    for port in (redis_port, replay_port, edge_port, upstream_port, ingest_port, *relay_ports):
-        if _port_busy(port):
-            print(f"ssedge up: port {port} is in use (is another stack running?)",
-                  file=sys.stderr)
-            return 1
+    if not ports_free((redis_port, replay_port, edge_port, upstream_port, ingest_port,
+                       *relay_ports)):
+        return 1
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
     token = _token(directory)
@@ -122,42 +196,15 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    child_env = {**os.environ, **env}
-
-    services: list[Service] = []
-    stop = threading.Event()
-
-    def start(name: str, port: int, argv: list[str]) -> None:
-        log = open(directory / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        # own process group: Ctrl-C reaches the stack, which then stops each child in order
-        process = subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        services.append(Service(name, port, process))
-        if port:
-            _wait_port(port, process, name, 20)
-
-    def shutdown(*_: object) -> None:
-        stop.set()
-
-    # explicit handlers: a stack started from a script may inherit SIGINT ignored
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
+    children = Processes(directory, env)
+    start = children.start
     try:
         start("redis", redis_port, [
             redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
             "--save", "", "--protected-mode", "no",
         ])
-        start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
-        for i, port in enumerate(relay_ports, 1):
-            start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
-                                       str(port), "--node-name", f"relay-{i}"])
-        varnish_dir = directory / "varnish"
-        varnish_dir.mkdir(exist_ok=True)
-        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
-            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
-        start("varnish", edge_port, edge.command(
-            (varnish_dir / "work").resolve(), f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
+        children.edge_tier(relay_ports, replay_port, edge_port)
         # an origin that drops its clients now and then: the ingest resumes it by id
         start("upstream", upstream_port, [sys.executable, "-m", "relay", "demo-upstream",
                                           "--port", str(upstream_port), "--drop-every", "30"])
@@ -166,13 +213,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             "--from", f"demo=http://127.0.0.1:{upstream_port}/events",
             "--ingest-port", str(ingest_port), "--node-name", "ingest-1",
         ])
-        # the dashboard's snapshots of every relay and of the edge (topic ssedge.stats)
-        start("stats", 0, [sys.executable, "-m", "relay", "stats",
-                           *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
-                           "--varnish-name", str((varnish_dir / "work").resolve())])
-        publisher = threading.Thread(target=_demo_publisher, args=(base_url, token, stop),
-                                     daemon=True)
-        publisher.start()
+        threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
+                         daemon=True).start()
         print(f"""ssedge stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
@@ -187,27 +229,12 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)
-        while not stop.wait(0.5):
-            for service in services:
-                if service.process.poll() is not None:
-                    print(f"ssedge up: {service.name} exited ({service.process.returncode}); "
-                          f"see {directory}/{service.name}.log", file=sys.stderr)
-                    stop.set()
+        children.supervise()
     except KeyboardInterrupt:
         pass
     except RuntimeError as exc:
         print(f"ssedge up: {exc}", file=sys.stderr)
-        stop.set()
     finally:
-        stop.set()
-        for service in reversed(services):
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        for service in reversed(services):
-            try:
-                service.process.wait(10)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+        children.stop_all()
         print("ssedge stack stopped.")
     return 0
