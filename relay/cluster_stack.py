@@ -198,7 +198,8 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env)
-    try:
+
+    def up() -> None:
         cluster.start()
         children.edge_tier(relay_ports, replay_port, edge_port)
         threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
@@ -213,13 +214,10 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail demo
 Ctrl-C stops everything.""", flush=True)
-        children.supervise()
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as exc:
-        print(f"ssedge up: {exc}", file=sys.stderr)
+
+    try:
+        children.serve(up)
     finally:
-        children.stop_all()
         cluster.stop()
-        print("ssedge cluster stack stopped.")
+    print("ssedge cluster stack stopped.")
     return 0

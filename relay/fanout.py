@@ -52,11 +52,10 @@ def kick(topic: Topic, metrics: Metrics, send_max: int) -> None:
     """The topic's ring has new frames: send them to its parked connections."""
     if topic.fanning is not None:
         return  # a pass under way sees them: it runs until every connection has all
-    if len(topic.parked) <= SLICE:
+    if len(topic.parked) <= SLICE:  # at once: every one kept has everything
         topic.parked = _send(topic, topic.parked, metrics, send_max, {})
-        if not _behind(topic):
-            return
-    topic.fanning = asyncio.ensure_future(_passes(topic, metrics, send_max))
+    else:
+        topic.fanning = asyncio.ensure_future(_passes(topic, metrics, send_max))
 
 
 def _behind(topic: Topic) -> bool:
@@ -103,9 +102,12 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
             keep.append(sub)
             continue
         send = sub.send
+        if send is None:  # a server whose send must be awaited: the task writes its own
+            sub.resume()
+            continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
-            if send is None or cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
+            if cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
                 # more than one send's worth, or gone from the ring: the task writes its own
                 sub.resume()
                 continue
@@ -113,9 +115,6 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
             chunk = (head, {"type": "http.response.body", "body": body, "more_body": True},
                      ring.id_at(end - 1), end - cursor, len(body))
             chunks[cursor] = chunk
-        elif send is None:
-            sub.resume()
-            continue
         try:
             result = send(chunk[1])
         except Exception:  # noqa: BLE001  the task meets the same error and ends the stream

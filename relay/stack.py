@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,8 +136,20 @@ class Processes:
                                   for a in ("--relay", f"http://127.0.0.1:{p}")),
                                 "--varnish-name", str(work)])
 
-    def supervise(self) -> None:
-        """Until Ctrl-C, SIGTERM, or a child ending on its own."""
+    def serve(self, up: Callable[[], None]) -> None:
+        """Start the stack with ``up``, watch it until Ctrl-C, SIGTERM or a child ending on its
+        own, then stop every child, also when ``up`` failed half way."""
+        try:
+            up()
+            self._supervise()
+        except KeyboardInterrupt:
+            pass
+        except RuntimeError as exc:  # a child that did not come up
+            print(f"ssedge up: {exc}", file=sys.stderr)
+        finally:
+            self.stop_all()
+
+    def _supervise(self) -> None:
         while not self.stop.wait(0.5):
             for service in self.services:
                 if service.process.poll() is not None:
@@ -198,7 +210,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env)
     start = children.start
-    try:
+
+    def up() -> None:
         start("redis", redis_port, [
             redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
@@ -229,12 +242,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
 Ctrl-C stops everything.""", flush=True)
-        children.supervise()
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as exc:
-        print(f"ssedge up: {exc}", file=sys.stderr)
-    finally:
-        children.stop_all()
-        print("ssedge stack stopped.")
+
+    children.serve(up)
+    print("ssedge stack stopped.")
     return 0
