@@ -16,15 +16,25 @@ STACK_DIR = Path(".ssedge")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
+# where the streams are: one Redis or a cluster's seeds, taken from one place, never mixed
+_REDIS_LOCATION = ("SSEDGE_REDIS_URL", "SSEDGE_REDIS_CLUSTER")
+
+
 def read_stack_env(directory: Path = STACK_DIR) -> None:
-    """Take the local stack's settings from ``.ssedge/env``; real variables win."""
+    """Take the local stack's settings from ``.ssedge/env``; real variables win. A Redis named
+    in the real environment (a test's, say) is not joined by the stack's cluster or URL."""
     env_file = directory / "env"
     if not env_file.is_file():
         return
+    own_redis = any(name in os.environ for name in _REDIS_LOCATION)
     for line in env_file.read_text().splitlines():
         name, sep, value = line.partition("=")
-        if sep and name.startswith(settings_mod.PREFIX):
-            os.environ.setdefault(name.strip(), value.strip())
+        name = name.strip()
+        if not sep or not name.startswith(settings_mod.PREFIX):
+            continue
+        if own_redis and name in _REDIS_LOCATION:
+            continue
+        os.environ.setdefault(name, value.strip())
 
 
 def _base_url(args: argparse.Namespace) -> str:
