@@ -233,5 +233,6 @@ async def stream(url: str, *, last_event_id: str | None = None,
         finally:
             writer.close()
     return EventStream(response, Decoder(comments=comments, extra_fields=extra_fields,
-                                               max_data=max_data), writer,
+                                         max_data=max_data, last_event_id=last_event_id or ""),
+                       writer,
                        body, keep_raw=keep_raw)

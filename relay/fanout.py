@@ -33,8 +33,9 @@ SLICE = 256  # sends between two yields to the event loop in one pass
 _READY: set[type] = set()  # types of awaitables a server returns for a send already done
 _READY_NAMES = {("granian._granian", "PyEmptyAwaitable")}
 
-# per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes)
-_Chunks = dict[int, tuple[int, dict[str, Any], int, int, int]]
+# per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes,
+# id of its first frame)
+_Chunks = dict[int, tuple[int, dict[str, Any], int, int, int, int]]
 
 
 def done_at_once(sent: Any) -> bool:
@@ -113,8 +114,13 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
                 continue
             body, end = ring.read(cursor, send_max)
             chunk = (head, {"type": "http.response.body", "body": body, "more_body": True},
-                     ring.id_at(end - 1), end - cursor, len(body))
+                     ring.id_at(end - 1), end - cursor, len(body), ring.id_at(cursor))
             chunks[cursor] = chunk
+        if chunk[5] <= sub.last_id:
+            # the client has these already (it came from a node whose feed is ahead): its
+            # task skips them (resume.Reader.next_chunk); never an id at or below its own
+            sub.resume()
+            continue
         try:
             result = send(chunk[1])
         except Exception:  # noqa: BLE001  the task meets the same error and ends the stream

@@ -37,7 +37,7 @@ _BACKOFF_MIN = 0.05
 # within that of Redis answering again (tests/integration/test_redis_restart.py measures it);
 # one refused connect a second per process costs Redis nothing
 _BACKOFF_MAX = 1.0
-_UNBLOCK_TRIES = 200  # 1 ms apart: the XREAD may not have reached Redis yet
+_UNBLOCK_TRIES = 1000  # about 1 ms apart: the XREAD may not have reached Redis yet
 
 
 class FeedBase:
@@ -54,6 +54,9 @@ class FeedBase:
         self._count = read_count
         self._send_max = send_max
         self.last_error: str | None = None
+        # set to have the streams checked now (``verify``): after a reconnect, or when a
+        # catch-up found its stream holding less than the ring
+        self.verify_now = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -94,6 +97,35 @@ class FeedBase:
         if newest:
             # an entry id's time is Redis's clock when it was added: how long it took to get here
             metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
+
+    # -- streams that went back -----------------------------------------------------------
+
+    async def verify(self) -> list[Topic]:
+        """Watched topics whose stream went back since this process read it.
+
+        XREAD after an id returns nothing for entries below it, so a stream deleted and made
+        again, set back with XSETID, or failed over to a replica that missed its newest
+        entries would leave this node reading after an id that no longer leads anywhere:
+        heartbeats, no events, no reset. A stream went back when its last generated id is
+        below what the feed had read before asking, or its ``entries-added`` (which only
+        grows) is below what an earlier check saw. "What the feed had read" includes ids that
+        clients came with from nodes whose feeds were ahead (``Topic.ahead``): they wait for
+        this feed to pass them, which a stream that went back never does."""
+        topics = [t for t in self._hub if t.primed]
+        if not topics:
+            return []
+        # what this node knows the stream reached, before asking (no race with new reads)
+        read = [max(ids.from_redis(t.read_from), t.ahead) for t in topics]
+        heads = await store.heads(self._redis, [t.key for t in topics])
+        gone = []
+        for topic, had, (last, added) in zip(topics, read, heads, strict=True):
+            if self._hub.topics.get(topic.name) is not topic:
+                continue  # forgotten meanwhile
+            if last < had or added < topic.entries_added:
+                gone.append(topic)
+            else:
+                topic.entries_added = added
+        return gone
 
     # -- priming ----------------------------------------------------------------------------
 
@@ -149,15 +181,21 @@ class Feed(FeedBase):
             self._unblocking = asyncio.ensure_future(self._unblock())
 
     async def _unblock(self) -> None:
+        """Unblock the XREAD in flight until one that includes every primed topic is.
+
+        Success alone is not the end: a topic primed while CLIENT UNBLOCK was on its way (this
+        task still running, so ``topics_changed`` started no other) may be missing from the
+        XREAD the feed sends next; it would wait out a whole block (``feed_block_ms``)."""
         for _ in range(_UNBLOCK_TRIES):
             if self._reading_generation >= self._hub.generation or self._client_id is None:
                 return
+            reading = self._reading_generation
             try:
-                if await self._redis.client_unblock(self._client_id):
-                    return
+                unblocked = await self._redis.client_unblock(self._client_id)
             except RedisError:
                 return  # the feed's own error handling reconnects; its next read includes all
-            await asyncio.sleep(0.001)
+            if not unblocked or self._reading_generation == reading:
+                await asyncio.sleep(0.001)  # not blocked yet, or its reply not read yet
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -195,6 +233,8 @@ class Feed(FeedBase):
         self._conn = conn
         if not self._connected:
             log.info("feed connected to Redis (client id %s)", self._client_id)
+            # a Redis that restarted or failed over may hold less than was read from it
+            self.verify_now.set()
         self._connected = True
         self.last_error = None
 
@@ -206,6 +246,7 @@ class Feed(FeedBase):
             generation = hub.generation
             watched = hub.watched()
             if not watched:
+                self._reading_generation = generation  # nothing to unblock: it waits on _idle
                 self._idle.clear()
                 await conn.send_command("PING")  # keeps "connected" honest while idle
                 await conn.read_response()

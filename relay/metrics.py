@@ -37,6 +37,9 @@ class Metrics:
         self.replay_cache_hits = 0  # page requests served from the relay's page cache
         self.replay_fallbacks = 0  # replay service failed: the page was read from Redis
         self.redis_history_reads = 0  # pages read from Redis by this relay
+        self.replay_fresh_reads = 0  # pages read from Redis because a cached one was too old
+        self.rewinds = 0  # watched streams found to have gone back (deleted, failover)
+        self.catchup_stalls = 0  # catching-up streams closed for a send the client never took
         self.invalid_entries = 0  # stream entries with a field that could not be framed as sent
         # seconds from the newest entry's id time to the feed reading it, at the last read
         # that returned entries; 0 after a read that found nothing new
@@ -95,6 +98,14 @@ class Metrics:
                 self.replay_fallbacks)
         counter("redis_history_reads_total", "History pages read from Redis by this relay.",
                 self.redis_history_reads)
+        counter("replay_fresh_reads_total",
+                "History pages read from Redis because a cached page proved too old.",
+                self.replay_fresh_reads)
+        counter("rewinds_total", "Watched streams found to have gone back; their streams "
+                "were ended to start over.", self.rewinds)
+        counter("catchup_stalls_total",
+                "Catching-up streams closed: one send not taken for two sweeps.",
+                self.catchup_stalls)
         counter("invalid_entries_total", "Stream entries with an unusable field.",
                 self.invalid_entries)
         metric("feed_lag_seconds", "gauge",

@@ -77,6 +77,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Longest wait of the feed's blocking XREAD."""
     feed_read_count: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Entries read per topic per XREAD."""
+    feed_verify_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    """How often the feed checks that no watched stream went back (deleted, failover); 0: never."""
     gc_young_objects: Annotated[int, Meta(ge=0, le=10_000_000)] = 50_000
     """Allocations between garbage-collector passes (Python: 700); each pass stalls streams."""
 
@@ -85,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Replay service URL for history older than the ring; empty reads Redis directly."""
     replay_page: Annotated[int, Meta(ge=1, le=100_000)] = 1000
     """Events per history page: what relays ask for and the replay service's default limit."""
+    replay_page_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    """Bytes of entries per history page: a page ends with the entry that crosses it."""
     replay_limit_max: Annotated[int, Meta(ge=1, le=100_000)] = 10_000
     """Largest ``limit`` the replay service accepts; more is 400."""
     replay_timeout_s: Seconds = 3.0

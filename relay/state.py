@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -51,6 +52,7 @@ class Relay:
             settings.replay_url, self.redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
             cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
+            page_bytes=settings.replay_page_bytes,
             private=auth.Patterns.parse(settings.private_topics).match,
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,6 +82,8 @@ class Relay:
             asyncio.ensure_future(self._guard("heartbeat", self._heartbeat())),
             asyncio.ensure_future(self._guard("sweeper", self._sweep())),
         ]
+        if self.settings.feed_verify_s:
+            self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
 
     @property
     def ready(self) -> bool:
@@ -143,6 +147,37 @@ class Relay:
             await asyncio.sleep(self.settings.heartbeat_s)
             self.hub.tick()
 
+    def verify_soon(self) -> None:
+        """Have the feed check now whether watched streams went back (``_verify``)."""
+        self.feed.verify_now.set()
+
+    async def _verify(self) -> None:
+        """Every ``feed_verify_s``, and at once after the feed reconnects: a watched stream
+        that went back (deleted and made again, XSETID, a failover that lost its newest
+        entries) is forgotten, its streams ended; each client reconnects with its id and is
+        answered from the stream as it is now (an id the stream no longer reaches gets an
+        ``unknown`` reset and goes on live). Cached pages of it are dropped here; the edge's
+        are the operator's to ban (docs/OPERATIONS.md)."""
+        from redis.exceptions import RedisError
+
+        wake = self.feed.verify_now
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.feed_verify_s)
+            wake.clear()
+            try:
+                gone = await self.feed.verify()
+            except (RedisError, OSError) as exc:
+                log.debug("stream check skipped: %s", exc)
+                continue
+            for topic in gone:
+                log.warning("stream of topic %s went back (deleted, or a failover lost its "
+                            "newest entries): ending its %d streams to start over",
+                            topic.name, len(topic.subscribers))
+                self.metrics.rewinds += 1
+                self.hub.forget(topic)
+                self.replayer.forget(topic.name)
+
     async def _sweep(self) -> None:
         """Close clients that stay too far behind, and forget topics nobody watches.
 
@@ -157,6 +192,18 @@ class Relay:
             for topic in self.hub:
                 ring = topic.ring
                 for sub in list(topic.subscribers):
+                    if sub.catch_up is not None:
+                        # reading history, its cursor waits at the ring's tail: how far that
+                        # is says nothing of the client. A send it has not taken since the
+                        # last sweep does (each send is at most send_max_bytes).
+                        over = sub.sending and sub.sends == 0
+                        sub.sends = 0
+                        if over and sub.behind and sub.closed_because is None:
+                            self.metrics.catchup_stalls += 1
+                            self.metrics.backlog_drops += 1
+                            sub.close("overflow")
+                        sub.behind = over
+                        continue
                     # lag_bytes needs a cursor inside the ring; behind it is over anyway
                     over = sub.cursor < ring.tail or ring.lag_bytes(sub.cursor) > backlog
                     if over and sub.behind and sub.closed_because is None:

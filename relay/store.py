@@ -329,6 +329,24 @@ async def info(r: Client, topic: str) -> dict[str, Any] | None:
         raise
 
 
+async def heads(r: Client, keys: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Each stream's last generated id and ``entries-added`` (0-0 and 0 when it does not
+    exist), in one pipeline."""
+    async with r.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.xinfo_stream(key)
+        replies = await pipe.execute(raise_on_error=False)
+    out = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            if "no such key" not in str(reply).lower():
+                raise reply
+            out.append((ids.ZERO, 0))
+        else:
+            out.append((ids.from_redis(reply["last-generated-id"]), int(reply["entries-added"])))
+    return out
+
+
 async def newest(r: Client, key: bytes, count: int) -> tuple[list[Entry], int]:
     """The newest ``count`` entries, oldest first, and the floor below which entries may exist
     that were not read: the oldest entry read when the read was full; just below the first
@@ -344,11 +362,20 @@ async def newest(r: Client, key: bytes, count: int) -> tuple[list[Entry], int]:
     if isinstance(info, Exception):
         if "no such key" not in str(info).lower():
             raise info
-        return entries, ids.ZERO
-    if entries and len(entries) == count:
-        return entries, ids.from_redis(entries[0][0])
+        info = None
+    oldest = ids.from_redis(entries[0][0]) if entries else None
+    return entries, newest_floor(oldest, len(entries) == count, info)
+
+
+def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None) -> int:
+    """The floor of a ring primed with a stream's newest entries (``oldest`` the oldest read,
+    ``full`` whether the read got as many as it asked for, ``info`` XINFO STREAM or None)."""
+    if info is None:
+        return ids.ZERO
+    if oldest is not None and full:
+        return oldest
     if int(info["entries-added"]) > int(info["length"]):
-        if entries:
-            return entries, ids.predecessor(ids.from_redis(entries[0][0]))
-        return entries, ids.from_redis(info["last-generated-id"])
-    return entries, ids.ZERO
+        if oldest is not None:
+            return ids.predecessor(oldest)
+        return ids.from_redis(info["last-generated-id"])
+    return ids.ZERO

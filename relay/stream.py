@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from relay import fanout, history, ids, resume, store
+from relay import fanout, ids, resume, store
 from relay.errors import BadRequest, Unavailable
 from relay.http import Receive, Request, Send
 from relay.state import Relay
@@ -100,6 +100,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     # -- register and fix the cursor: one synchronous step --------------------------------
     plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
     sub = Subscription(topic, plan.cursor, asyncio.current_task(), plan.last_id)
+    if plan.history_after is not None:
+        sub.catch_up = resume.CatchUp(plan.history_after, plan.history_until, plan.resume_from)
     hub.subscribe(topic, sub)
     metrics = relay.metrics
     metrics.streams_open += 1
@@ -116,9 +118,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         if fanout.done_at_once(first):
             sub.send = send  # the feed may send to it while it is parked
         await first
-        if plan.history_after is not None:
+        if sub.catch_up is not None:
             metrics.catchups += 1
-            await _catch_up(relay, sub, plan.history_after, plan.history_until, send)
         await _follow(relay, sub, send)
     except asyncio.CancelledError:
         if sub.closed_because is None:
@@ -140,14 +141,20 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
-async def _check_future(relay: Relay, topic: str, after: int) -> tuple[int, bytes]:
-    """An id past the stream's last one gets a reset and goes on live from the last id."""
-    info = await store.info(relay.redis, topic)
+async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:
+    """An id past what this node has read. Within the stream (the client came from a node
+    whose feed is ahead of this one), it stays the client's: the frames this feed appends up
+    to it are skipped (``resume.Reader``), never sent again. Past the stream's last id it never
+    existed here: a reset, and the stream goes on live from the last id."""
+    info = await store.info(relay.redis, name)
     last = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
     if after <= last:
+        topic = relay.hub.topics.get(name)
+        if topic is not None:
+            topic.ahead = max(topic.ahead, after)
         return after, b""
     relay.metrics.resets += 1
-    return last, history.reset_frame("unknown", after, None, last)
+    return last, resume.reset_frame("unknown", after, None, last)
 
 
 class _DisconnectWatch:
@@ -193,60 +200,79 @@ class _DisconnectWatch:
                 pending.cancel()
 
 
-async def _catch_up(relay: Relay, sub: Subscription, after: int, until: int,
-                    send: Send) -> None:
-    """History after ``after`` up to ``until`` (the ring's floor when the cursor was fixed)."""
-    catch_up = resume.CatchUp(after, until, relay.replayer.page_size)
+async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
+    """History after the last id the client has, up to the ring's floor noted when its cursor
+    was fixed (``resume.CatchUp``); sent in pieces of at most ``send_max_bytes``, so a page of
+    large events is not copied whole per client."""
+    catch_up = sub.catch_up
+    assert catch_up is not None
     metrics = relay.metrics
-    while not catch_up.done:
+    send_max = relay.settings.send_max_bytes
+    while sub.catch_up is not None:
+        fresh = catch_up.fresh
         try:
-            frames, count = await relay.replayer.page(sub.topic.name, catch_up.after)
+            page = await relay.replayer.page(sub.topic.name, catch_up.after, fresh=fresh)
         except (RedisError, OSError):
             sub.closed_because = "history unavailable"  # the client retries by id later
             return
-        chunk = catch_up.take(frames, count)
-        metrics.resets += len(frames) - count  # a page's frames beyond its entries are resets
-        if chunk:
-            await send({"type": "http.response.body", "body": b"".join(chunk),
-                        "more_body": True})
-            metrics.events_out += len(chunk)
+        resets = catch_up.resets
+        frames = sub.take_page(page, fresh=fresh)
+        metrics.resets += catch_up.resets - resets
+        for chunk, count in _pieces(frames, send_max):
+            sub.sending = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sub.sending = False
+            sub.sends += 1
+            metrics.events_out += count
             metrics.sends += 1
-        sub.last_id = catch_up.after
+            metrics.bytes_out += len(chunk)
+        if catch_up.rewound:
+            # the stream holds less than this node's ring: it went back. End the stream (the
+            # client reconnects with its id and starts over) and have the feed look now.
+            sub.closed_because = "rewound"
+            relay.verify_soon()
+            return
+
+
+def _pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
+    """Frames joined into pieces of about ``size`` bytes (a frame is never split)."""
+    out: list[tuple[bytes, int]] = []
+    start = total = 0
+    for i, frame in enumerate(frames):
+        total += len(frame)
+        if total >= size:
+            out.append((b"".join(frames[start:i + 1]), i + 1 - start))
+            start, total = i + 1, 0
+    if start < len(frames):
+        out.append((b"".join(frames[start:]), len(frames) - start))
+    return out
 
 
 async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
-    if sub.closed_because is not None:
-        return
     topic = sub.topic
     ring = topic.ring
     hub = relay.hub
     metrics = relay.metrics
     send_max = relay.settings.send_max_bytes
     ticks = hub.ticks
-    while True:
+    while sub.closed_because is None:
         pending = sub.pending
         if pending is not None:  # the feed sent it frames the client has not taken yet
             sub.pending = None
             await pending
             continue
-        cursor = sub.cursor
-        if cursor < ring.head:
-            if cursor < ring.tail:
-                # the frames it needs are gone from the ring: catch up from the last id sent
-                metrics.resumes += 1
-                floor = ring.floor
-                sub.cursor = ring.position_after(floor)
-                await _catch_up(relay, sub, sub.last_id, floor, send)
-                if sub.closed_because is not None:
-                    return
-                continue
-            chunk, sub.cursor = ring.read(cursor, send_max)
-            sub.last_id = ring.id_at(sub.cursor - 1)
+        if sub.catch_up is not None:
+            await _catch_up(relay, sub, send)
+            continue
+        chunk, count = sub.next_chunk(ring, send_max)
+        if chunk:
             ticks = hub.ticks  # data is as good as a keep-alive
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            metrics.events_out += sub.cursor - cursor
+            metrics.events_out += count
             metrics.sends += 1
             metrics.bytes_out += len(chunk)
+        elif sub.catch_up is not None:
+            metrics.resumes += 1  # fell behind the ring's tail: catch up in place
         elif ticks != hub.ticks:
             ticks = hub.ticks
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from relay.resume import Reader
 from relay.ring import Ring
 
 
@@ -20,17 +21,26 @@ class TooManyTopics(Exception):
     pass
 
 
-class Subscription:
-    """One connection's place in a topic: a cursor into the ring and the task to close."""
+class Subscription(Reader):
+    """One connection's place in a topic (``resume.Reader``: a cursor into the ring, the last
+    id it has, a catch-up under way) and the task to close."""
 
-    __slots__ = ("behind", "closed_because", "cursor", "last_id", "pending", "send", "task",
-                 "topic", "waiter")
+    __slots__ = (
+        "behind",
+        "closed_because",
+        "pending",
+        "send",
+        "sending",
+        "sends",
+        "task",
+        "topic",
+        "waiter",
+    )
 
     def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None,
                  last_id: int = 0) -> None:
+        super().__init__(cursor, last_id)
         self.topic = topic
-        self.cursor = cursor
-        self.last_id = last_id  # the id of the last event sent (or taken as had)
         self.task = task
         self.closed_because: str | None = None
         self.behind = False  # over the backlog bound at the last sweep
@@ -38,6 +48,10 @@ class Subscription:
         self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.waiter: asyncio.Future[None] | None = None  # set while parked
         self.pending: Awaitable[None] | None = None  # a send started for it, to await
+        # while catching up, the sweeper judges it by its sends: one in progress, and how
+        # many were taken (a client that takes none for two sweeps is stuck)
+        self.sending = False
+        self.sends = 0
 
     def resume(self, pending: Awaitable[None] | None = None) -> None:
         """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not
@@ -59,6 +73,8 @@ class Subscription:
 
 class Topic:
     __slots__ = (
+        "ahead",
+        "entries_added",
         "fanning",
         "idle_since",
         "key",
@@ -84,6 +100,10 @@ class Topic:
         # fan-out or wake, which skip it (its ``waiter`` is None or done)
         self.parked: list[Subscription] = []
         self.fanning: asyncio.Task[None] | None = None  # a fan-out pass (relay.fanout)
+        self.entries_added = 0  # the stream's XINFO entries-added at the last check
+        # the highest id a client came with that this feed had not read yet (the stream had
+        # it then): a stream that goes back below it leaves such clients waiting for nothing
+        self.ahead = 0
 
     def park(self, sub: Subscription) -> asyncio.Future[None]:
         """The future ``sub``'s task awaits until it is resumed."""
@@ -156,6 +176,17 @@ class Hub:
         if gone:
             self.generation += 1
         return gone
+
+    def forget(self, topic: Topic) -> None:
+        """Stop watching ``topic`` now (its stream went back): its connections are closed,
+        and the next one primes it again from the stream as it is."""
+        if self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+            del self.by_key[topic.key]
+            self.generation += 1
+        for sub in list(topic.subscribers):
+            sub.close("rewound")
+        topic.wake()
 
     def tick(self) -> None:
         """A heartbeat: wake every connection so each writes a keep-alive."""

@@ -216,7 +216,8 @@ class Follower:
                 self._backoff.retry_ms = es.decoder.retry
             events = [i for i in items if isinstance(i, Event | Oversize)]
             if repeat and events:
-                if events[0].id == repeat:
+                first = events[0]
+                if first.id == repeat and (isinstance(first, Oversize) or first.own_id):
                     self.status.duplicates += 1
                     events = events[1:]
                 repeat = ""

@@ -17,7 +17,7 @@ ends an event or a line can make it hold is bounded (``Oversize``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -39,6 +39,10 @@ class Event:
     # fields other than data, event, id and retry, in order; an EventSource ignores them, and
     # so does this decoder unless asked (``Decoder(extra_fields=True)``)
     extra: tuple[tuple[str, str], ...] = ()
+    # whether the event had an ``id:`` line of its own (else ``id`` is the one carried on):
+    # tells an upstream's inclusive resume (it repeats the event named in Last-Event-ID, with
+    # its id) from a new event without an id
+    own_id: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ class Decoder:
     """
 
     def __init__(self, *, comments: bool = False, extra_fields: bool = False,
-                 max_data: int | None = None) -> None:
+                 max_data: int | None = None, last_event_id: str = "") -> None:
         self._comments = comments
         self._keep_extra = extra_fields
         self._max_data = max_data
@@ -138,8 +142,13 @@ class Decoder:
         self._cut = 0  # bytes dropped from the line in progress
         self._event = ""
         self._extra: list[tuple[str, str]] = []
-        self._id_buffer = ""
-        self.last_event_id = ""
+        # a reconnection's decoder starts from the id it resumed after: an event without an
+        # ``id:`` line carries it on, as browsers keep an EventSource's last event id across
+        # connections (Chromium hands it to each new connection's parser). Starting empty
+        # would make such an event erase the resume position.
+        self._id_buffer = last_event_id
+        self._own_id = False
+        self.last_event_id = last_event_id
         self.retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[Item]:
@@ -217,6 +226,7 @@ class Decoder:
         elif name == "id":
             if "\x00" not in value:
                 self._id_buffer = value
+                self._own_id = True
         elif name == "retry":
             if value.isascii() and value.isdigit():
                 self.retry = int(value)
@@ -238,7 +248,8 @@ class Decoder:
             self._oversize = 0
         elif self._data:
             out.append(Event("\n".join(self._data), self._event or "message",
-                             self.last_event_id, extra))
+                             self.last_event_id, extra, self._own_id))
         self._data = []
         self._data_size = 0
         self._event = ""
+        self._own_id = False

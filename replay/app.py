@@ -8,8 +8,11 @@ immutable; a page that reaches the stream's head lives ``replay_open_max_age_s``
 caches both and collapses identical concurrent requests into one fetch.
 
 Headers for relays and operators: ``X-Ssedge-Count`` (entries in the page),
-``X-Ssedge-Last-Id`` (the last entry's id, when any), ``X-Ssedge-Reset: 1`` when the page
-starts with an ``ssedge.reset``.
+``X-Ssedge-Last-Id`` (the last entry's id, when any), ``X-Ssedge-Through`` (every entry after
+``after`` up to this id is in the page: its last entry when it stopped at ``limit`` or at
+``replay_page_bytes``, else the stream's last id when it was read), ``X-Ssedge-Reset: 1`` when
+the page starts with an ``ssedge.reset``. A page that reaches the stream's head can change, and
+a cache may keep it a moment: ``X-Ssedge-Through`` lets a reader tell how far it holds.
 
 A private topic's pages need a reader's token, as its stream does (``relay.auth``), and are
 ``private, no-store``; relays read private topics' history from Redis themselves.
@@ -107,7 +110,8 @@ class ReplayApp:
         if until is not None and until < after:
             raise BadRequest("until is before after")
         try:
-            page, bad = await history.read_page(self.redis, topic, after, int(raw_limit), until)
+            page, bad = await history.read_page(self.redis, topic, after, int(raw_limit), until,
+                                                s.replay_page_bytes)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
         m = self.metrics
@@ -115,7 +119,8 @@ class ReplayApp:
         m.page_events += page.count
         m.closed_pages += page.closed
         m.invalid_entries += bad
-        headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count)}
+        headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count),
+                   "x-ssedge-through": ids.format(page.through)}
         if page.last_id is not None:
             headers["x-ssedge-last-id"] = ids.format(page.last_id)
         if page.reset:

@@ -4,9 +4,10 @@ A model Redis stream is published to and trimmed; a feed appends it to a small r
 a client reconnects at a random id, catches up from history pages (read from the model at
 the moment of each fetch through the replay service's own page function, or an older answer
 for the same page, as a cache serves it), follows the ring, and falls behind the ring's tail
-now and then. Whatever the interleaving, the client
-gets every event after its id exactly once, in order, except events trimmed before it could
-read them, which are announced by an ``ssedge.reset`` first.
+now and then. Whatever the interleaving, the client gets every event after its id exactly
+once, in order, except events trimmed before it could read them, which are announced by an
+``ssedge.reset`` first. (tests/test_resume_model.py adds several relays, an edge cache with
+grace, and clients moving between nodes.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay import history, ids, store
-from relay.resume import CatchUp, last_before, plan
+from relay.resume import CatchUp, HistoryPage, Reader, plan
 from relay.ring import Ring
 
 PAGE = 4
@@ -31,7 +32,7 @@ class Model:
         self.trimmed: set[int] = set()
         self.ring = Ring(ring_events, 1 << 20)
         self.read_from = 0  # the feed's last id
-        self.cache: dict[int, tuple[list[tuple[int, bytes]], int]] = {}  # pages seen before
+        self.cache: dict[int, HistoryPage] = {}  # pages seen before
 
     def publish(self, gap: int) -> None:
         self.last_generated += gap
@@ -62,24 +63,26 @@ class Model:
         self.ring.prime(newest, [frame(i) for i in newest], floor)
         self.read_from = self.ring.last_id
 
-    def page(self, after: int, limit: int, stale: bool) -> tuple[list[tuple[int, bytes]], int]:
+    def info(self) -> dict[str, Any] | None:
+        if not self.added:
+            return None
+        return {
+            "last-generated-id": raw(self.last_generated),
+            "entries-added": self.added,
+            "length": len(self.stream),
+            "first-entry": (raw(self.stream[0]), [b"d", b"x"]) if self.stream else None,
+        }
+
+    def page(self, after: int, limit: int, stale: bool) -> HistoryPage:
         """A page read now, or (``stale``) the answer an earlier read of it gave, as a cache
         (the relay's or Varnish's) may serve it."""
         if stale and after in self.cache:
             return self.cache[after]
-        info: dict[str, Any] | None = None
-        if self.added:
-            info = {
-                "last-generated-id": raw(self.last_generated),
-                "entries-added": self.added,
-                "length": len(self.stream),
-                "first-entry": (raw(self.stream[0]), [b"d", b"x"]) if self.stream else None,
-            }
         entries = [(raw(i), [b"d", b"%d" % i]) for i in self.stream if i > after][:limit]
-        page, _ = history._page(info, entries, after, limit, None)
-        if page.count:  # empty pages are never cached
-            self.cache[after] = (history.split(page.body), page.count)
-        return history.split(page.body), page.count
+        page, _ = history._page(self.info(), entries, after, limit, None)
+        answer = HistoryPage(history.split(page.body), page.count, page.through)
+        self.cache[after] = answer  # empty pages too: the edge keeps them
+        return answer
 
 
 def raw(i: int) -> bytes:
@@ -90,49 +93,35 @@ def frame(i: int) -> bytes:
     return store.frame(raw(i), [b"d", b"%d" % i])[0]
 
 
+def frame_id(f: bytes) -> int:
+    return ids.parse(f[4:f.index(b"\n")])
+
+
 class Client:
     def __init__(self, model: Model, after: int) -> None:
         self.model = model
-        self.after = after
         p = plan(model.ring, after)
-        self.cursor = p.cursor
-        self.last_id = p.last_id
-        self.catchup = CatchUp(p.history_after, p.history_until, PAGE) \
-            if p.history_after is not None else None
+        self.reader = Reader(p.cursor, p.last_id)
+        if p.history_after is not None:
+            self.reader.catch_up = CatchUp(p.history_after, p.history_until, p.resume_from)
         self.got: list[bytes] = []
 
     def step(self, read_max: int) -> None:
-        ring = self.model.ring
-        if self.catchup is not None and not self.catchup.done:
-            frames, count = self.model.page(self.catchup.after, PAGE, stale=read_max % 2 == 0)
-            sent = self.catchup.take(frames, count)
-            self.got += sent
+        reader = self.reader
+        if reader.catch_up is not None:
+            fresh = reader.catch_up.fresh
+            page = self.model.page(reader.catch_up.after, PAGE,
+                                   stale=not fresh and read_max % 2 == 0)
+            self.got += reader.take_page(page, fresh=fresh)
+            assert not (reader.catch_up and reader.catch_up.rewound)
             return
-        if self.cursor < ring.tail:  # fell behind: resume the same way from the last id sent
-            self.resume()
-            return
-        if self.cursor < ring.head:
-            _, nxt = ring.read(self.cursor, read_max)
-            self.got += [f for f in ring.frames(self.cursor, nxt)]
-            self.cursor = nxt
-            self.last_id = last_before(ring, nxt)
-
-    def resume(self) -> None:
-        ring = self.model.ring
-        last = self.last_sent()
-        self.cursor = ring.position_after(ring.floor)
-        self.catchup = CatchUp(last, ring.floor, PAGE)
-
-    def last_sent(self) -> int:
-        for f in reversed(self.got):
-            if b"event: ssedge.reset" not in f:
-                return ids.parse(f[4:f.index(b"\n")])
-        return self.after
+        chunk, _ = reader.next_chunk(self.model.ring, read_max)
+        if chunk:
+            self.got += [p + b"\n\n" for p in chunk.split(b"\n\n") if p]
 
     @property
     def idle(self) -> bool:
-        ring = self.model.ring
-        return (self.catchup is None or self.catchup.done) and self.cursor == ring.head
+        return self.reader.catch_up is None and self.reader.cursor == self.model.ring.head
 
 
 actions = st.lists(
@@ -194,15 +183,17 @@ def test_reconnect_gets_every_event_once_in_order_or_a_reset(
 
     received: list[int] = []
     resets: list[tuple[int, int]] = []  # (frame id, position in received)
+    every: list[int] = []
     for f in client.got:
-        fid = ids.parse(f[4:f.index(b"\n")])
+        fid = frame_id(f)
+        every.append(fid)
         if b"event: ssedge.reset" in f:
             resets.append((fid, len(received)))
         else:
             received.append(fid)
-    # in order, no duplicate, nothing at or before the client's id
-    assert received == sorted(set(received))
-    assert all(i > after for i in received)
+    # every frame's id (events and resets) above the one before: nothing twice, nothing back
+    assert every == sorted(set(every))
+    assert all(i > after for i in every)
     # every event after the id arrived, unless it was trimmed and a reset said so first;
     # after 0-0 (since=earliest) starts at the oldest retained event, and needs no reset
     ever = sorted(set(model.stream) | model.trimmed)
@@ -214,9 +205,73 @@ def test_reconnect_gets_every_event_once_in_order_or_a_reset(
             later = [n for n, i in enumerate(received) if i > e]
             position = later[0] if later else len(received)
             assert any(rid >= e and pos <= position for rid, pos in resets), f"{e} lost silently"
-    # a reset only when events may really have been trimmed after the id: the stream was
-    # trimmed, and the reset's id (just below the first retained entry) is above the id.
-    # (With gapped ids nothing tells whether an id between the two ever existed.)
+    # a reset only when events may really have been trimmed after the id
     if resets:
         assert model.trimmed
-        assert all(rid > after for rid, _ in resets)
+
+
+# -- the holes a review found, one example each --------------------------------------------
+
+
+def _ring(ids_in: list[int], floor: int = 0, events: int = 100) -> Ring:
+    ring = Ring(events, 1 << 20)
+    ring.prime(ids_in, [frame(i) for i in ids_in], floor)
+    return ring
+
+
+def test_a_client_ahead_of_this_nodes_feed_gets_no_event_twice() -> None:
+    # the client has 1..8 from a node whose feed is ahead; this node's ring ends at 5
+    ring = _ring([1, 2, 3, 4, 5])
+    p = plan(ring, 8)
+    reader = Reader(p.cursor, p.last_id)
+    assert p.history_after is None and reader.next_chunk(ring, 1 << 20) == (b"", 0)
+    ring.extend([6, 7, 8, 9, 10], [frame(i) for i in (6, 7, 8, 9, 10)])  # the feed catches up
+    chunk, count = reader.next_chunk(ring, 1 << 20)
+    assert [frame_id(p + b"\n") for p in chunk.split(b"\n\n") if p] == [9, 10]
+    assert count == 2 and reader.last_id == 10
+
+
+def test_an_empty_page_kept_by_a_cache_does_not_end_a_catch_up() -> None:
+    # a page after 3 was cached when the stream ended at 3: empty, through 3. The ring's floor
+    # is now 20 (events 4..20 exist, the ring holds 21 on)
+    catch_up = CatchUp(3, 20)
+    assert catch_up.take(HistoryPage([], 0, 3)) == []
+    assert not catch_up.done and catch_up.fresh
+    fresh = HistoryPage([(i, frame(i)) for i in range(4, 25)], 21, 24)
+    sent = catch_up.take(fresh, fresh=True)
+    assert [frame_id(f) for f in sent] == list(range(4, 21)) and catch_up.done
+
+
+def test_a_short_page_proves_only_what_it_says() -> None:
+    catch_up = CatchUp(3, 20)
+    sent = catch_up.take(HistoryPage([(4, frame(4)), (5, frame(5))], 2, 5))
+    assert [frame_id(f) for f in sent] == [4, 5] and not catch_up.done and not catch_up.fresh
+    catch_up.take(HistoryPage([(i, frame(i)) for i in range(6, 30)], 24, 29))
+    assert catch_up.done and catch_up.after == 20
+
+
+def test_a_page_that_never_reaches_the_floor_read_fresh_means_the_stream_went_back() -> None:
+    catch_up = CatchUp(3, 20)
+    catch_up.take(HistoryPage([], 0, 3))
+    catch_up.take(HistoryPage([], 0, 3), fresh=True)
+    assert catch_up.rewound and catch_up.done
+
+
+def test_a_reset_above_the_floor_is_sent_with_the_floor_as_its_id() -> None:
+    # Redis trimmed everything up to 29 (first retained 30), but the ring holds 21 on
+    # (floor 20): what is lost is after 3 up to 20, and the next event is 21
+    page, _ = history._page(
+        {"last-generated-id": raw(40), "entries-added": 40, "length": 11,
+         "first-entry": (raw(30), [b"d", b"x"])},
+        [(raw(i), [b"d", b"%d" % i]) for i in range(30, 41)], 3, PAGE, None)
+    catch_up = CatchUp(3, 20, resume_from=21)
+    sent = catch_up.take(HistoryPage(history.split(page.body), page.count, page.through))
+    assert len(sent) == 1 and frame_id(sent[0]) == 20 and catch_up.done
+    assert b'"requested":"0-3"' in sent[0] and b'"resume_from":"0-21"' in sent[0]
+
+
+def test_the_largest_id_is_a_page_not_an_error() -> None:
+    largest = ids.parse("18446744073709551615-18446744073709551615")
+    page, _ = history._page({"last-generated-id": raw(5), "entries-added": 5, "length": 5,
+                             "first-entry": (raw(1), [b"d", b"x"])}, [], largest, PAGE, None)
+    assert page.reset and page.count == 0 and page.through == 5

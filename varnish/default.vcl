@@ -219,6 +219,9 @@ sub vcl_backend_response {
     if (beresp.http.Cache-Control ~ "(?i)(private|no-store)") {
         call ssedge_never_store;
     }
+    if (bereq.url ~ "^/v1/replay/") {
+        call ssedge_replay_response;
+    }
     if (bereq.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_json_response;
     }
@@ -245,6 +248,18 @@ sub ssedge_stream_response {
     set beresp.do_gunzip = false;
     set beresp.do_esi = false;
     set beresp.uncacheable = true;
+}
+
+sub ssedge_replay_response {
+    # a page that reaches the stream's head (not immutable) changes with the next publish: it
+    # is kept for the second the replay service gives and never served past it. Varnish's
+    # default grace (10 s) would serve it stale while refetching: an empty page cached at the
+    # head once stood in for 11,000 newer events. Relays also check each page's
+    # X-Ssedge-Through against what they need, so a page a moment old cannot end a catch-up.
+    if (beresp.http.Cache-Control !~ "immutable") {
+        set beresp.grace = 0s;
+        set beresp.keep = 0s;
+    }
 }
 
 sub ssedge_json_response {
