@@ -59,8 +59,9 @@ def relay(start_relay: Callable[..., Relay]) -> Relay:
 def start_varnish(tmp_path: Path) -> Iterator[Callable[..., Varnish]]:
     started: list[Varnish] = []
 
-    def start(relays: list[Relay], replay: Relay | None, *params: str) -> Varnish:
-        varnish = Varnish(tmp_path / f"varnish-{len(started)}", relays, replay, params)
+    def start(relays: list[Relay], replay: Relay | None, *params: str,
+              port: int | None = None) -> Varnish:
+        varnish = Varnish(tmp_path / f"varnish-{len(started)}", relays, replay, params, port)
         started.append(varnish)
         return varnish
 

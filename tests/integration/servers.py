@@ -218,12 +218,12 @@ class Varnish:
     """varnishd with ssedge's VCL in front of the given relays and replay service."""
 
     def __init__(self, directory: Path, relays: list[Relay], replay: Relay | None,
-                 extra_params: tuple[str, ...] = ()) -> None:
+                 extra_params: tuple[str, ...] = (), port: int | None = None) -> None:
         from relay import edge
 
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()  # given: relays that fetch history through it know it
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = directory / "work"
         replay_addr = ("127.0.0.1", replay.port if replay else free_port())

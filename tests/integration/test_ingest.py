@@ -203,3 +203,26 @@ def test_bad_upstreams_are_logged_counted_and_never_crash(
     log = ingest.log.read_text()
     assert "upstream refused of topic bad down since" in log and "204 No Content" in log
     assert "Traceback" not in log
+
+
+def test_an_event_without_an_id_after_a_resume_keeps_the_cursor(
+    upstreams: Upstreams, start_ingest: Callable[..., IngestProcess],
+    redis_server: RedisServer,
+) -> None:
+    """As a browser's EventSource keeps its last event id across connections: an upstream
+    that resumes with an event carrying no ``id:`` must not erase the resume position."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    upstream = upstreams.canned([
+        head + b"id: u1\ndata: first\n\n",  # then the connection ends
+        head + b"data: second, no id\n\n",  # a resume after u1: this event has none
+        head + b"data: third\n\n",
+        head,
+    ])
+    ingest = start_ingest("--topic", "keep", "--from", f"k={upstream.url}", **FAST)
+    wait_until(lambda: len(stored(redis_server, "keep")) >= 3, 15, "three events")
+    wait_until(lambda: upstream.connections >= 4, 15, "a fourth connection")
+    assert [e["d"] for e in stored(redis_server, "keep")] == ["first", "second, no id", "third"]
+    # every resume after the first event named it, as a browser would
+    for request in upstream.requests[1:4]:
+        assert b"Last-Event-ID: u1" in request, request
+    assert ingest.alive
