@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
+	bench-durability \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -51,6 +52,11 @@ bench-edge: venv system
 # topics (about a minute; writes docs/results/cluster-feed.md, see docs/SCALING.md)
 bench-cluster: venv system
 	$(BIN)/python -m bench.cluster_feed --topics 100 --seconds 5 --samples 300
+
+# What each durability setting costs a publisher: no persistence, AOF everysec, AOF always,
+# a replica with WAIT (about 1 minute; writes docs/results/durability.md)
+bench-durability: venv system
+	$(BIN)/python -m bench.durability --seconds 5 --publishers 8
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.

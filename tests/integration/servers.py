@@ -78,18 +78,28 @@ def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float = 10)
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    """redis-server with AOF, each write fsynced before its reply (``fsync``: ``always``,
+    ``everysec``, ``no``; or ``"off"``: no persistence at all); ``replica_of`` a primary."""
+
+    def __init__(self, directory: Path, fsync: str = "always",
+                 replica_of: RedisServer | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.fsync = fsync
+        self.replica_of = replica_of
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = (["--appendonly", "no"] if self.fsync == "off" else
+                       ["--appendonly", "yes", "--appendfsync", self.fsync])
+        replica = (["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+                   if self.replica_of else [])
         self.process = spawn(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.directory), *persistence, *replica,
              "--save", "", "--protected-mode", "no"],
             self.directory / "redis.log", None,
         )

@@ -119,7 +119,7 @@ def test_exactly_once_through_the_edge_with_a_frozen_relay_and_stale_pages(
     # into a ring of 50, so its feed is behind for a while (when resuming clients arrive) and
     # its own clients fall behind the ring's tail at every read (they catch up from history)
     c = start_relay(feed_read_count=100, **{**common, "ring_events": 50})
-    varnish = start_varnish([a, b, c], replay, port=edge_port)
+    start_varnish([a, b, c], replay, port=edge_port)
 
     async def run() -> None:
         published = await _publish_through(a.url, 100)

@@ -4,11 +4,14 @@ is half written, no client is dropped, and the feed reads on promptly from its l
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import redis as sync_redis
 
 from relay import client
 from relay.client import EventStream
@@ -165,3 +168,43 @@ def test_redis_restart_loses_no_acknowledged_event_and_drops_no_client(
             break
         time.sleep(0.1)
     assert asyncio.run(client.request("GET", relay.url + "/readyz")).status == 200
+
+
+@pytest.mark.parametrize("fsync", ["everysec", "off"])
+def test_a_redis_process_crash_keeps_every_acknowledged_event_with_aof(
+    fsync: str, start_relay: Callable[..., Relay], tmp_path: Path,
+) -> None:
+    """The durability promise for a process crash (docs/RELIABILITY.md): with AOF, even at
+    ``appendfsync everysec``, Redis writes each command to the file before it replies, so a
+    SIGKILL loses no acknowledged event (a machine crash may lose the last second: that takes
+    ``appendfsync always`` or a replica). Without persistence the same crash loses them all:
+    the check can fail."""
+    redis = RedisServer(tmp_path / f"crash-{fsync}", fsync)
+    try:
+        relay = Relay(tmp_path, redis, TOKEN)
+        try:
+            acked = asyncio.run(_publish_batches(relay.url, 40, 50))
+            redis.stop(signal.SIGKILL)  # at once after the last acknowledgement
+            redis.start()
+            with sync_redis.Redis.from_url(redis.url) as r:
+                kept = [i.decode() for i, _ in r.xrange("ssedge:{crash}")]
+        finally:
+            relay.stop()
+    finally:
+        redis.stop()
+    if fsync == "off":
+        assert kept == [], "nothing is kept without persistence"
+    else:
+        assert kept == acked, f"{len(set(acked) - set(kept))} acknowledged events lost"
+
+
+async def _publish_batches(url: str, batches: int, size: int) -> list[str]:
+    acked: list[str] = []
+    for n in range(batches):
+        response = await client.request(
+            "POST", f"{url}/v1/streams/crash/events",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            json_body=[{"data": f"{n}-{i}"} for i in range(size)])
+        assert response.status == 201
+        acked += response.json()["ids"]
+    return acked
