@@ -165,3 +165,21 @@ def test_a_cancelled_pass_resumes_every_connection_it_held() -> None:
         assert topic.fanning is None and all(sub.waiter is None for sub in subs)
 
     asyncio.run(run())
+
+
+def test_a_connection_ahead_of_the_feed_is_woken_not_sent_what_it_has() -> None:
+    """A client that came with an id this feed has not read yet: the feed's fan-out must
+    not send it the frames up to its id (its task skips them, ``resume.Reader``)."""
+    async def run() -> None:
+        topic = topic_with(2)
+        behind, ahead = Client(), Client()
+        a = parked(topic, behind)
+        b = parked(topic, ahead)
+        b.last_id = 4  # it has up to 4; the ring ends at 2
+        topic.ring.extend([3, 4, 5], [b"id: 3\n\n", b"id: 4\n\n", b"id: 5\n\n"])
+        fanout.kick(topic, Metrics("t"), 1 << 16)
+        assert behind.bodies == [b"id: 3\n\nid: 4\n\nid: 5\n\n"] and a.cursor == topic.ring.head
+        assert ahead.bodies == [] and b.waiter is None  # resumed: its task takes it from here
+        assert b.next_chunk(topic.ring, 1 << 16) == (b"id: 5\n\n", 1)
+
+    asyncio.run(run())

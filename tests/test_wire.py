@@ -249,3 +249,17 @@ def test_an_over_long_non_data_line_is_ignored(line: bytes) -> None:
 
 def test_without_a_bound_nothing_is_oversize() -> None:
     assert Decoder().feed(b"data: " + b"x" * 100_000 + b"\n\n") == [Event("x" * 100_000)]
+
+
+def test_a_reconnection_carries_the_last_event_id_on() -> None:
+    """A decoder for a resumed connection starts from the id it resumed after: an event with
+    no ``id:`` line keeps it (as an EventSource keeps ``lastEventId`` across connections);
+    an ``id:`` line, even an empty one, replaces it."""
+    dec = Decoder(last_event_id="41")
+    assert dec.feed(b"data: no id\n\n") == [Event("no id", id="41")]
+    assert dec.last_event_id == "41"
+    first = dec.feed(b"data: x\n\n")[0]
+    assert isinstance(first, Event) and not first.own_id
+    own = dec.feed(b"id: 42\ndata: y\n\n")[0]
+    assert isinstance(own, Event) and own.own_id and own.id == "42"
+    assert dec.feed(b"id\ndata: z\n\n") == [Event("z", id="")]
