@@ -36,7 +36,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from relay import store
-from relay.feed import FeedBase
+from relay.feed import FeedBase, still_wanted
 from relay.metrics import Metrics
 from relay.topics import Hub, Topic
 
@@ -286,7 +286,10 @@ class NodeReader:
     async def _read(self, conn: Connection) -> None:
         feed = self.feed
         self.mark(feed.keys_on(self.name))
+        task = asyncio.current_task()
+        assert task is not None
         while True:
+            still_wanted(task)  # a cancel swallowed by a send (relay.feed.still_wanted)
             if not self._dirty:
                 self._wake.clear()
                 try:

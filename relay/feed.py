@@ -242,7 +242,10 @@ class Feed(FeedBase):
         conn = self._conn
         assert conn is not None
         hub = self._hub
+        task = asyncio.current_task()
+        assert task is not None
         while True:
+            still_wanted(task)
             generation = hub.generation
             watched = hub.watched()
             if not watched:
@@ -258,6 +261,7 @@ class Feed(FeedBase):
                 "XREAD", "COUNT", self._count, "BLOCK", self._block_ms,
                 "STREAMS", *watched.keys(), *watched.values(),
             )
+            still_wanted(task)
             reply = await conn.read_response()
             self._reading_generation = -1
             self._metrics.feed_reads += 1
@@ -272,3 +276,12 @@ class Feed(FeedBase):
         if self._conn is not None:
             await self._conn.disconnect()
         await self._pool.aclose()
+
+
+def still_wanted(task: asyncio.Task[Any]) -> None:
+    """Raise the cancellation a send swallowed. redis-py sends through ``asyncio.wait_for``,
+    which on Python 3.11 drops a cancel that arrives as the send completes: the feed then
+    blocked in its next XREAD, and in every one after, and a relay's shutdown waited for it
+    for ever (found by tests/integration/test_feed.py)."""
+    if task.cancelling():
+        raise asyncio.CancelledError

@@ -12,7 +12,7 @@ from relay.metrics import Metrics
 from relay.topics import Hub
 from tests.integration.servers import RedisServer
 
-BLOCK_MS = 20_000  # a missed wake-up would cost this
+BLOCK_MS = 15_000  # a missed wake-up would cost this
 
 
 async def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -31,34 +31,42 @@ def test_a_topic_primed_while_an_unblock_is_on_its_way_is_read_at_once(
         feed = Feed(hub, redis, Metrics("t"), url=redis_server.url, block_ms=BLOCK_MS,
                     read_count=100, send_max=1 << 16)
         task = asyncio.ensure_future(feed.run())
-        try:
-            await feed.prime(hub.get("a"))
-            # the feed blocks in an XREAD that includes "a"
-            await _wait(lambda: feed._reading_generation == hub.generation, 5, "blocked on a")
-            unblock = redis.client_unblock
-            late = hub.get("late")
-
-            async def unblock_then_prime(client_id: int) -> Any:
-                """CLIENT UNBLOCK succeeds; before its task sees the answer, the feed has sent
-                its next XREAD and another topic is primed (its topics_changed finds the
-                unblock task still running, and starts no other)."""
-                answer = await unblock(client_id)
-                if not late.primed:
-                    generation = hub.generation
-                    await _wait(lambda: feed._reading_generation == generation, 5, "re-read")
-                    await feed.prime(late)
-                return answer
-
-            redis.client_unblock = unblock_then_prime  # type: ignore[method-assign]
-            await feed.prime(hub.get("b"))
-            await _wait(lambda: late.primed, 5, "late primed")
-            await redis.xadd(store.stream_key("late"), {"d": "hello"})
-            # read within a moment, not after the 20 s block
-            await _wait(lambda: len(late.ring) == 1, 2, "the late topic's event was not read")
+        try:  # bounded: a hang here must fail the test, not wait out pytest's timeout
+            await asyncio.wait_for(_steps(redis, hub, feed), 30)
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await feed.close()
-            await redis.aclose()
+            unblocking = feed._unblocking
+            if unblocking is not None:
+                unblocking.cancel()
+            await asyncio.wait_for(asyncio.gather(task, unblocking or task,
+                                                  return_exceptions=True), 10)
+            await asyncio.wait_for(feed.close(), 10)
+            await asyncio.wait_for(redis.aclose(), 10)
 
     asyncio.run(run())
+
+
+async def _steps(redis: Any, hub: Hub, feed: Feed) -> None:
+    await feed.prime(hub.get("a"))
+    # the feed blocks in an XREAD that includes "a"
+    await _wait(lambda: feed._reading_generation == hub.generation, 5, "blocked on a")
+    unblock = redis.client_unblock
+    late = hub.get("late")
+
+    async def unblock_then_prime(client_id: int) -> Any:
+        """CLIENT UNBLOCK succeeds; before its task sees the answer, the feed has sent its
+        next XREAD and another topic is primed (its topics_changed finds the unblock task
+        still running, and starts no other)."""
+        answer = await unblock(client_id)
+        if not late.primed:
+            generation = hub.generation
+            await _wait(lambda: feed._reading_generation == generation, 5, "re-read")
+            await feed.prime(late)
+        return answer
+
+    redis.client_unblock = unblock_then_prime
+    await feed.prime(hub.get("b"))
+    await _wait(lambda: late.primed, 5, "late primed")
+    await redis.xadd(store.stream_key("late"), {"d": "hello"})
+    # read within a moment, not after the whole block
+    await _wait(lambda: len(late.ring) == 1, 2, "the late topic's event was not read")
