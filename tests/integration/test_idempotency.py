@@ -196,6 +196,25 @@ def test_a_relay_killed_after_the_write_before_its_answer_the_retry_writes_nothi
     assert len(entries(redis_server, "held")) == 2
 
 
+def test_a_replay_is_acknowledged_only_once_a_replica_holds_the_first_events(
+    start_relay: Callable[..., Relay], redis_server: RedisServer, replica: RedisServer,
+) -> None:
+    a = start_relay(publish_replicas=1, publish_replica_timeout_ms=300)
+    b = start_relay(publish_replicas=1, publish_replica_timeout_ms=300)
+    with frozen(replica):
+        first = post(a.url, "acked", {"data": 1}, "k")
+        assert first.status == 503 and "not acknowledged" in first.json()["message"]
+        # the retry, on a connection that wrote nothing, must not be told "safe" while the
+        # replica lacks the events (a GET then WAIT on a fresh connection counted the frozen
+        # replica as holding everything, here): the replay rewrites the key before its WAIT
+        replay = post(b.url, "acked", {"data": 1}, "k")
+        assert replay.status == 503, replay.body
+    answer, _ = asyncio.run(client.publish(f"{b.url}/v1/streams/acked/events", {"data": 1},
+                                           token=TOKEN, key="k", attempts=10, delay_max=0.2))
+    assert answer.status == 201 and answer.headers["idempotent-replayed"] == "true"
+    assert [answer.json()["id"]] == entries(redis_server, "acked")
+
+
 def test_the_edge_does_not_retry_a_keyless_publish_a_dying_relay_took(
     start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
     start_varnish: Callable[..., Varnish], redis_server: RedisServer, replica: RedisServer,
