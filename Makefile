@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
+.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster bench-idempotency \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -51,6 +51,11 @@ bench-edge: venv system
 # topics (about a minute; writes docs/results/cluster-feed.md, see docs/SCALING.md)
 bench-cluster: venv system
 	$(BIN)/python -m bench.cluster_feed --topics 100 --seconds 5 --samples 300
+
+# What an Idempotency-Key costs a publish: latency and Redis CPU against MULTI/EXEC, Redis
+# memory per key (about a minute; writes docs/results/idempotency.md)
+bench-idempotency: venv system
+	$(BIN)/python -m bench.idempotency --rounds 2000 --keys 100000
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.

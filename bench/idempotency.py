@@ -7,8 +7,8 @@ On one redis-server (AOF on, ``appendfsync everysec``), in one process:
   one at a time and 20 at a time; then a replay (the same key again); then both for a batch of
   100 events. p50/p99 per publish, and Redis's CPU per publish (``used_cpu_sys+user``);
 - **memory**: N keys written by the script (one event each, and batches of 10), Redis's
-  ``used_memory`` before and after, less the stream's own growth (``MEMORY USAGE``), per key;
-  and ``MEMORY USAGE`` of one key.
+  ``used_memory`` before them and after them with their stream deleted, per key; and
+  ``MEMORY USAGE`` of one key.
 
     .venv/bin/python -m bench.idempotency --rounds 2000 --keys 100000
 
@@ -64,34 +64,37 @@ async def _timed(calls: int, concurrency: int,
 async def latency(r: Any, rounds: int) -> list[dict[str, Any]]:
     rows = []
     for size in (1, 100):
-        events = [(DATA, None)] * size
-        keys = [str(uuid.uuid4()) for _ in range(rounds)]
-
-        async def plain(n: int) -> Any:
-            return await store.publish(r, "lat", events, maxlen=100_000, max_age_s=0)
-
-        async def keyed(n: int) -> Any:
-            return await idempotency.publish(r, "lat", events, size > 1, keys[n],
-                                             ttl_s=600, maxlen=100_000, max_age_s=0)
-
         for concurrency in (1, 20):
-            got: dict[str, list[float]] = {"plain": [], "keyed": [], "replay": []}
-            cpu: dict[str, float] = {"plain": 0.0, "keyed": 0.0, "replay": 0.0}
-            # alternating blocks, so that drift on a shared machine hits both alike
-            step = max(1, rounds // 10)
-            for block in range(0, rounds, step):
-                for name, fn in (("plain", plain), ("keyed", keyed), ("replay", keyed)):
-                    before = await _cpu(r)
-                    got[name] += await _timed_block(fn, block, min(step, rounds - block),
-                                                    concurrency)
-                    cpu[name] += await _cpu(r) - before
-            for name, values in got.items():
-                rows.append({"size": size, "concurrency": concurrency, "kind": name,
-                             "p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
-                             "cpu_us": cpu[name] / max(1, len(values)) * 1e6,
-                             "n": len(values)})
-            keys[:] = [str(uuid.uuid4()) for _ in range(rounds)]
+            rows += await _latency_of(r, size, concurrency, rounds)
     return rows
+
+
+async def _latency_of(r: Any, size: int, concurrency: int,
+                      rounds: int) -> list[dict[str, Any]]:
+    events = [(DATA, None)] * size
+    keys = [str(uuid.uuid4()) for _ in range(rounds)]
+
+    async def plain(n: int) -> Any:
+        return await store.publish(r, "lat", events, maxlen=100_000, max_age_s=0)
+
+    async def keyed(n: int) -> Any:
+        return await idempotency.publish(r, "lat", events, size > 1, keys[n], ttl_s=600,
+                                         maxlen=100_000, max_age_s=0)
+
+    got: dict[str, list[float]] = {"plain": [], "keyed": [], "replay": []}
+    cpu: dict[str, float] = {"plain": 0.0, "keyed": 0.0, "replay": 0.0}
+    # alternating blocks, so that drift on a shared machine hits all three alike; "replay"
+    # sends the block's keys again
+    step = max(1, rounds // 10)
+    for block in range(0, rounds, step):
+        for name, fn in (("plain", plain), ("keyed", keyed), ("replay", keyed)):
+            before = await _cpu(r)
+            got[name] += await _timed_block(fn, block, min(step, rounds - block), concurrency)
+            cpu[name] += await _cpu(r) - before
+    return [{"size": size, "concurrency": concurrency, "kind": name,
+             "p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
+             "cpu_us": cpu[name] / max(1, len(values)) * 1e6, "n": len(values)}
+            for name, values in got.items()]
 
 
 async def _timed_block(fn: Callable[[int], Awaitable[Any]], first: int, count: int,
@@ -100,35 +103,33 @@ async def _timed_block(fn: Callable[[int], Awaitable[Any]], first: int, count: i
 
 
 async def memory(r: Any, keys: int) -> list[dict[str, Any]]:
-    rows = []
-    for size in (1, 10):
-        topic = f"mem{size}"
-        events = [(DATA, None)] * size
-        await r.delete(store.stream_key(topic))
-        sem = asyncio.Semaphore(50)
+    return [await _memory_of(r, size, keys) for size in (1, 10)]
 
-        async def one(n: int) -> None:
-            async with sem:
-                await idempotency.publish(r, topic, events, size > 1, f"key-{n}-{uuid.uuid4()}",
-                                          ttl_s=86_400, maxlen=0, max_age_s=0)
 
-        # the stream's first entries allocate its structures: not the keys' cost
-        await one(-1)
-        before = int((await r.info("memory"))["used_memory"])
-        stream_before = int(await r.memory_usage(store.stream_key(topic), samples=0) or 0)
-        await asyncio.gather(*(one(n) for n in range(keys)))
-        after = int((await r.info("memory"))["used_memory"])
-        stream_after = int(await r.memory_usage(store.stream_key(topic), samples=0) or 0)
-        sample = idempotency.redis_key(topic, "sample")
-        await idempotency.publish(r, topic, events, size > 1, "sample", ttl_s=86_400,
-                                  maxlen=0, max_age_s=0)
-        rows.append({
-            "size": size, "keys": keys,
-            "per_key": (after - before - (stream_after - stream_before)) / keys,
-            "usage": int(await r.memory_usage(sample) or 0),
-            "value": len(await r.get(sample) or b""), "name": len(sample),
-        })
-    return rows
+async def _memory_of(r: Any, size: int, keys: int) -> dict[str, Any]:
+    topic = f"mem{size}"
+    events = [(DATA, None)] * size
+    await r.delete(store.stream_key(topic))
+    sem = asyncio.Semaphore(50)
+
+    async def one(n: int) -> None:
+        async with sem:
+            await idempotency.publish(r, topic, events, size > 1, f"key-{n}-{uuid.uuid4()}",
+                                      ttl_s=86_400, maxlen=0, max_age_s=0)
+
+    # with no stream before and none after (DEL frees it at once): the keys' own cost
+    before = int((await r.info("memory"))["used_memory"])
+    await asyncio.gather(*(one(n) for n in range(keys)))
+    await r.delete(store.stream_key(topic))
+    after = int((await r.info("memory"))["used_memory"])
+    sample = idempotency.redis_key(topic, "sample")
+    await idempotency.publish(r, topic, events, size > 1, "sample", ttl_s=86_400, maxlen=0,
+                              max_age_s=0)
+    return {
+        "size": size, "keys": keys, "per_key": (after - before) / keys,
+        "usage": int(await r.memory_usage(sample) or 0),
+        "value": len(await r.get(sample) or b""), "name": len(sample),
+    }
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Any], list[Any], str]:
