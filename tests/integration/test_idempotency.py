@@ -152,6 +152,10 @@ def test_twenty_concurrent_retries_through_the_edge_write_once(
     assert ma["ssedge_publish_requests_total"] > 0 and mb["ssedge_publish_requests_total"] > 0
     assert ma["ssedge_published_total"] + mb["ssedge_published_total"] == 6
     assert ma["ssedge_publish_replays_total"] + mb["ssedge_publish_replays_total"] == 38
+    # a keyless publish's body is not kept at the edge, but streamed: up to the relay's limit
+    big = [{"data": "x" * 1000} for _ in range(1000)]
+    assert len(json.dumps(big)) < 1024 * 1024
+    assert len(post(varnish.url, "storm", big).json()["ids"]) == 1000
 
 
 @pytest.mark.parametrize("path", ["direct", "edge"])
