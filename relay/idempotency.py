@@ -5,13 +5,13 @@ A publisher that retries (a timeout, a 503, a relay that died before answering) 
 same key; the first request's answer is kept under it for ``SSEDGE_IDEMPOTENCY_TTL_S`` and
 every retry gets that answer back, with nothing written again.
 
-Key: ``ssedge:{T}:idem:<128 bits of the key's SHA-256, hex>``, in the topic's Cluster slot (the hash
-tag), so checking the key and XADDing the events is one script on one node: atomic, however
-many relays race with the same key. Hashing the key bounds its length in Redis whatever the
-client sent. Value: ``<digest> <id> <id> ...``, the digest being 128 bits of a SHA-256 over
-the normalized request (topic, one event or an array, each event's data as it goes on the
-wire and its type): the same events sent with other JSON spacing are the same request;
-other events under a used key are refused (``KeyReused``, a 422).
+Key: ``ssedge:{T}:idem:<128 bits of the key's SHA-256, hex>``, in the topic's Cluster slot
+(the hash tag), so checking the key and XADDing the events is one script on one node: atomic,
+however many relays race with the same key. Hashing the key bounds its length in Redis
+whatever the client sent. Value: ``<digest> <id> <id> ...``, the digest being 128 bits of a
+SHA-256 over the normalized request (topic, one event or an array, each event's data as it
+goes on the wire and its type): the same events sent with other JSON spacing are the same
+request; other events under a used key are refused (``KeyReused``, a 422).
 
 Without a key a publish takes ``store.publish`` (MULTI/EXEC) as before: nothing here is on
 that path.

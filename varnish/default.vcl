@@ -268,7 +268,7 @@ sub ssedge_page_response {
 }
 
 sub vcl_backend_error {
-    if (bereq.method == "POST") {
+    if (bereq.method == "POST" && bereq.url ~ "^/v1/streams/[^/]+/events") {
         call ssedge_publish_failed;
     }
     call ssedge_retry_elsewhere;
@@ -278,8 +278,8 @@ sub ssedge_publish_failed {
     # A publish may be resent only if the relay surely did not apply it. Varnish 7.1 cannot
     # tell that here: a refused connection and a relay that took the request, wrote it and
     # died look the same to VCL (beresp.reason "Backend fetch failed", the same
-    # beresp.backend, no time between them; only the log's FetchError differs, and VCL cannot
-    # read it). So, conservatively: a publish with an Idempotency-Key is retried on another
+    # beresp.backend, the same time taken to the millisecond; only the log's FetchError
+    # differs, and VCL cannot read it). So, conservatively: a publish with an Idempotency-Key is retried on another
     # relay (a relay that did apply it answers the first answer again); one without is never
     # retried, and the publisher gets 503 to decide (the probes take a dead relay out within
     # about 2 s, so a refused connection costs keyless publishers that long of 503s).
