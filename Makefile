@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
-	bench-durability \
+	bench-durability bench-idempotency \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -57,6 +57,11 @@ bench-cluster: venv system
 # a replica with WAIT (about 1 minute; writes docs/results/durability.md)
 bench-durability: venv system
 	$(BIN)/python -m bench.durability --seconds 5 --publishers 8
+
+# What an Idempotency-Key costs a publish: latency and Redis CPU against MULTI/EXEC, Redis
+# memory per key (about a minute; writes docs/results/idempotency.md)
+bench-idempotency: venv system
+	$(BIN)/python -m bench.idempotency --rounds 2000 --keys 100000
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.

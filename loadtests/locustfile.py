@@ -19,6 +19,7 @@ import os
 import resource
 import secrets
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,8 @@ STARTED = [time.time()]
 CACHE: dict[str, dict[str, int]] = defaultdict(lambda: {"hit": 0, "miss": 0, "none": 0})
 #: Events this process's publisher had acknowledged (201).
 PUBLISHED = [0]
+#: Tries of one publish request (the first and its retries, all with one Idempotency-Key).
+PUBLISH_ATTEMPTS = 3
 #: The most users this run had at once.
 PEAK_USERS = [0]
 #: The latest totals each worker reported (the master sums them).
@@ -201,17 +204,30 @@ class PublisherUser(FastHttpUser):
             body = [{"data": tally.encode(now, self.name, s, self.retired[topic],
                                           last and s == first + n - 1, pad)}
                     for s in range(first, first + n)]
-            with self.client.post(f"/v1/streams/{topic}/events", json=body,
-                                  headers=self.headers, name="publish",
+            if self.send(f"/v1/streams/{topic}/events", body):
+                PUBLISHED[0] += n
+            else:
+                # Never acknowledged: readers are told, through later events, not to count
+                # these numbers as lost.
+                self.retired[topic] += n
+
+    def send(self, path: str, body: list[dict[str, str]]) -> bool:
+        """One publish, sent again with the same Idempotency-Key (and the same bytes) after a
+        503, a timeout or a lost connection: acknowledged at most once, written once."""
+        headers = {**self.headers, "Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            with self.client.post(path, json=body, headers=headers, name="publish",
                                   catch_response=True) as response:
                 if response.status_code == 201:
-                    PUBLISHED[0] += n
-                else:
-                    # Never acknowledged: readers are told, through later events, not to count
-                    # these numbers as lost.
-                    self.retired[topic] += n
-                    answer = (response.text or str(response.error or ""))[:200]
-                    response.failure(f"HTTP {response.status_code}: {answer}")
+                    return True
+                answer = (response.text or str(response.error or ""))[:200]
+                response.failure(f"HTTP {response.status_code}: {answer}")
+                # 0: no answer (refused, reset, timed out); 502-504: not known to be written
+                if response.status_code not in (0, 502, 503, 504):
+                    return False
+            if attempt < PUBLISH_ATTEMPTS:
+                time.sleep(min(1.0, 0.1 * 2 ** attempt))
+        return False
 
 
 class SteadyPublisher(PublisherUser):

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, auth, pages, store, stream
+from relay import __version__, auth, idempotency, pages, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
     MethodNotAllowed,
@@ -203,8 +203,22 @@ class App:
         # checked before the body is read: without a valid token the answer is 401 whatever
         # else is wrong
         self.auth.check_publish(request, topic)
+        key = idempotency.parse_key(request.scope["headers"])
         body = await read_body(receive, s.max_body_bytes, request.headers.get("content-length"))
         events, many = decode_events(body, s.max_batch)
+        headers = {"cache-control": "no-store"}
+        if key is None:
+            assigned = await self._publish(topic, events)
+        else:
+            outcome = await self._publish_once(topic, events, many, key)
+            assigned = outcome.ids
+            if outcome.replayed:
+                headers["idempotent-replayed"] = "true"
+        answer = {"ids": assigned} if many else {"id": assigned[0]}
+        await self.relay.responder.json(send, 201, answer, headers)
+
+    async def _publish(self, topic: str, events: list[tuple[bytes, str | None]]) -> list[str]:
+        s = self.settings
         try:
             assigned = await store.publish(self.relay.redis, topic, events,
                                            maxlen=s.retention_maxlen,
@@ -217,8 +231,32 @@ class App:
             raise Unavailable("Redis is not reachable; nothing was published", 1) from None
         self.relay.metrics.published += len(assigned)
         self.relay.metrics.publish_requests += 1
-        answer = {"ids": assigned} if many else {"id": assigned[0]}
-        await self.relay.responder.json(send, 201, answer, {"cache-control": "no-store"})
+        return assigned
+
+    async def _publish_once(self, topic: str, events: list[tuple[bytes, str | None]],
+                            many: bool, key: str) -> idempotency.Outcome:
+        s = self.settings
+        try:
+            outcome = await idempotency.publish(
+                self.relay.redis, topic, events, many, key, ttl_s=s.idempotency_ttl_s,
+                maxlen=s.retention_maxlen, max_age_s=s.retention_max_age_s,
+                replicas=s.replicas, replica_timeout_ms=s.publish_replica_timeout_ms)
+        except idempotency.KeyReused:
+            raise Unprocessable("this Idempotency-Key was first used with other events (or "
+                                "another topic); nothing was published") from None
+        except store.NotReplicated as exc:
+            raise Unavailable(f"not acknowledged: {exc}; retry with the same "
+                              "Idempotency-Key", 1) from None
+        except (RedisError, OSError):
+            # the reply may be what was lost: the retry with the key finds out
+            raise Unavailable("Redis is not reachable; retry with the same Idempotency-Key",
+                              1) from None
+        if outcome.replayed:
+            self.relay.metrics.publish_replays += 1
+        else:
+            self.relay.metrics.published += len(outcome.ids)
+        self.relay.metrics.publish_requests += 1
+        return outcome
 
     async def metadata(self, request: Request, topic: str, access: auth.Access,
                        send: Send) -> None:

@@ -165,13 +165,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     event: dict[str, Any] = {"data": data}
     if args.event:
         event["event"] = args.event
-    response = asyncio.run(client.request(
-        "POST", f"{_base_url(args)}/v1/streams/{args.topic}/events",
-        headers={"Authorization": f"Bearer {token}"}, json_body=event,
-    ))
+    url = f"{_base_url(args)}/v1/streams/{args.topic}/events"
+    try:
+        response, key = asyncio.run(client.publish(url, event, token=token, key=args.key,
+                                                   attempts=max(1, args.attempts)))
+    except (OSError, EOFError, client.ProtocolError) as exc:
+        print(f"ssedge publish: {url}: {exc or type(exc).__name__} (may or may not be "
+              "published: send it again with --key of the same value)", file=sys.stderr)
+        return 1
     if response.status != 201:
-        print(f"ssedge publish: {response.status} {response.body.decode(errors='replace')}",
-              file=sys.stderr)
+        print(f"ssedge publish: {response.status} {response.body.decode(errors='replace')} "
+              f"(Idempotency-Key {key})", file=sys.stderr)
         return 1
     print(response.json()["id"])
     return 0
@@ -314,6 +318,11 @@ def parser() -> argparse.ArgumentParser:
     pub.add_argument("--json", action="store_true", help="DATA is JSON, sent as its value")
     pub.add_argument("--url", help=f"relay or edge base URL [SSEDGE_URL, default {DEFAULT_URL}]")
     pub.add_argument("--token", help="publish token [SSEDGE_PUBLISH_TOKEN]")
+    pub.add_argument("--key", help="Idempotency-Key (default: a new UUID); the same key "
+                     "within SSEDGE_IDEMPOTENCY_TTL_S publishes once")
+    pub.add_argument("--attempts", type=int, default=5,
+                     help="tries, with the same key, after a 503, a timeout or a lost "
+                          "connection (5)")
     pub.set_defaults(func=cmd_publish)
 
     tail = sub.add_parser("tail", help="print a topic's events as they come; resumes by id")

@@ -3,7 +3,8 @@
 Used by ``ssedge tail``, ``ssedge publish`` and ``ssedge ingest`` (which follows upstream
 servers over http:// or https://), and by the tests to hold hundreds of streams at once. One
 request per connection; responses are read as they arrive (chunked or not) and event streams
-are decoded with the wire module.
+are decoded with the wire module. ``publish`` is the publisher's side of exactly once: an
+Idempotency-Key, and retries with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +168,40 @@ async def request(method: str, url: str, *, headers: Mapping[str, str] | None = 
             writer.close()
 
     return await asyncio.wait_for(go(), timeout)
+
+
+#: answers after which a publish is sent again with its key: not known to be written (503), or
+#: a gateway between failed (502, 504)
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+async def publish(url: str, body: Any, *, token: str, key: str | None = None,
+                  attempts: int = 5, timeout: float = 10.0,
+                  delay_max: float = 5.0) -> tuple[Response, str]:
+    """POST ``body`` (one event or a list) to a publish ``url`` with an ``Idempotency-Key``
+    (a new one unless given), and send the very same request again after a 502/503/504, a
+    timeout or a broken connection, up to ``attempts`` times: retried with its key, a publish
+    is written once. The last answer and the key; the last error if none came."""
+    key = key or str(uuid.uuid4())
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    raw = json.dumps(body).encode()  # the same bytes every time: a retry is the same request
+    for attempt in range(1, attempts + 1):
+        # backoff with jitter, or the server's Retry-After; both bounded
+        delay = min(delay_max, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+        try:
+            response = await request("POST", url, body=raw, timeout=timeout,
+                                     headers={**headers, "Content-Type": "application/json"})
+        except (OSError, EOFError, ProtocolError):  # TimeoutError is an OSError
+            if attempt == attempts:
+                raise
+        else:
+            if response.status not in RETRY_STATUSES or attempt == attempts:
+                return response, key
+            after = response.headers.get("retry-after", "")
+            if after.isdigit():
+                delay = min(delay_max, float(after))
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass

@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 Headers = tuple[tuple[bytes, bytes], ...]
 
 ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
-ALLOW_HEADERS = "authorization, cache-control, content-type, if-none-match, last-event-id"
-EXPOSE_HEADERS = (b"etag, retry-after, www-authenticate, x-ssedge-count, x-ssedge-last-id, "
-                  b"x-ssedge-reset")
+ALLOW_HEADERS = ("authorization, cache-control, content-type, idempotency-key, if-none-match, "
+                 "last-event-id")
+EXPOSE_HEADERS = (b"etag, idempotent-replayed, retry-after, www-authenticate, x-ssedge-count, "
+                  b"x-ssedge-last-id, x-ssedge-reset")
 PREFLIGHT_MAX_AGE = 86400
 
 

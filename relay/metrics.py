@@ -29,6 +29,7 @@ class Metrics:
         self.feed_reads = 0
         self.published = 0
         self.publish_requests = 0
+        self.publish_replays = 0  # answered from an Idempotency-Key's first answer
         self.catchups = 0  # streams that needed history older than the ring
         self.resumes = 0  # streams that fell behind the ring's tail and caught up in place
         self.resets = 0  # ssedge.reset events sent
@@ -83,6 +84,8 @@ class Metrics:
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
         counter("published_total", "Events published through this node.", self.published)
         counter("publish_requests_total", "Publish requests answered 201.", self.publish_requests)
+        counter("publish_replays_total", "Of those, a retry given its key's first answer.",
+                self.publish_replays)
         counter("catchups_total", "Streams that needed history older than the ring.",
                 self.catchups)
         counter("resumes_total", "Streams that fell behind the ring and caught up in place.",

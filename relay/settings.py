@@ -115,6 +115,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Replicas that must hold a publish before its 201 (WAIT); -1: 1 on a cluster, else 0."""
     publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
     """How long a publish waits for them; then 503 (written, not acknowledged: retry)."""
+    idempotency_ttl_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 86400
+    """How long a publish's Idempotency-Key is kept: a retry within it gets the first answer."""
 
     # -- ingest: following upstream SSE servers ----------------------------------------
     ingest_file: str = ""

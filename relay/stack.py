@@ -76,11 +76,9 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
     while not stop.wait(1.0):
         n += 1
         body = {"data": {"n": n, "at": time.time()}, "event": "tick"}
-        with contextlib.suppress(Exception):
-            asyncio.run(client.request(
-                "POST", f"{url}/v1/streams/{DEMO_TOPIC}/events",
-                headers={"Authorization": f"Bearer {token}"}, json_body=body, timeout=5,
-            ))
+        with contextlib.suppress(Exception):  # retried with its Idempotency-Key: once
+            asyncio.run(client.publish(f"{url}/v1/streams/{DEMO_TOPIC}/events", body,
+                                       token=token, attempts=3, timeout=5))
 
 
 def ports_free(ports: Sequence[int]) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -241,26 +241,37 @@ async def publish(r: Client, topic: str, events: Sequence[tuple[bytes, str | Non
             replies = await pipe.execute()
         return [reply.decode() for reply in replies[: len(events)]]
     commands = _publish_commands(key, events, maxlen=maxlen, max_age_s=max_age_s)
-    if isinstance(r, aioredis.Redis):
-        conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            replies = await _multi_exec(conn, commands, replicas, replica_timeout_ms)
-        finally:
-            await r.connection_pool.release(conn)
-    else:
-        replies = await _publish_on_cluster(r, key, commands, replicas, replica_timeout_ms)
+
+    async def run(conn: Any) -> list[Any]:
+        return await _multi_exec(conn, commands, replicas, replica_timeout_ms)
+
+    replies = await on_primary(r, key, run)
     return [reply.decode() for reply in replies[: len(events)]]
 
 
 _REDIRECTS = 3  # a slot may move more than once while a cluster is resharded
+T = TypeVar("T")
 
 
-async def _publish_on_cluster(r: RedisCluster, key: str, commands: list[tuple[Any, ...]],
-                              replicas: int, replica_timeout_ms: int) -> list[Any]:
-    """MULTI/EXEC (and WAIT) on one connection to the key's primary. redis-py's cluster
-    pipeline cannot add a WAIT after EXEC, so the node's connection is used directly; a
-    redirection or a refused connection means nothing was written: the slot map is
-    refreshed and the write sent again."""
+async def on_primary(r: Client, key: str, run: Callable[[Any], Awaitable[T]]) -> T:
+    """``run(connection)`` on one connection to the primary holding ``key``: from the pool of
+    one Redis, else the key's cluster node. For commands that must share a connection (a
+    WAIT counts the writes of its own connection). ``run`` leaves a connection it did not
+    read to the end disconnected."""
+    if isinstance(r, aioredis.Redis):
+        conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await run(conn)
+        finally:
+            await r.connection_pool.release(conn)
+    return await _on_cluster_primary(r, key, run)
+
+
+async def _on_cluster_primary(r: RedisCluster, key: str,
+                              run: Callable[[Any], Awaitable[T]]) -> T:
+    """redis-py's cluster pipeline cannot add a WAIT after EXEC (or a script), so the node's
+    connection is used directly; a redirection or a refused connection means nothing was
+    written: the slot map is refreshed and the write sent again."""
     for attempt in range(_REDIRECTS + 1):
         try:
             await r.initialize()  # once; a no-op after
@@ -273,7 +284,7 @@ async def _publish_on_cluster(r: RedisCluster, key: str, commands: list[tuple[An
             if not conn.is_connected:
                 await conn.connect()  # type: ignore[no-untyped-call]
             sent = True
-            return await _multi_exec(conn, commands, replicas, replica_timeout_ms)
+            return await run(conn)
         except (AskError, TryAgainError, ConnectionError, OSError) as exc:
             await conn.disconnect()
             written_maybe = sent and not isinstance(exc, AskError | TryAgainError)
@@ -309,7 +320,7 @@ async def _multi_exec(conn: Any, commands: list[tuple[Any, ...]], replicas: int,
             if queued_error is not None:
                 raise queued_error from None  # EXECABORT: nothing was written
             raise
-        acked = int(await conn.read_response()) if replicas else 0
+        acked = int(await read_wait(conn, replica_timeout_ms)) if replicas else 0
     except BaseException:
         await conn.disconnect()
         raise
@@ -317,6 +328,14 @@ async def _multi_exec(conn: Any, commands: list[tuple[Any, ...]], replicas: int,
         raise NotReplicated(f"written, but {acked} of {replicas} replicas confirmed it "
                             f"within {replica_timeout_ms} ms")
     return list(replies)
+
+
+async def read_wait(conn: Any, replica_timeout_ms: int) -> Any:
+    """WAIT's reply, which Redis sends up to its timeout late: the connection's own read
+    timeout (5 s) would cut a longer WAIT, and a write that landed would be answered as if
+    Redis were unreachable."""
+    return await conn.read_response(
+        timeout=(getattr(conn, "socket_timeout", None) or 5.0) + replica_timeout_ms / 1000)
 
 
 async def info(r: Client, topic: str) -> dict[str, Any] | None:

@@ -78,6 +78,12 @@ def test_handshake_etag_and_304(app: App) -> None:
 @pytest.mark.parametrize(("method", "path", "headers", "body", "status"), [
     ("POST", "/v1/streams/t/events", {}, b'{"data": 1}', 401),
     ("POST", "/v1/streams/t/events", {"Authorization": "Bearer secret"}, b"nope", 422),
+    # the token first, then the Idempotency-Key (before the body)
+    ("POST", "/v1/streams/t/events", {"Idempotency-Key": ""}, b'{"data": 1}', 401),
+    ("POST", "/v1/streams/t/events", {"Authorization": "Bearer secret", "Idempotency-Key": ""},
+     b"nope", 400),
+    ("POST", "/v1/streams/t/events", {"Authorization": "Bearer secret",
+                                      "Idempotency-Key": "k" * 256}, b'{"data": 1}', 400),
     ("POST", "/v1/streams/t/events", {"Authorization": "Bearer secret",
                                       "Content-Length": str(2 << 20)}, b"", 413),
     ("GET", "/v1/streams/bad topic/events", {}, b"", 400),
@@ -98,6 +104,7 @@ def test_preflight_allows_last_event_id_and_authorization(app: App) -> None:
     assert status == 204
     assert "last-event-id" in headers["access-control-allow-headers"]
     assert "authorization" in headers["access-control-allow-headers"]
+    assert "idempotency-key" in headers["access-control-allow-headers"]
 
 
 json_values = st.recursive(

@@ -80,9 +80,15 @@ sub ssedge_preflight {
 }
 
 sub ssedge_publish {
-    # passed, never cached; the body is kept so that a publish refused by a dead relay can be
-    # retried on another (vcl_backend_error); more than 1 MiB is the relay's 413 anyway
-    std.cache_req_body(1100KB);
+    # passed, never cached. Only a publish carrying an Idempotency-Key keeps its body, so that
+    # it can be retried on another relay (ssedge_publish_failed); more than 1 MiB is the
+    # relay's 413 anyway. Without a kept body Varnish cannot resend a publish at all, not
+    # even by its own one-shot retry on a reused backend connection that died after the
+    # request went out (measured on 7.1: with the body kept, a backend that took the request
+    # and closed the connection got it twice).
+    if (req.http.Idempotency-Key) {
+        std.cache_req_body(1100KB);
+    }
     set req.backend_hint = relays.backend();
     return (pass);
 }
@@ -277,12 +283,39 @@ sub ssedge_page_response {
 }
 
 sub vcl_backend_error {
+    if (bereq.method == "POST" && bereq.url ~ "^/v1/streams/[^/]+/events") {
+        call ssedge_publish_failed;
+    }
     call ssedge_retry_elsewhere;
+}
+
+sub ssedge_publish_failed {
+    # A publish may be resent only if the relay surely did not apply it. Varnish 7.1 cannot
+    # tell that here: a refused connection and a relay that took the request, wrote it and
+    # died look the same to VCL (beresp.reason "Backend fetch failed", the same
+    # beresp.backend, the same time taken to the millisecond; only the log's FetchError
+    # differs, and VCL cannot read it). So, conservatively: a publish with an Idempotency-Key is retried on another
+    # relay (a relay that did apply it answers the first answer again); one without is never
+    # retried, and the publisher gets 503 to decide (the probes take a dead relay out within
+    # about 2 s, so a refused connection costs keyless publishers that long of 503s).
+    if (bereq.http.Idempotency-Key && bereq.retries < 2) {
+        return (retry);
+    }
+    set beresp.http.Content-Type = "application/json";
+    set beresp.http.Retry-After = "1";
+    set beresp.http.Cache-Control = "no-store";
+    set beresp.ttl = 0s;
+    if (bereq.http.Idempotency-Key) {
+        synthetic({"{"error":"unavailable","message":"no relay answered; retry with the same Idempotency-Key""} + "}");
+    } else {
+        synthetic({"{"error":"unavailable","message":"the relay failed: the events may or may not be published; send an Idempotency-Key to retry safely""} + "}");
+    }
+    return (deliver);
 }
 
 sub ssedge_retry_elsewhere {
     # a relay that refuses connections before its probe has noticed: the director picks
-    # another node. Publishes are retried too (their body was kept in vcl_recv).
+    # another node (publishes: ssedge_publish_failed)
     if (bereq.retries < 2 && bereq.backend != replay) {
         return (retry);
     }

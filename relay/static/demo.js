@@ -180,6 +180,42 @@ function updateFacts() {
   $("out-of-order").textContent = String(page.outOfOrder);
 }
 
+// A key per publish, sent again with every retry of it: the relays answer a retry with the
+// first answer and write nothing (crypto.randomUUID needs a secure context; getRandomValues
+// does not).
+function idempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const PUBLISH_ATTEMPTS = 4;
+const PUBLISH_TIMEOUT_MS = 10000;
+
+// One publish: retried with the same key and body after a 503 (or 502, 504), a timeout or a
+// network error, waiting Retry-After (at most 5 s). Resolves to the last answer.
+async function sendPublish(body, token) {
+  const headers = { "Content-Type": "application/json", "Authorization": `Bearer ${token}`,
+                    "Idempotency-Key": idempotencyKey() };
+  const text = JSON.stringify(body);
+  for (let attempt = 1; ; attempt++) {
+    let wait = Math.min(5000, 250 * 2 ** attempt);
+    try {
+      const response = await fetch(streamUrl(), {
+        method: "POST", headers, body: text, signal: AbortSignal.timeout(PUBLISH_TIMEOUT_MS),
+      });
+      if (![502, 503, 504].includes(response.status) || attempt === PUBLISH_ATTEMPTS) {
+        return response;
+      }
+      const after = Number(response.headers.get("Retry-After"));
+      if (after > 0) wait = Math.min(5000, after * 1000);
+    } catch (err) {
+      if (attempt === PUBLISH_ATTEMPTS) throw err;
+    }
+    $("publish-result").textContent = `publishing… (try ${attempt + 1})`;
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+}
+
 async function publish(event) {
   event.preventDefault();
   const type = $("event-type").value.trim();
@@ -189,18 +225,13 @@ async function publish(event) {
   const out = $("publish-result");
   out.textContent = "publishing…";
   try {
-    const response = await fetch(streamUrl(), {
-      method: "POST",
-      headers: { "Content-Type": "application/json",
-                 "Authorization": `Bearer ${$("token").value.trim()}` },
-      body: JSON.stringify(body),
-    });
+    const response = await sendPublish(body, $("token").value.trim());
     const answer = await response.json().catch(() => ({}));
     out.textContent = response.status === 201 ? `published as ${answer.id}`
       : `${response.status}: ${answer.message || answer.error || "refused"}`;
     out.dataset.status = String(response.status);
   } catch (err) {
-    out.textContent = `not sent: ${err}`;
+    out.textContent = `no answer: ${err} (it may or may not be published)`;
   }
 }
 

@@ -269,6 +269,11 @@ class Varnish:
                 health[fields[0].split(".", 1)[-1]] = fields[3] == "healthy"
         return health
 
+    def set_health(self, backend: str, state: str) -> None:
+        """Force a backend ``sick`` or ``healthy``, or give it back to its probe (``auto``)."""
+        subprocess.run(["varnishadm", "-n", str(self.workdir), "backend.set_health", backend,
+                        state], capture_output=True, check=True, timeout=10)
+
     def stats(self) -> dict[str, int]:
         out = subprocess.run(["varnishstat", "-n", str(self.workdir), "-1", "-j"],
                              capture_output=True, check=True, timeout=10).stdout
@@ -294,9 +299,9 @@ async def metrics(url: str) -> dict[str, float]:
 
 
 async def publish(url: str, token: str, topic: str, events: list[dict[str, Any]]) -> list[str]:
-    response = await client.request(
-        "POST", f"{url}/v1/streams/{topic}/events",
-        headers={"Authorization": f"Bearer {token}"}, json_body=events,
-    )
+    """Publish as publishers should: with an Idempotency-Key, retried with it (through the
+    edge a relay dying under a publish is then no failure, and no duplicate)."""
+    response, _ = await client.publish(f"{url}/v1/streams/{topic}/events", events,
+                                       token=token, attempts=5, delay_max=1.0)
     assert response.status == 201, response.body
     return list(response.json()["ids"])

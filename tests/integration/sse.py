@@ -120,10 +120,12 @@ class Publisher:
         while not self._stop.is_set():
             async with self._busy:
                 n = len(self.published)
-                response = await client.request(
-                    "POST", f"{self.target}/v1/streams/{self.topic}/events",
-                    headers={"Authorization": f"Bearer {self.token}"},
-                    json_body=[{"data": n + i} for i in range(self.batch)])
+                # with an Idempotency-Key, retried with it: through the edge, a relay that
+                # dies or drains under a publish is neither a failure nor a duplicate
+                response, _ = await client.publish(
+                    f"{self.target}/v1/streams/{self.topic}/events",
+                    [{"data": n + i} for i in range(self.batch)], token=self.token,
+                    attempts=5, delay_max=1.0)
                 assert response.status == 201, response.body
                 self.published += response.json()["ids"]
             await asyncio.sleep(0.02)

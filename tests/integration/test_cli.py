@@ -70,6 +70,16 @@ def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
     wrong = subprocess.run([*SSEDGE, "publish", "cli", "x", "--token", "nope"], env=env,
                            capture_output=True, timeout=30)
     assert wrong.returncode == 1 and b"401" in wrong.stderr
+    # the same --key again (a publisher that lost its answer) prints the first id, once
+    again = [subprocess.run([*SSEDGE, "publish", "cli", "four", "--key", "k-4"], env=env,
+                            capture_output=True, timeout=30, check=True).stdout
+             for _ in range(2)]
+    assert again[0] == again[1]
+    meta = asyncio.run(client.request("GET", f"{relay.url}/v1/streams/cli")).json()
+    assert meta["length"] == 4 and meta["last_id"] == again[0].decode().strip()
+    other = subprocess.run([*SSEDGE, "publish", "cli", "five", "--key", "k-4"], env=env,
+                           capture_output=True, timeout=30)
+    assert other.returncode == 1 and b"422" in other.stderr
 
 
 def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -196,7 +196,8 @@ def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order
 
 @dataclass
 class TopicPublisher:
-    """Publishes one event after another to one topic, retrying each until acknowledged."""
+    """Publishes one event after another to one topic, retrying each until acknowledged,
+    with one Idempotency-Key per event."""
 
     topic: str
     relays: list[Relay]
@@ -215,8 +216,9 @@ class TopicPublisher:
             try:
                 response = await client.request(
                     "POST", f"{target.url}/v1/streams/{self.topic}/events",
-                    headers={"Authorization": f"Bearer {TOKEN}"}, json_body={"data": data},
-                    timeout=5)
+                    headers={"Authorization": f"Bearer {TOKEN}",
+                             "Idempotency-Key": f"{self.topic}-{data}"},
+                    json_body={"data": data}, timeout=5)
             except (OSError, TimeoutError):
                 response = None
             if response is not None and response.status == 201:
@@ -276,12 +278,17 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
         want = {t: set(p.acked) for t, p in by_topic.items()}
         await _until_all(readers, want, 20)
 
-        # Redis still holds every acknowledged event (read through the new primary)
+        # Redis still holds every acknowledged event (read through the new primary), and
+        # each event once: a retry of a publish that was written found its key (the script's
+        # writes replicate as one transaction: the stream and the key travel together)
         r = store.cluster_client(cluster.seeds)
         try:
-            for t in on_victim:
-                stored = [e[0].decode() for e in await r.xrange(store.stream_key(t))]
+            for t in topics:
+                entries = await r.xrange(store.stream_key(t))
+                stored = [e[0].decode() for e in entries]
                 assert set(by_topic[t].acked) <= set(stored), f"{t}: an acknowledged event lost"
+                data = [dict(zip(e[1][::2], e[1][1::2], strict=True))[b"d"] for e in entries]
+                assert len(data) == len(set(data)), f"{t}: an event written twice"
         finally:
             await r.aclose()
 
@@ -290,7 +297,8 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
             got = [e.id for e in rd.events]
             assert got == sorted(set(got), key=parse), f"{rd.topic}: duplicate or out of order"
             assert set(p.acked) <= set(got), f"{rd.topic}: acknowledged events missing"
-            # the only extras: an event written whose acknowledgement was lost, sent again
+            # the only extras: an event written on the killed primary and read by the relays
+            # before it died unreplicated (its publish was answered 503 and sent again)
             extra = [e.data for e in rd.events if e.id not in want[rd.topic]]
             assert all(p.attempts.get(d, 0) > 1 for d in extra), (rd.topic, extra)
         for task in tasks:
@@ -335,3 +343,43 @@ def test_ingest_on_the_cluster_lands_every_upstream_event_once_in_order(
         assert ingest.metric("duplicates_total", "c") == 0
     finally:
         ingest.stop()
+
+
+def test_a_publish_whose_wait_timed_out_is_retried_with_its_key_and_written_once(
+    cluster: LocalCluster, relays: list[Relay],
+) -> None:
+    topic = "idem-wait"
+    primary = _placement(cluster, [topic])[topic]
+    replica = cluster.processes[cluster.replica_of(primary)]
+    url = "{}/v1/streams/" + topic + "/events"
+
+    def stored() -> list[str]:
+        out = cluster.cli(primary, "XRANGE", store.stream_key(topic), "-", "+")
+        return [line for line in out.split("\n") if line[:1].isdigit() and "-" in line]
+
+    async def post(relay: Relay, body: Any, key: str) -> client.Response:
+        return await client.request("POST", url.format(relay.url), json_body=body, headers={
+            "Authorization": f"Bearer {TOKEN}", "Idempotency-Key": key})
+
+    async def run() -> None:
+        # the script and its WAIT on the topic's primary: one entry, whichever relay
+        first = await post(relays[0], {"data": "a"}, "k-1")
+        again = await post(relays[1], {"data": "a"}, "k-1")
+        assert first.status == again.status == 201 and first.body == again.body
+        assert again.headers["idempotent-replayed"] == "true"
+        replica.send_signal(signal.SIGSTOP)  # its primary's WAIT 1 now times out
+        try:
+            refused = await post(relays[1], [{"data": "b"}, {"data": "c"}], "k-2")
+            assert refused.status == 503, refused.body
+            assert "not acknowledged" in refused.json()["message"]
+            assert len(stored()) == 3  # written, not known to be safe
+        finally:
+            replica.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(cluster.wait_ok, 20)  # the replica is back and in sync
+        retried = await post(relays[2], [{"data": "b"}, {"data": "c"}], "k-2")
+        assert retried.status == 201, retried.body
+        assert retried.headers["idempotent-replayed"] == "true"
+        assert retried.json() == {"ids": stored()[1:]}
+
+    asyncio.run(run())
+    assert len(stored()) == 3

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from relay import client
 from tests.integration.conftest import TOKEN
@@ -110,9 +110,27 @@ def test_demo_page_shows_published_events_and_publishes_with_the_token(
     page.fill("#token", "not-the-token")
     page.click("#publish button")
     page.wait_for_selector('#publish-result[data-status="401"]', timeout=WAIT_MS)
+    # the first try is answered 503 (a relay that cannot say whether it wrote): the form
+    # sends the same request, with the same Idempotency-Key, again
+    keys: list[str] = []
+
+    def first_unavailable(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key", ""))
+        if len(keys) == 1:
+            route.fulfill(status=503, headers={"Retry-After": "0"},
+                          body='{"error": "unavailable", "message": "retry"}')
+        else:
+            route.continue_()
+
+    page.route("**/v1/streams/pages-live/events", first_unavailable)
     page.fill("#token", TOKEN)
     page.click("#publish button")
     page.wait_for_selector('#publish-result[data-status="201"]', timeout=WAIT_MS)
+    page.unroute("**/v1/streams/pages-live/events")
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32, keys
     _wait_rows(page, 6)
     assert page.text_content("#events tr:first-child td:nth-child(4)") == "from the form"
     assert page.text_content("#duplicates") == "0"
