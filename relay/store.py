@@ -228,18 +228,10 @@ async def publish(r: Client, topic: str, events: Sequence[tuple[bytes, str | Non
     returned only once that many replicas hold the events, else ``NotReplicated``.
     """
     key = stream_key(topic)
-    if replicas == 0 and isinstance(r, aioredis.Redis):
-        async with r.pipeline(transaction=True) as pipe:
-            for data, event in events:
-                fields: dict[str, bytes | str] = {"d": data}
-                if event is not None:
-                    fields["e"] = event
-                pipe.xadd(key, fields, maxlen=maxlen or None, approximate=True)  # type: ignore[arg-type]
-            if max_age_s:
-                min_id = f"{int(time.time() * 1000) - max_age_s * 1000}-0"
-                pipe.xtrim(key, minid=min_id, approximate=True)
-            replies = await pipe.execute()
-        return [reply.decode() for reply in replies[: len(events)]]
+    # never redis-py's pipeline: it sends a failed MULTI/EXEC again (the client's one retry),
+    # and one whose EXEC landed before the connection broke would be written twice with one
+    # 201. A pooled connection the server closed is found and replaced before it is used;
+    # a failure after the write went out is a 503, which a publisher retries with its key.
     commands = _publish_commands(key, events, maxlen=maxlen, max_age_s=max_age_s)
 
     async def run(conn: Any) -> list[Any]:
