@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from typing import Annotated
 
 import msgspec
@@ -297,14 +298,21 @@ class App:
         await self.relay.responder.json(send, 200, {"status": "ok"}, {"cache-control": "no-store"})
 
     async def readyz(self, request: Request, send: Send) -> None:
-        feed = self.relay.feed
-        if self.relay.draining:
+        """Whether this relay takes streams: not draining, and Redis reachable or lost less
+        than ``redis_grace_s`` ago (``Relay.takes_streams``: a blip must not take every relay
+        out of the edge at once)."""
+        relay = self.relay
+        feed = relay.feed
+        if relay.draining:
             raise Unavailable("not ready: draining for shutdown", 1, draining=True)
-        if self.relay.ready:
-            await self.relay.responder.json(send, 200, {"status": "ready"},
-                                            {"cache-control": "no-store"})
+        down = relay.redis_down_since
+        redis = "connected" if feed.connected or down is None else (
+            f"lost {time.monotonic() - down:.1f} s ago: {feed.last_error or 'not connected'}")
+        if relay.ready:
+            await relay.responder.json(send, 200, {"status": "ready", "redis": redis},
+                                       {"cache-control": "no-store"})
         else:
-            raise Unavailable(f"not ready: feed {feed.last_error or 'not connected'}", 1)
+            raise Unavailable(f"not ready: Redis {redis}", 1)
 
     async def metrics(self, request: Request, send: Send) -> None:
         await self.relay.responder.body(

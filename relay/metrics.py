@@ -23,7 +23,8 @@ class Metrics:
         self.bytes_out = 0
         self.backlog_drops = 0  # clients closed because they fell too far behind
         self.drained = 0  # streams closed by a drain (SIGTERM), told to come back soon
-        self.refused_streams = 0  # streams refused: over max_streams, or draining
+        # streams refused for a while (answered 200 + retry), by reason (relay.stream.refuse)
+        self.refused_streams: dict[str, int] = {}
         self.heartbeats = 0
         self.redis_reconnects = 0
         self.feed_reads = 0
@@ -47,6 +48,9 @@ class Metrics:
         self.feed_lag_s = 0.0
         self.responses: dict[int, int] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+
+    def refused(self, reason: str) -> None:
+        self.refused_streams[reason] = self.refused_streams.get(reason, 0) + 1
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         """A value computed when scraped (ring fill, topics watched, ...)."""
@@ -77,8 +81,9 @@ class Metrics:
         counter("backlog_drops_total", "Clients closed for falling behind.", self.backlog_drops)
         counter("drained_total", "Streams closed by a drain, told to come back soon.",
                 self.drained)
-        counter("refused_streams_total", "Streams refused: over max_streams or draining.",
-                self.refused_streams)
+        metric("refused_streams_total", "counter",
+               "Streams refused for a while (answered 200 with a retry), by reason.",
+               [(f'reason="{r}"', n) for r, n in sorted(self.refused_streams.items())])
         counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
         counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)

@@ -55,6 +55,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """On SIGTERM/SIGINT: readiness goes red and open streams are closed over this long."""
     drain_retry_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
     """The ``retry:`` a stream closed by a drain gets: come back soon (to another node)."""
+    refused_retry_ms: Annotated[int, Meta(ge=1, le=600_000)] = 2000
+    """A stream refused for a while (capacity, Redis) is a 200 that asks to come back after this
+    (spread 0.5-1.5x): an EventSource given a 503 would close for good."""
+    redis_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 15.0
+    """Redis out of reach this long and the relay steps out: not ready, its streams ended (to
+    reconnect elsewhere), new ones refused. Shorter blips: it keeps serving from its rings."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000

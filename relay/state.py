@@ -19,7 +19,27 @@ from relay.topics import Hub, Subscription
 log = logging.getLogger("ssedge.relay")
 
 _SWEEP_S = 1.0
+_REFUSAL_LOG_S = 5.0
 _DRAIN_STEP_S = 0.1
+
+
+class Refusals:
+    """The log of refused streams, at most one line per reason every ``_REFUSAL_LOG_S``: a
+    storm of refusals must not become a storm of log lines."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, int]] = {}  # reason -> (last logged, not logged)
+
+    def note(self, reason: str, why: str) -> None:
+        now = time.monotonic()
+        logged, pending = self._state.get(reason, (float("-inf"), 0))
+        pending += 1
+        if now - logged >= _REFUSAL_LOG_S:
+            log.warning("refused %d stream%s (%s: %s); asked to come back", pending,
+                        "" if pending == 1 else "s", reason, why)
+            self._state[reason] = (now, 0)
+        else:
+            self._state[reason] = (logged, pending)
 
 
 class Relay:
@@ -57,6 +77,11 @@ class Relay:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
+        self.refusals = Refusals()
+        # when the feed was last seen without Redis (None: connected); readiness and new
+        # streams hold out ``redis_grace_s`` past it
+        self.redis_down_since: float | None = None
+        self._redis_seen = False
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
         m.gauge("ring_events", "Events held in all rings.",
@@ -86,9 +111,32 @@ class Relay:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
 
     @property
+    def takes_streams(self) -> bool:
+        """Whether Redis is reachable, or was until less than ``redis_grace_s`` ago.
+
+        A short Redis blip hits every relay at once: readiness that turned red with it would
+        leave the edge no relay at all, while streams of topics in the rings can still be
+        served (they resume the moment the feed reads again). A relay that stays without
+        Redis longer steps out: not ready, its streams ended so that they reconnect to a relay
+        that has Redis, new ones refused."""
+        if self.feed.connected:
+            return True
+        down = self.redis_down_since
+        return (self._redis_seen and down is not None
+                and time.monotonic() - down < self.settings.redis_grace_s)
+
+    @property
     def ready(self) -> bool:
-        return (not self.draining and self.feed.connected
+        return (not self.draining and self.takes_streams
                 and all(not t.done() for t in self._tasks))
+
+    def _watch_redis(self) -> None:
+        """Note when the feed lost Redis (the sweeper calls this every second)."""
+        if self.feed.connected:
+            self._redis_seen = True
+            self.redis_down_since = None
+        elif self.redis_down_since is None:
+            self.redis_down_since = time.monotonic()
 
     async def drain(self) -> None:
         """Close every stream over ``drain_s``, each told to come back after ``drain_retry_ms``.
@@ -189,6 +237,14 @@ class Relay:
         backlog = self.settings.client_backlog_bytes
         while True:
             await asyncio.sleep(_SWEEP_S)
+            self._watch_redis()
+            if not self.takes_streams and self.metrics.streams_open:
+                log.warning("Redis out of reach for %.0f s: ending %d streams so they "
+                            "reconnect to a relay that has it", self.settings.redis_grace_s,
+                            self.metrics.streams_open)
+                for topic in self.hub:
+                    for sub in list(topic.subscribers):
+                        sub.close("redis lost")
             for topic in self.hub:
                 ring = topic.ring
                 for sub in list(topic.subscribers):

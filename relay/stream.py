@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from relay import fanout, ids, resume, store
-from relay.errors import BadRequest, Unavailable
+from relay.errors import BadRequest
 from relay.http import Receive, Request, Send
 from relay.state import Relay
 from relay.topics import Subscription, TooManyTopics
@@ -68,22 +69,25 @@ def parse_start(request: Request, ring_events: int) -> Start:
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
                 send: Send, *, expires: float | None = None) -> None:
-    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s)."""
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s).
+
+    Bad input was refused (4xx) before this is called. A refusal that can pass (draining, at
+    capacity, Redis out of reach) is answered by ``refuse``: an EventSource given anything but
+    a 200 event stream gives up for good."""
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
     if relay.draining:
-        relay.metrics.refused_streams += 1
-        raise Unavailable("this relay is shutting down; reconnect to another", 1,
-                          draining=True)
+        return await refuse(relay, send, "draining", "this relay is shutting down")
     if relay.metrics.streams_open >= settings.max_streams:
-        relay.metrics.refused_streams += 1
-        raise Unavailable(f"this relay serves its maximum of {settings.max_streams} streams; "
-                          "try again or another node", 2)
+        return await refuse(relay, send, "capacity",
+                            f"this relay serves its maximum of {settings.max_streams} streams")
+    if not relay.takes_streams:
+        return await refuse(relay, send, "redis", "this relay has lost Redis")
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
     except TooManyTopics:
-        raise Unavailable("this relay watches as many topics as it may; try another", 5) from None
+        return await refuse(relay, send, "topics", "this relay watches as many topics as it may")
     after = start.after
     first_frames = b""
     try:
@@ -95,7 +99,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     except (RedisError, OSError):
         if not topic.subscribers:
             topic.idle_since = time.monotonic()
-        raise Unavailable("Redis is not reachable", 1) from None
+        return await refuse(relay, send, "redis", "Redis is not reachable")
 
     # -- register and fix the cursor: one synchronous step --------------------------------
     plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
@@ -135,10 +139,43 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
         # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
-        # asks it to come back soon (to another node) rather than after the usual retry
-        last = encode_retry(settings.drain_retry_ms) if sub.closed_because == "drain" else b""
+        # asks it to come back soon (to another node) rather than after the usual retry, and
+        # a relay that lost Redis spreads its clients' returns like a refusal
+        last = b""
+        if sub.closed_because == "drain":
+            last = encode_retry(settings.drain_retry_ms)
+        elif sub.closed_because == "redis lost":
+            last = encode_retry(max(1, round(settings.refused_retry_ms
+                                             * (0.5 + random.random()))))
         with contextlib.suppress(Exception):  # the client may be gone too
             await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
+# what each temporary refusal asks the browser to wait before it comes back, before jitter
+_REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
+                  "topics": "refused_retry_ms", "redis": "refused_retry_ms"}
+
+
+async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
+    """A stream this relay cannot serve now, answered so that a browser comes back: a 200
+    event stream holding only ``retry:`` and a comment, which then ends. By WHATWG, an
+    EventSource whose request gets any other answer (a 503, say) closes for good; the clean
+    end of a 200 stream makes it reconnect after ``retry`` ms with its Last-Event-ID.
+
+    The wait is spread (0.5 to 1.5 times the setting) so that a thousand refused browsers do
+    not come back in the same millisecond. No ``id:`` is sent: the browser's Last-Event-ID
+    stays what it was. ``X-Ssedge-Refused`` names the reason: the edge retries another relay
+    on it (varnish/default.vcl), operators see it in logs; ``Retry-After`` says the same to
+    any other client."""
+    base = getattr(relay.settings, _REFUSED_RETRY[reason])
+    retry = max(1, round(base * (0.5 + random.random())))
+    relay.metrics.refused(reason)
+    relay.refusals.note(reason, why)
+    headers = {**_STREAM_HEADERS, "x-ssedge-refused": reason,
+               "retry-after": str(max(1, round(retry / 1000)))}
+    await relay.responder.start(send, 200, headers)
+    await send({"type": "http.response.body", "more_body": False,
+                "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
 
 
 async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:

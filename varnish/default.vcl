@@ -213,13 +213,8 @@ sub ssedge_stream_timeouts {
 }
 
 sub vcl_backend_response {
-    if (beresp.http.X-Ssedge-Draining && bereq.retries < 2) {
-        # a relay draining for shutdown refuses new streams before its probe turns sick:
-        # the request goes to another node, as a refused connection would (an EventSource
-        # given a 503 would give up for good)
-        return (retry);
-    }
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_refused;
         call ssedge_stream_response;
     }
     if (beresp.http.Cache-Control ~ "(?i)(private|no-store)") {
@@ -245,6 +240,23 @@ sub ssedge_never_store {
     set beresp.uncacheable = true;
     set beresp.ttl = 60s;
     return (deliver);
+}
+
+sub ssedge_stream_refused {
+    # a relay that cannot take a stream now (draining, at its maximum, without Redis) says so
+    # with X-Ssedge-Refused on a 200 that asks the browser to come back; before that answer
+    # reaches the browser, another relay is tried (the director picks the next). A 5xx from a
+    # relay (an older one, or a failure) is tried elsewhere too, and if it is the last word it
+    # becomes the retry answer (ssedge_stream_retry_answer): an EventSource given a 503 would
+    # close for good.
+    if (beresp.http.X-Ssedge-Refused || beresp.status >= 500) {
+        if (bereq.retries < 2) {
+            return (retry);
+        }
+        if (beresp.status >= 500) {
+            return (error(503, "no relay takes the stream"));
+        }
+    }
 }
 
 sub ssedge_stream_response {
@@ -287,6 +299,30 @@ sub vcl_backend_error {
         call ssedge_publish_failed;
     }
     call ssedge_retry_elsewhere;
+    if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_retry_answer;
+    }
+    call ssedge_unavailable;
+}
+
+sub ssedge_stream_retry_answer {
+    # no relay answered a stream (none healthy, all refused or failed): the browser is told
+    # to come back, in the one answer an EventSource retries: a 200 event stream that sends
+    # `retry:` and ends (its Last-Event-ID is kept: no id is sent). The wait is spread over
+    # 1-3 s so that a crowd refused together does not come back together. Not cached.
+    set beresp.status = 200;
+    set beresp.reason = "OK";
+    set beresp.http.Content-Type = "text/event-stream";
+    set beresp.http.Cache-Control = "private, no-store";
+    set beresp.http.X-Ssedge-Refused = "edge";
+    set beresp.http.Retry-After = "2";
+    set beresp.ttl = 0s;
+    set beresp.uncacheable = true;
+    synthetic("retry: " + std.integer(real=std.random(1000, 3000)) +
+              {"
+: refused (edge): no relay can take this stream now
+"});
+    return (deliver);
 }
 
 sub ssedge_publish_failed {
@@ -319,6 +355,9 @@ sub ssedge_retry_elsewhere {
     if (bereq.retries < 2 && bereq.backend != replay) {
         return (retry);
     }
+}
+
+sub ssedge_unavailable {
     set beresp.http.Content-Type = "application/json";
     set beresp.http.Retry-After = "1";
     set beresp.http.Cache-Control = "no-store";

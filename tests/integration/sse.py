@@ -141,3 +141,20 @@ class Publisher:
         assert self._task is not None
         await self._task
         return self.published[-1]
+
+
+async def refused(url: str, **kwargs: object) -> tuple[client.Response, int, str]:
+    """Open a stream that is refused for a while: a 200 event stream that gives only a
+    ``retry:`` and a comment, then ends (what an EventSource retries). Its answer, the retry
+    and the comment's text."""
+    es = await client.stream(url, comments=True, **kwargs)  # type: ignore[arg-type]
+    async with es:
+        assert es.response.status == 200, (es.response.status, es.response.body)
+        assert es.response.headers["content-type"] == "text/event-stream"
+        items = []
+        while not es.ended:
+            items += await asyncio.wait_for(es.read_chunk(), 10)
+        assert not [i for i in items if isinstance(i, Event)], "a refusal sends no event"
+        assert es.decoder.retry is not None and es.decoder.last_event_id == ""
+        text = " ".join(getattr(i, "text", "") for i in items)
+        return es.response, es.decoder.retry, text

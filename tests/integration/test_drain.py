@@ -1,8 +1,9 @@
 """Rolling deploys: a relay given SIGTERM drains its streams to the other nodes.
 
-Readiness turns red at once, new streams are refused (503, ``X-Ssedge-Draining``, which the
-edge retries elsewhere), and open streams are closed spread over ``drain_s``, each told to come
-back after ``drain_retry_ms``; the clients resume on other nodes with Last-Event-ID.
+Readiness turns red at once, new streams are refused (a 200 asking to come back soon, with
+``X-Ssedge-Refused: draining``, which the edge retries elsewhere), and open streams are
+closed spread over ``drain_s``, each told to come back after ``drain_retry_ms``; the clients
+resume on other nodes with Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from relay import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, Varnish
-from tests.integration.sse import Crowd, Publisher, subscribe
+from tests.integration.sse import Crowd, Publisher, refused, subscribe
 
 
 def test_sigterm_drains_streams_over_the_drain_period(
@@ -40,17 +41,19 @@ def test_sigterm_drains_streams_over_the_drain_period(
         os.kill(relay.pid, signal.SIGTERM)  # the main process only, as an orchestrator does
         await asyncio.sleep(0.3)
         ready = await client.request("GET", relay.url + "/readyz")
-        refused = await client.stream(url)
+        answer, retry, _ = await refused(url)
         await asyncio.wait_for(asyncio.gather(*readers), 10)
         for es in streams:
             es.close()
         return ([t - signalled for t in ended_at], [bytes(es.raw) for es in streams], ready,
-                refused.response, signalled)
+                answer, retry, signalled)
 
-    ended, raws, ready, refused, signalled = asyncio.run(run())
+    ended, raws, ready, answer, retry, signalled = asyncio.run(run())
     assert ready.status == 503 and ready.json()["message"] == "not ready: draining for shutdown"
-    assert refused.status == 503 and refused.headers["x-ssedge-draining"] == "1"
-    assert refused.headers["retry-after"] == "1"
+    # a new stream is asked to come back soon (to another node), as a 200 an EventSource
+    # retries; the edge tries another relay on X-Ssedge-Refused first
+    assert answer.headers["x-ssedge-refused"] == "draining"
+    assert 125 <= retry <= 375
     # every stream ended cleanly with the short retry as its last words
     assert all(raw.endswith(b"retry: 250\n\n") for raw in raws)
     # spread over the drain period, not all at once

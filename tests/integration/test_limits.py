@@ -11,21 +11,25 @@ from collections.abc import Callable
 
 from relay import client
 from tests.integration.servers import Relay, metrics
-from tests.integration.sse import subscribe
+from tests.integration.sse import refused, subscribe
 
 
-def test_streams_above_max_streams_get_503_until_one_leaves(
+def test_streams_above_max_streams_are_asked_to_come_back_until_one_leaves(
     start_relay: Callable[..., Relay],
 ) -> None:
-    relay = start_relay(max_streams=5)
+    relay = start_relay(max_streams=5, refused_retry_ms=2000)
     url = f"{relay.url}/v1/streams/limits/events"
 
     async def run() -> None:
         streams = [await subscribe(url) for _ in range(5)]
-        over = await client.stream(url)
-        assert over.response.status == 503
-        assert over.response.headers["retry-after"] == "2"
-        assert "maximum of 5 streams" in over.response.json()["message"]
+        # not a 503 (an EventSource would close for good): a 200 that says when to come back
+        answer, retry, why = await refused(url)
+        assert answer.headers["x-ssedge-refused"] == "capacity"
+        assert 1000 <= retry <= 3000  # 2,000 ms spread 0.5-1.5x
+        assert "maximum of 5 streams" in why
+        # spread: a crowd refused together does not come back together
+        spread = [(await refused(url))[1] for _ in range(20)]
+        assert all(1000 <= r <= 3000 for r in spread) and len(set(spread)) >= 10
         # everything else still answers
         assert (await client.request("GET", relay.url + "/v1/handshake")).status == 200
         streams.pop().close()
@@ -37,18 +41,20 @@ def test_streams_above_max_streams_get_503_until_one_leaves(
         again.close()
         for es in streams:
             es.close()
-        assert (await metrics(relay.url))["ssedge_refused_streams_total"] == 1
+        assert (await metrics(relay.url))["ssedge_refused_streams_total"] == 21
 
     asyncio.run(run())
 
 
-def test_topics_above_max_topics_get_503(start_relay: Callable[..., Relay]) -> None:
+def test_topics_above_max_topics_are_asked_to_come_back(
+    start_relay: Callable[..., Relay],
+) -> None:
     relay = start_relay(max_topics=3, topic_linger_s=60)
 
     async def run() -> None:
         streams = [await subscribe(f"{relay.url}/v1/streams/t{i}/events") for i in range(3)]
-        over = await client.stream(f"{relay.url}/v1/streams/t3/events")
-        assert over.response.status == 503 and over.response.headers["retry-after"]
+        answer, _, why = await refused(f"{relay.url}/v1/streams/t3/events")
+        assert answer.headers["x-ssedge-refused"] == "topics" and "topics" in why
         # a watched topic still takes more clients
         more = await subscribe(f"{relay.url}/v1/streams/t0/events")
         for es in [*streams, more]:
