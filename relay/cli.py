@@ -271,6 +271,12 @@ def cmd_load(args: argparse.Namespace) -> int:
     return load.run(args)
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from relay import drill
+
+    return drill.run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssedge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -373,6 +379,18 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(load_p)
     load_p.set_defaults(func=cmd_load)
+
+    drill_p = sub.add_parser(
+        "drill", help="inject faults on a schedule while readers and a publisher run; report "
+                      "lost, duplicate and out-of-order events per fault",
+        description="A fault drill: readers follow the drill's topics through the edge, a "
+                    "publisher posts numbered events, faults are injected on a schedule "
+                    "(on the local stack's processes, or by --hook commands), and each "
+                    "fault's losses, duplicates, resets, reconnects and stalls are reported.")
+    from relay.drill import add_arguments as add_drill_arguments
+
+    add_drill_arguments(drill_p)
+    drill_p.set_defaults(func=cmd_drill)
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)
