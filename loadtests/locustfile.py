@@ -1,13 +1,17 @@
 """ssedge's Locust scenarios: readers, publishers, and the run's verdict.
 
-Headless, one scenario: ``ssedge load SCENARIO`` (see ``loadtests/scenarios.py``). Web UI:
+Headless, one scenario: ``ssedge load SCENARIO`` (see ``loadtests/scenarios.py``), or plain
+Locust with the scenario's config, which selects it by tag:
+``locust -f loadtests/locustfile.py --config loadtests/fanout.conf --host URL``. A load shape
+(ramp, step, soak: ``loadtests/shapes.py``) is one more file:
+``locust -f loadtests/locustfile.py,loadtests/shape_step.py --config …``. Web UI:
 ``locust -f loadtests/locustfile.py --class-picker --host http://127.0.0.1:8080`` and pick a
 reader class and a publisher. Distributed: the same file on ``--master`` and ``--worker``s.
 
 Objectives (``--ssedge-max-p99-ms``, ``--ssedge-max-lost``, ``--ssedge-max-error-ratio``,
-``--ssedge-min-hit-ratio``) are judged when Locust quits; a missed one makes the exit code 1
-and is named in the summary line. Readers marked slow are held to "nothing lost", not to the
-latency objective.
+``--ssedge-min-hit-ratio``, ``--ssedge-max-connect-p99-ms``) are judged when Locust quits; a
+missed one makes the exit code 1 and is named in the summary line. Readers marked slow are
+held to "nothing lost", not to the latency objective.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import resource
 import secrets
 import time
@@ -24,12 +29,14 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, events, tag, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests import tally
+from loadtests.scenarios import tags_of
 from loadtests.sse import TALLIES, SSEUser
 
 log = logging.getLogger("ssedge.load")
@@ -65,17 +72,43 @@ def _options(parser: Any) -> None:
     add("--ssedge-slow-delay", type=float, default=0.5, help="slow readers' pause per 1 KiB")
     add("--ssedge-burst-size", type=int, default=500, help="events per burst")
     add("--ssedge-burst-every", type=float, default=5.0, help="seconds between bursts")
+    add("--ssedge-churn-life", type=float, default=10.0,
+        help="churn: mean seconds a reader's visit lasts (exponentially distributed)")
+    add("--ssedge-churn-away", type=float, default=2.0,
+        help="churn: most seconds a reader is away between visits")
+    add("--ssedge-churn-resume", type=float, default=0.5,
+        help="churn: share of returns that resume with Last-Event-ID (the rest are new)")
+    add("--ssedge-subscribe-token", default=os.environ.get("SSEDGE_SUBSCRIBE_TOKEN", ""),
+        help="private-topic: a subscriber token for private-* (SSEDGE_SUBSCRIBE_TOKEN)")
+    add("--ssedge-ramp-share", type=float, default=0.8,
+        help="ramp shape: share of the run time spent ramping up")
+    add("--ssedge-steps", type=int, default=5, help="step shape: steps up to --users")
     add("--ssedge-publish-for", type=float, default=None,
         help="publish this long, then send each topic's last event (enables tail-loss checks)")
+    add("--ssedge-settle", type=float, default=None,
+        help="stop publishing this long before --run-time ends (a --ssedge-publish-for "
+             "that follows the run time, e.g. in a scenario's .conf)")
     add("--ssedge-max-p99-ms", type=float, default=500.0, help="objective: event p99 latency")
     add("--ssedge-max-lost", type=int, default=0, help="objective: lost events")
     add("--ssedge-max-error-ratio", type=float, default=0.01, help="objective: failed/requests")
     add("--ssedge-min-hit-ratio", type=float, default=0.9, help="objective: edge X-Cache hits")
+    add("--ssedge-max-connect-p99-ms", type=float, default=1000.0,
+        help="objective: p99 time to connect (a stream's response head), reconnects included")
     add("--ssedge-summary", default="", help="write the verdict as JSON to this file")
 
 
 def _opt(environment: Environment, name: str) -> Any:
     return getattr(environment.parsed_options, f"ssedge_{name}")
+
+
+@events.init.add_listener
+def _one_scenario(environment: Environment, **_: Any) -> None:
+    """With ``--tags`` (a scenario's config), only the classes with tasks left run: Locust
+    filters tasks by tag but would still spawn, and fail, the classes it emptied."""
+    if environment.parsed_options is None or not environment.parsed_options.tags:
+        return
+    environment._filter_tasks_by_tags()
+    environment.user_classes[:] = [c for c in environment.user_classes if c.tasks]
 
 
 #### Readers ###################################################################################
@@ -106,6 +139,7 @@ class OneTopicReader(SSEUser):
 class FanoutReader(OneTopicReader):
     suffix = "fanout"
 
+    @tag(*tags_of("FanoutReader"))
     @task
     def read(self) -> None:
         self.follow(self.topic)
@@ -117,6 +151,7 @@ class TopicsReader(SSEUser):
         prefix = _opt(environment, "prefix")
         return [f"{prefix}-topic-{i}" for i in range(int(_opt(environment, "topics")))]
 
+    @tag(*tags_of("TopicsReader"))
     @task
     def read(self) -> None:
         topics = self.topics(self.environment)
@@ -126,6 +161,7 @@ class TopicsReader(SSEUser):
 class StormReader(OneTopicReader):
     suffix = "storm"
 
+    @tag(*tags_of("StormReader"))
     @task
     def read(self) -> None:
         self.follow(self.topic, storms=_storm_clock(self.environment))
@@ -134,6 +170,7 @@ class StormReader(OneTopicReader):
 class FastReader(OneTopicReader):
     suffix = "slow"
 
+    @tag(*tags_of("FastReader"))
     @task
     def read(self) -> None:
         self.follow(self.topic)
@@ -143,6 +180,7 @@ class SlowReader(OneTopicReader):
     suffix = "slow"
     slow = True
 
+    @tag(*tags_of("SlowReader"))
     @task
     def read(self) -> None:
         # A 4 KiB receive buffer and 1 KiB reads make the backlog stay on the relay's side.
@@ -153,9 +191,46 @@ class SlowReader(OneTopicReader):
 class BurstReader(OneTopicReader):
     suffix = "burst"
 
+    @tag(*tags_of("BurstReader"))
     @task
     def read(self) -> None:
         self.follow(self.topic)
+
+
+class ChurnReader(OneTopicReader):
+    """Readers that come and go: each visit lasts a random while, then the reader is away for
+    up to ``--ssedge-churn-away`` s; it comes back resuming with its Last-Event-ID (and must
+    get everything it missed), or, ``1 - churn-resume`` of the time, as a new reader from
+    now on (its previous visit's tally is closed as left)."""
+
+    suffix = "churn"
+
+    @tag(*tags_of("ChurnReader"))
+    @task
+    def visit(self) -> None:
+        life = random.expovariate(1 / max(0.1, float(_opt(self.environment, "churn_life"))))
+        self.follow(self.topic, leave_at=time.time() + life)
+        time.sleep(random.uniform(0.1, max(0.1, float(_opt(self.environment, "churn_away")))))
+        if random.random() >= float(_opt(self.environment, "churn_resume")):
+            self.tally.left = True
+            self.tally = tally.Tally()
+            TALLIES.append((self.tally, self.slow))
+            self.last_event_id = None
+
+
+class PrivateReader(SSEUser):
+    """A reader of a private topic (``private-<prefix>``), with the subscriber token in the
+    query as a browser's EventSource sends it (it cannot set headers)."""
+
+    @staticmethod
+    def topics(environment: Environment) -> list[str]:
+        return [f"private-{_opt(environment, 'prefix')}"]
+
+    @tag(*tags_of("PrivateReader"))
+    @task
+    def read(self) -> None:
+        token = str(_opt(self.environment, "subscribe_token"))
+        self.follow(self.topics(self.environment)[0], query="access_token=" + quote(token))
 
 
 #### Publishers ################################################################################
@@ -185,6 +260,9 @@ class PublisherUser(FastHttpUser):
     def publishing(self) -> bool:
         """False once ``--ssedge-publish-for`` has passed; each topic then gets its last event."""
         publish_for = _opt(self.environment, "publish_for")
+        run_time = self.environment.parsed_options.run_time
+        if publish_for is None and _opt(self.environment, "settle") is not None and run_time:
+            publish_for = max(0.0, float(run_time) - float(_opt(self.environment, "settle")))
         if publish_for is None or time.time() < STARTED[0] + float(publish_for):
             return True
         if not self.finished:
@@ -235,6 +313,7 @@ class SteadyPublisher(PublisherUser):
 
     wait_time = between(0, 0)
 
+    @tag(*tags_of("SteadyPublisher"))
     @task
     def steady(self) -> None:
         rate = float(_opt(self.environment, "rate"))
@@ -256,6 +335,7 @@ class BurstPublisher(PublisherUser):
 
     wait_time = between(0, 0)
 
+    @tag(*tags_of("BurstPublisher"))
     @task
     def bursts(self) -> None:
         every = float(_opt(self.environment, "burst_every"))
@@ -275,10 +355,12 @@ class EdgeClient(FastHttpUser):
 
     wait_time = between(0.01, 0.05)
 
+    @tag(*tags_of("EdgeClient"))
     @task(1)
     def handshake(self) -> None:
         self._get("/v1/handshake", "handshake")
 
+    @tag(*tags_of("EdgeClient"))
     @task(4)
     def metadata(self) -> None:
         number = next(_topic_numbers) % int(_opt(self.environment, "topics"))
@@ -307,6 +389,8 @@ def local_totals() -> dict[str, int]:
         tail, unfinished = t.missing_tail()
         if slow:
             totals["slow_behind"] += tail + unfinished
+        elif t.left:
+            totals["left"] += 1  # what came after it left is not owed to it
         else:
             totals["tail_lost"] += tail
             totals["unfinished"] += unfinished
@@ -342,6 +426,20 @@ def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
         WORKER_TOTALS[client_id] = data["ssedge"]
 
 
+def _connect_p99(stats: Any) -> float | None:
+    """p99 of the time to a stream's response head, first connects and reconnects together."""
+    from locust.stats import StatsEntry
+
+    entries = [e for e in (stats.entries.get((n, "SSE")) for n in ("connect", "reconnect"))
+               if e is not None and e.num_requests]
+    if not entries:
+        return None
+    both = StatsEntry(stats, "connect+reconnect", "SSE")
+    for entry in entries:
+        both.extend(entry)
+    return float(both.get_response_time_percentile(0.99))
+
+
 def verdict(environment: Environment, totals: dict[str, int]) -> dict[str, Any]:
     """The run's figures and each objective, met or missed."""
     stats = environment.stats
@@ -357,6 +455,7 @@ def verdict(environment: Environment, totals: dict[str, int]) -> dict[str, Any]:
         "delivered": sum(e.num_requests for e in (event, *others) if e is not None),
         "p50_ms": event.get_response_time_percentile(0.5) if event else None,
         "p99_ms": event.get_response_time_percentile(0.99) if event else None,
+        "connect_p99_ms": _connect_p99(stats),
         "requests": total.num_requests,
         "failures": total.num_failures,
         **totals,
@@ -375,6 +474,10 @@ def verdict(environment: Environment, totals: dict[str, int]) -> dict[str, Any]:
             missed.append("no events delivered")
         elif figures["p99_ms"] > _opt(environment, "max_p99_ms"):
             missed.append(f"p99 {figures['p99_ms']:.0f} ms > {_opt(environment, 'max_p99_ms')}")
+        connect = figures["connect_p99_ms"]
+        if connect is not None and connect > _opt(environment, "max_connect_p99_ms"):
+            missed.append(f"connect p99 {connect:.0f} ms > "
+                          f"{_opt(environment, 'max_connect_p99_ms')}")
         if lost > _opt(environment, "max_lost"):
             missed.append(f"lost {lost} > {_opt(environment, 'max_lost')}")
         if totals.get("duplicates", 0) or totals.get("out_of_order", 0):
@@ -416,6 +519,7 @@ def summary_line(f: dict[str, Any]) -> str:
         f"duration={f['duration_s']}s", f"published={f.get('published', 0)}",
         f"delivered={f['delivered']}", f"deliveries/s={f['deliveries_per_s']}",
         f"p50={ms(f['p50_ms'])}", f"p99={ms(f['p99_ms'])}",
+        f"connect_p99={ms(f.get('connect_p99_ms'))}",
         f"lost={f['lost_total']}", f"dup={f.get('duplicates', 0)}",
         f"ooo={f.get('out_of_order', 0)}", f"replayed={f.get('replayed', 0)}",
         f"errors={f['failures']}/{f['requests']}", f"client_cpu={f['client_cpu_pct']}%",

@@ -13,7 +13,7 @@ from typing import Any
 
 COLUMNS = ("scenario", "verdict", "users", "published", "delivered", "deliveries/s",
            "p50 ms", "p99 ms", "lost", "dup", "ooo", "replayed", "errors",
-           "hit ratio", "client CPU %")
+           "hit ratio", "client CPU %", "connect p99 ms", "relays' streams peak")
 
 
 def row(s: dict[str, Any]) -> list[str]:
@@ -25,7 +25,13 @@ def row(s: dict[str, Any]) -> list[str]:
             num("users"), num("published"), num("delivered"), num("deliveries_per_s"),
             num("p50_ms"), num("p99_ms"), num("lost_total"), num("duplicates"),
             num("out_of_order"), num("replayed"), f"{s['failures']}/{s['requests']:,}",
-            num("hit_ratio"), num("client_cpu_pct")]
+            num("hit_ratio"), num("client_cpu_pct"), num("connect_p99_ms"), server(s)]
+
+
+def server(s: dict[str, Any]) -> str:
+    """The relays' own count of streams at the peak (the collector's snapshots), summed."""
+    nodes = (s.get("server") or {}).get("nodes") or {}
+    return f"{sum(n['streams_peak'] for n in nodes.values()):,.0f}" if nodes else "-"
 
 
 def table(directory: Path) -> str:

@@ -2,7 +2,9 @@
 
 Plain data, importable without Locust (it monkey-patches the process it is imported in).
 The user classes live in ``loadtests/locustfile.py``; each scenario runs its readers plus one
-publisher (``fixed_count = 1``).
+publisher (``fixed_count = 1``). Each class's tasks are tagged with the scenarios it is in
+(``tags_of``), and ``loadtests/<scenario>.conf`` selects one by its tag, so plain
+``locust -f loadtests/locustfile.py --config loadtests/fanout.conf`` runs that scenario.
 """
 
 from __future__ import annotations
@@ -34,4 +36,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              ("BurstReader", "BurstPublisher"), {"burst-size": "500", "burst-every": "5"}),
     Scenario("edge-cache", "handshake and metadata requests; Varnish's hit ratio from X-Cache",
              ("EdgeClient",), {"topics": "10"}),
+    Scenario("churn", "readers that come and go: some resume with Last-Event-ID, some are new",
+             ("ChurnReader", "SteadyPublisher"), {"rate": "10", "churn-life": "5"}),
+    Scenario("private-topic", "readers of a private topic with subscriber tokens (JWT)",
+             ("PrivateReader", "SteadyPublisher"), {"rate": "10"}),
 )}
+
+
+def tags_of(user_class: str) -> tuple[str, ...]:
+    """The scenarios a user class is in: the tags of its tasks."""
+    return tuple(s.name for s in SCENARIOS.values() if user_class in s.user_classes)

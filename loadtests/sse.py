@@ -77,8 +77,10 @@ class SSEClient:
 
     def open(self, topic: str, *, last_event_id: str | None = None, name: str = "connect",
              rcvbuf: int | None = None, timeout: float = 10.0,
-             headers: dict[str, str] | None = None) -> Stream:
+             headers: dict[str, str] | None = None, query: str = "") -> Stream:
         path = f"{self.prefix}/v1/streams/{quote(topic, safe='')}/events"
+        if query:
+            path += "?" + query
         lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                  "Accept: text/event-stream", "Cache-Control: no-cache"]
         if last_event_id:
@@ -168,20 +170,23 @@ class SSEUser(User):
         return self.environment.parsed_options
 
     def follow(self, topic: str, *, read_size: int = 65536, read_delay: float = 0.0,
-               rcvbuf: int | None = None, storms: Iterator[float] | None = None) -> None:
-        """Read ``topic`` until the user is stopped, reconnecting as EventSource does.
+               rcvbuf: int | None = None, storms: Iterator[float] | None = None,
+               leave_at: float | None = None, query: str = "") -> None:
+        """Read ``topic`` until the user is stopped (or ``leave_at``, a time: then the stream is
+        closed and this returns), reconnecting as EventSource does.
 
         ``storms`` yields the times at which this reader may drop its connection on purpose
-        (with probability ``--ssedge-storm-share``) to come back with Last-Event-ID.
+        (with probability ``--ssedge-storm-share``) to come back with Last-Event-ID. ``query``
+        goes on the stream's URL (a private topic's ``access_token``, as a browser sends it).
         """
         name = "event slow" if self.slow else "event"
         next_storm = next(storms) if storms is not None else None
         retry_ms = 1000
         dropped_at: float | None = None
-        while True:
+        while leave_at is None or time.time() < leave_at:
             try:
                 stream = self.client.open(
-                    topic, last_event_id=self.last_event_id, rcvbuf=rcvbuf,
+                    topic, last_event_id=self.last_event_id, rcvbuf=rcvbuf, query=query,
                     name="reconnect" if dropped_at is not None else "connect")
             except StreamError:
                 dropped_at = dropped_at or time.time()
@@ -191,6 +196,9 @@ class SSEUser(User):
             stream.sock.settimeout(1.0)  # wake up now and then to check the storm clock
             try:
                 while not stream.ended:
+                    if leave_at is not None and time.time() >= leave_at:
+                        stream.close()
+                        return
                     if next_storm is not None and storms is not None and time.time() >= next_storm:
                         next_storm = next(storms)
                         if random.random() < float(self.options.ssedge_storm_share):

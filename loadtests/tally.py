@@ -80,6 +80,9 @@ class Tally:
     out_of_order: int = 0
     id_regressions: int = 0
     replayed: int = 0  # received after a reconnect but published before it
+    #: the reader left on purpose (a churning reader's visit ended): what was published after
+    #: it left is not owed to it, so its tail is not judged
+    left: bool = False
     last_id: tuple[int, int] = (-1, -1)
     sources: dict[tuple[str, str], _Source] = field(default_factory=dict)
 

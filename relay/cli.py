@@ -235,16 +235,25 @@ async def _tail(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from relay import stack
+    from relay.supervisor import RestartPolicy
 
+    for flag in ("restart_burst", "restart_window", "backoff_max"):
+        if getattr(args, flag) <= 0:
+            print(f"ssedge up: --{flag.replace('_', '-')} must be above 0", file=sys.stderr)
+            return 2
+    policy = RestartPolicy(burst=args.restart_burst, window_s=args.restart_window,
+                           max_delay_s=args.backoff_max,
+                           first_delay_s=min(RestartPolicy().first_delay_s, args.backoff_max))
     if args.cluster:
         from relay import cluster_stack
 
         return cluster_stack.run(Path(args.dir), replay_port=args.replay_port,
                                  edge_port=args.edge_port,
-                                 relay_ports=args.relay_port or cluster_stack.RELAY_PORTS)
+                                 relay_ports=args.relay_port or cluster_stack.RELAY_PORTS,
+                                 policy=policy)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
-                     args.edge_port, args.upstream_port, args.ingest_port)
+                     args.edge_port, args.upstream_port, args.ingest_port, policy)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -256,6 +265,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
         varnish_name=args.varnish_name,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
+        supervisor=args.supervisor,
     ))
 
 
@@ -263,6 +273,12 @@ def cmd_load(args: argparse.Namespace) -> int:
     from relay import load
 
     return load.run(args)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from relay import drill
+
+    return drill.run(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -306,6 +322,13 @@ def parser() -> argparse.ArgumentParser:
                     help="port of the demo ingest's /metrics (8301)")
     up.add_argument("--relay-port", type=int, action="append",
                     help="a relay node's port; repeat for more (8101 and 8102)")
+    up.add_argument("--restart-burst", type=int, default=5,
+                    help="a child that exits again after this many restarts within "
+                         "--restart-window is a crash loop: the stack stops, exit 1 (5)")
+    up.add_argument("--restart-window", type=float, default=60.0,
+                    help="seconds over which restarts count towards --restart-burst (60)")
+    up.add_argument("--backoff-max", type=float, default=10.0,
+                    help="longest wait before restarting a child; waits double from 0.5 s (10)")
     up.add_argument("--cluster", action="store_true",
                     help="a local 3-primary Redis Cluster (ports 7001-7006) and three relays "
                          "(8101-8103) instead of one redis-server and two relays")
@@ -355,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
     sta.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (1)")
     sta.add_argument("--topic", default="ssedge.stats", help="topic of the snapshots")
     sta.add_argument("--keep", type=int, default=3600, help="snapshots kept in Redis (3600)")
+    sta.add_argument("--supervisor", metavar="FILE",
+                     help="ssedge up's supervisor.json: each child's state and restarts go "
+                          "into the snapshots")
     sta.set_defaults(func=cmd_stats)
 
     load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
@@ -362,6 +388,18 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(load_p)
     load_p.set_defaults(func=cmd_load)
+
+    drill_p = sub.add_parser(
+        "drill", help="inject faults on a schedule while readers and a publisher run; report "
+                      "lost, duplicate and out-of-order events per fault",
+        description="A fault drill: readers follow the drill's topics through the edge, a "
+                    "publisher posts numbered events, faults are injected on a schedule "
+                    "(on the local stack's processes, or by --hook commands), and each "
+                    "fault's losses, duplicates, resets, reconnects and stalls are reported.")
+    from relay.drill import add_arguments as add_drill_arguments
+
+    add_drill_arguments(drill_p)
+    drill_p.set_defaults(func=cmd_drill)
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)

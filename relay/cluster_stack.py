@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay.supervisor import RestartPolicy
+
 CLUSTER_PORTS = (7001, 7002, 7003, 7004, 7005, 7006)
 RELAY_PORTS = (8101, 8102, 8103)
 
@@ -172,9 +174,11 @@ def _port_open(port: int) -> bool:
 
 def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         relay_ports: Sequence[int] = RELAY_PORTS, replay_port: int = 8201,
-        edge_port: int = 8080) -> int:
+        edge_port: int = 8080, policy: RestartPolicy | None = None) -> int:
     """``ssedge up --cluster``: the cluster, the replay service, three relays and varnishd in
-    the foreground; Ctrl-C (or SIGTERM) stops them all."""
+    the foreground; Ctrl-C (or SIGTERM) stops them all. The relays, the replay service,
+    varnishd and the collector are supervised (restarted when they exit); the cluster's nodes
+    are not: a primary that dies is failed over to its replica, which is the point of one."""
     from relay import edge
     from relay.stack import Processes, _demo_publisher, _token, ports_free
 
@@ -197,7 +201,7 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    children = Processes(directory, env)
+    children = Processes(directory, env, policy)
 
     def up() -> None:
         cluster.start()
@@ -216,8 +220,9 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
 Ctrl-C stops everything.""", flush=True)
 
     try:
-        children.serve(up)
+        code = children.serve(up)
     finally:
         cluster.stop()
-    print("ssedge cluster stack stopped.")
-    return 0
+    print("ssedge cluster stack stopped." if code == 0
+          else f"ssedge cluster stack stopped (exit {code}).", flush=True)
+    return code

@@ -7,7 +7,8 @@ own. The dashboard is then an EventSource on that topic through Varnish like any
 reader: the ring's history gives it the last minutes at once (``backfill``), and one
 collector serves every operator watching. A node that does not answer is shown as down; an
 edge log that stops is restarted; Redis away skips a snapshot. Nothing here is on the path of
-an event.
+an event. Under ``ssedge up`` each snapshot also carries the stack's children (state,
+restarts, last exit) from the supervisor's status file.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 from redis.exceptions import RedisError
 
-from relay import client, edge, stats, store
+from relay import client, edge, stats, store, supervisor
 
 log = logging.getLogger("ssedge.stats")
 
@@ -40,6 +42,7 @@ class Options:
     interval_s: float = 1.0
     topic: str = stats.TOPIC
     keep: int = 3600  # snapshots kept in the stream (XADD MAXLEN ~): an hour at 1 s
+    supervisor: str | None = None  # ``ssedge up``'s supervisor.json; None: not under it
 
 
 class EdgeLog:
@@ -107,8 +110,10 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
                 edge_part = stats.edge_snapshot(previous_edge, counts, started - previous_t)
                 previous_edge = counts
             previous_t = started
+            stack = (stats.stack_part(supervisor.read_status(Path(options.supervisor)))
+                     if options.supervisor else None)
             snap = stats.snapshot(started, options.interval_s, nodes, edge_part,
-                                  edge_log.error if edge_log else "no edge configured")
+                                  edge_log.error if edge_log else "no edge configured", stack)
             try:
                 await store.publish(redis, options.topic, [(_json.encode(snap), stats.EVENT)],
                                     maxlen=options.keep, max_age_s=0)

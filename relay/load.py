@@ -13,12 +13,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import loadtests
 from loadtests.scenarios import SCENARIOS
 
 LOCUSTFILE = Path(loadtests.__file__).with_name("locustfile.py")
+SHAPES = ("ramp", "step", "soak")
 TOKEN_FILE = Path(".ssedge/publish-token")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -63,6 +65,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="objective: failed requests / requests (default 0.01)")
     p.add_argument("--min-hit-ratio", type=float, default=0.9,
                    help="objective for edge-cache: X-Cache hit ratio (default 0.9)")
+    p.add_argument("--max-connect-p99-ms", type=float, default=1000.0,
+                   help="objective: p99 time to connect a stream (its response head), "
+                        "reconnects included (default 1000)")
+    p.add_argument("--shape", choices=SHAPES,
+                   help="a load shape instead of a flat --users (loadtests/shapes.py): ramp "
+                        "up to --users, steps up to it, or a soak at it with the statistics "
+                        "reset once every user is there")
+    p.add_argument("--subscribe-token",
+                   help="private-topic: a subscriber token for private-* [SSEDGE_SUBSCRIBE_TOKEN; "
+                        "else minted with SSEDGE_JWT_SECRET]")
+    p.add_argument("--stats-topic", default="ssedge.stats",
+                   help="where ssedge stats publishes its snapshots: the relays' and the "
+                        "edge's numbers during the run go beside Locust's (default ssedge.stats)")
     p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                    help="a scenario knob, e.g. rate=50, payload=512, topics=100, "
                         "storm-every=10, retry-ms=500 (see loadtests/locustfile.py)")
@@ -77,7 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> list[str]:
     """The Locust command line for ``args``."""
     scenario = SCENARIOS[args.scenario]
-    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+    files = str(LOCUSTFILE)
+    if args.shape:
+        files += "," + str(LOCUSTFILE.with_name(f"shape_{args.shape}.py"))
+    base = [sys.executable, "-m", "locust", "-f", files]
     if args.worker:
         return [*base, "--worker", "--master-host", args.worker]
     knobs = dict(scenario.options)
@@ -94,6 +112,7 @@ def command(args: argparse.Namespace) -> list[str]:
         "scenario": args.scenario,
         "max-p99-ms": str(args.max_p99_ms), "max-lost": str(args.max_lost),
         "max-error-ratio": str(args.max_error_ratio), "min-hit-ratio": str(args.min_hit_ratio),
+        "max-connect-p99-ms": str(args.max_connect_p99_ms),
         "summary": str(results / f"{args.scenario}-summary.json"),
     })
     cmd = [*base, "--host", args.host.rstrip("/"), "-u", str(args.users),
@@ -126,8 +145,16 @@ def run(args: argparse.Namespace) -> int:
     results.mkdir(parents=True, exist_ok=True)
     summary = results / f"{args.scenario}-summary.json"
     summary.unlink(missing_ok=True)
-    # The token travels in the environment, not argv, where `ps` would show it.
+    # Tokens travel in the environment, not argv, where `ps` would show them.
     env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
+    if "PrivateReader" in SCENARIOS[args.scenario].user_classes:
+        try:
+            env["SSEDGE_SUBSCRIBE_TOKEN"] = subscribe_token(args.subscribe_token,
+                                                            seconds(args.duration))
+        except ValueError as exc:
+            print(f"ssedge load: {exc}", file=sys.stderr)
+            return 2
+    started = time.time()
     locust = subprocess.Popen(cmd, env=env)
     try:
         code = locust.wait()
@@ -140,8 +167,42 @@ def run(args: argparse.Namespace) -> int:
     if not summary.is_file():
         print(f"ssedge load: Locust exited with {code} and wrote no summary", file=sys.stderr)
         return code or 2
-    line = json.loads(summary.read_text())["line"]
-    (results / f"{args.scenario}-summary.txt").write_text(line + "\n")
+    figures = json.loads(summary.read_text())
+    line = figures["line"]
+    # the relays' and the edge's own numbers over the same span, beside Locust's
+    from relay import load_server
+
+    server, snaps = load_server.capture(args.host.rstrip("/"), args.stats_topic, started,
+                                        time.time())
+    figures["server"] = server
+    summary.write_text(json.dumps(figures, indent=2) + "\n")
+    (results / f"{args.scenario}-server.json").write_text(
+        json.dumps({"summary": server, "snapshots": snaps}) + "\n")
+    server_line = load_server.line(server)
+    (results / f"{args.scenario}-summary.txt").write_text(line + "\n" + server_line + "\n")
     print(line)
-    print(f"reports: {results}/{args.scenario}.html, {results}/{args.scenario}_stats.csv")
+    print(server_line)
+    print(f"reports: {results}/{args.scenario}.html, {results}/{args.scenario}_stats.csv, "
+          f"{results}/{args.scenario}-server.json")
     return code
+
+
+def subscribe_token(explicit: str | None, duration_s: float) -> str:
+    """--subscribe-token, else SSEDGE_SUBSCRIBE_TOKEN, else one minted for ``private-*`` with
+    SSEDGE_JWT_SECRET (the local stack's, from .ssedge/env), valid for the run and an hour."""
+    given = explicit or os.environ.get("SSEDGE_SUBSCRIBE_TOKEN")
+    if given:
+        return given
+    secret = os.environ.get("SSEDGE_JWT_SECRET")
+    if not secret:
+        raise ValueError("private-topic needs a subscriber token: --subscribe-token, "
+                         "SSEDGE_SUBSCRIBE_TOKEN, or SSEDGE_JWT_SECRET to mint one")
+    import jwt
+
+    now = int(time.time())
+    claims = {"ssedge": {"subscribe": ["private-*"], "publish": []}, "iat": now,
+              "exp": now + int(duration_s) + 3600}
+    for name, claim in (("SSEDGE_JWT_AUDIENCE", "aud"), ("SSEDGE_JWT_ISSUER", "iss")):
+        if os.environ.get(name):
+            claims[claim] = os.environ[name]
+    return jwt.encode(claims, secret, algorithm="HS256")

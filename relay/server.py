@@ -35,6 +35,12 @@ def run(settings: Settings, target: str = "relay.app:create_app", *, host: str |
         log_access=False,
         # a stopping relay drains its streams first (relay.app._take_stop_signals)
         workers_kill_timeout=math.ceil(settings.drain_s) + 5,
+        # a worker that dies (a crash, the OOM killer) is forked again from the main process
+        # on the same listener instead of ending the node; its clients reconnect with their
+        # Last-Event-ID (docs/RELIABILITY.md has what it costs them). Granian gives up, and
+        # the node exits 1, when a respawned worker dies again within 5.5 s: then whatever
+        # supervises the node (ssedge up, systemd) restarts it whole.
+        respawn_failed_workers=True,
         # keepalive, user timeout and send buffer on the listener: vanished and stuck clients
         # are let go in bounded time and cost bounded memory (relay.listener)
         tcp=TcpOptions(settings.tcp_keepalive_s, settings.tcp_user_timeout_s,

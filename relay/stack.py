@@ -1,28 +1,26 @@
-"""``ssedge up``: the local stack in the foreground, stopped as a whole by Ctrl-C.
+"""``ssedge up``: the local stack in the foreground, supervised, stopped as a whole by Ctrl-C.
 
 Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
 nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``), a
 demo publisher, and a demo upstream SSE server with an ``ssedge ingest`` of it into the
 ``ingest-demo`` topic. The publish token and the stack's settings are written under
-``.ssedge/`` so that ``ssedge`` commands run in the checkout find them.
+``.ssedge/`` so that ``ssedge`` commands run in the checkout find them. A child that exits is
+restarted on its port (``relay.supervisor``); one in a crash loop stops the stack, exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+
+from relay.supervisor import RestartPolicy, Supervisor, port_open
 
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
@@ -32,30 +30,6 @@ UPSTREAM_PORT = 8401
 INGEST_PORT = 8301
 DEMO_TOPIC = "demo"
 INGEST_TOPIC = "ingest-demo"
-
-
-@dataclass
-class Service:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-
-def _port_busy(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with status {process.returncode}")
-        if _port_busy(port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{name} did not open port {port} within {timeout:.0f} s")
 
 
 def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
@@ -84,34 +58,17 @@ def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
 def ports_free(ports: Sequence[int]) -> bool:
     """False, having said which, when one of ``ports`` is taken."""
     for port in ports:
-        if _port_busy(port):
+        if port_open(port):
             print(f"ssedge up: port {port} is in use (is another stack running?)",
                   file=sys.stderr)
             return False
     return True
 
 
-class Processes:
+class Processes(Supervisor):
     """A stack's children, each in a process group of its own (Ctrl-C reaches the stack, which
-    then stops each child in order), logs under the stack's directory."""
-
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.directory = directory
-        self.env = {**os.environ, **env}
-        self.services: list[Service] = []
-        self.stop = threading.Event()
-        # explicit handlers: a stack started from a script may inherit SIGINT ignored
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-
-    def start(self, name: str, port: int, argv: list[str]) -> None:
-        """Start a child and wait for its port (0: it listens on none)."""
-        log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - lives as the child
-        process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        self.services.append(Service(name, port, process))
-        if port:
-            _wait_port(port, process, name, 20)
+    then stops each child in order), supervised (``relay.supervisor``), logs under the stack's
+    directory."""
 
     def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int) -> None:
         """The replay service, the relays, varnishd in front of them, and the dashboard's
@@ -132,46 +89,14 @@ class Processes:
         self.start("stats", 0, [sys.executable, "-m", "relay", "stats",
                                 *(a for p in relay_ports
                                   for a in ("--relay", f"http://127.0.0.1:{p}")),
-                                "--varnish-name", str(work)])
-
-    def serve(self, up: Callable[[], None]) -> None:
-        """Start the stack with ``up``, watch it until Ctrl-C, SIGTERM or a child ending on its
-        own, then stop every child, also when ``up`` failed half way."""
-        try:
-            up()
-            self._supervise()
-        except KeyboardInterrupt:
-            pass
-        except RuntimeError as exc:  # a child that did not come up
-            print(f"ssedge up: {exc}", file=sys.stderr)
-        finally:
-            self.stop_all()
-
-    def _supervise(self) -> None:
-        while not self.stop.wait(0.5):
-            for service in self.services:
-                if service.process.poll() is not None:
-                    print(f"ssedge up: {service.name} exited ({service.process.returncode}); "
-                          f"see {self.directory}/{service.name}.log", file=sys.stderr)
-                    self.stop.set()
-
-    def stop_all(self) -> None:
-        self.stop.set()
-        for service in reversed(self.services):
-            if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
-        for service in reversed(self.services):
-            try:
-                service.process.wait(10)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait()
+                                "--varnish-name", str(work),
+                                "--supervisor", str(self.status_path.resolve())])
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
-        ingest_port: int = INGEST_PORT) -> int:
+        ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None) -> int:
     from relay import edge
 
     redis_server = shutil.which("redis-server")
@@ -206,7 +131,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_DRAIN_S": "2",
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    children = Processes(directory, env)
+    children = Processes(directory, env, policy)
     start = children.start
 
     def up() -> None:
@@ -239,8 +164,10 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   try          .venv/bin/ssedge tail {DEMO_TOPIC}
+A child that exits is restarted (state in {directory}/supervisor.json).
 Ctrl-C stops everything.""", flush=True)
 
-    children.serve(up)
-    print("ssedge stack stopped.")
-    return 0
+    code = children.serve(up)
+    print("ssedge stack stopped." if code == 0 else f"ssedge stack stopped (exit {code}).",
+          flush=True)
+    return code

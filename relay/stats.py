@@ -178,9 +178,22 @@ def totals(nodes: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def stack_part(status: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The local stack's children as ``ssedge up`` last wrote them (``supervisor.json``):
+    state, restarts and last exit of each; None when there is no such file."""
+    if status is None or not isinstance(status.get("children"), list):
+        return None
+    keys = ("name", "state", "pid", "restarts", "last_exit", "last_exit_at")
+    children = [{k: c.get(k) for k in keys} for c in status["children"] if isinstance(c, dict)]
+    return {"state": status.get("state"), "failure": status.get("failure"),
+            "restarts": sum(int(c.get("restarts") or 0) for c in children),
+            "children": children}
+
+
 def snapshot(t: float, interval_s: float, nodes: list[dict[str, Any]],
-             edge: dict[str, Any] | None, edge_error: str | None = None) -> dict[str, Any]:
-    return {
+             edge: dict[str, Any] | None, edge_error: str | None = None,
+             stack: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {
         "v": VERSION,
         "t": round(t, 3),
         "interval_s": interval_s,
@@ -188,3 +201,6 @@ def snapshot(t: float, interval_s: float, nodes: list[dict[str, Any]],
         "totals": totals(nodes),
         "edge": {"up": edge is not None, "error": edge_error, "classes": edge or {}},
     }
+    if stack is not None:
+        out["stack"] = stack
+    return out

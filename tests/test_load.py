@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.scenarios import SCENARIOS
+from loadtests.scenarios import SCENARIOS, tags_of
 from relay import load
 
 
@@ -77,3 +77,54 @@ def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSEDGE_PUBLISH_TOKEN", "from-env")
     assert load.token(None) == "from-env"
     assert load.token("flag") == "flag"
+
+
+def test_a_shape_is_one_more_locustfile_and_connect_time_an_objective() -> None:
+    cmd = load.command(args("fanout", "--shape", "step", "--max-connect-p99-ms", "250"))
+    files = option(cmd, "-f").split(",")
+    assert [Path(f).name for f in files] == ["locustfile.py", "shape_step.py"]
+    assert all(Path(f).is_file() for f in files)
+    assert option(cmd, "--ssedge-max-connect-p99-ms") == "250.0"
+    assert option(load.command(args("fanout")), "-f").endswith("locustfile.py")
+
+
+def _conf(name: str) -> dict[str, str]:
+    path = Path(load.LOCUSTFILE).with_name(f"{name}.conf")
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_each_scenario_has_a_conf_that_selects_it_by_tag(name: str) -> None:
+    conf = _conf(name)
+    assert conf["tags"] == name and conf["ssedge-scenario"] == name
+    assert conf["headless"] == "true" and conf["run-time"] and conf["ssedge-settle"]
+    for knob, value in SCENARIOS[name].options.items():
+        assert conf[f"ssedge-{knob}"] == value
+    for user_class in SCENARIOS[name].user_classes:  # its classes carry its tag
+        assert name in tags_of(user_class)
+
+
+def test_tags_name_every_scenario_a_class_is_in() -> None:
+    assert tags_of("FanoutReader") == ("fanout",)
+    assert set(tags_of("SteadyPublisher")) == {
+        "fanout", "many-topics", "reconnect-storm", "slow-consumer", "churn", "private-topic"}
+    assert tags_of("NoSuchClass") == ()
+
+
+def test_a_subscriber_token_is_minted_for_private_topics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jwt
+
+    monkeypatch.delenv("SSEDGE_SUBSCRIBE_TOKEN", raising=False)
+    monkeypatch.delenv("SSEDGE_JWT_SECRET", raising=False)
+    with pytest.raises(ValueError, match="subscriber token"):
+        load.subscribe_token(None, 60)
+    assert load.subscribe_token("given", 60) == "given"
+    secret = "x" * 32
+    monkeypatch.setenv("SSEDGE_JWT_SECRET", secret)
+    claims = jwt.decode(load.subscribe_token(None, 60), secret, algorithms=["HS256"])
+    assert claims["ssedge"]["subscribe"] == ["private-*"]
+    assert claims["exp"] - claims["iat"] == 3660

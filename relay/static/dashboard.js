@@ -158,6 +158,32 @@ function draw() {
     });
     return tr;
   }));
+  drawStack(last.stack);
+}
+
+// the children of `ssedge up` (its supervisor.json): restarts made visible; absent elsewhere
+function drawStack(stack) {
+  $("stack").hidden = !stack;
+  if (!stack) return;
+  $("stack-restarts").textContent = String(stack.restarts);
+  $("stack-note").textContent = stack.failure ? `stack ${stack.state}: ${stack.failure}` : "";
+  $("children").replaceChildren(...stack.children.map((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.child = c.name;
+    const exit = c.last_exit === null || c.last_exit === undefined ? "" :
+      `${c.last_exit < 0 ? `signal ${-c.last_exit}` : `status ${c.last_exit}`}, ` +
+      new Date(c.last_exit_at * 1000).toLocaleTimeString();
+    [c.name, c.state, c.pid ?? "", fmt(c.restarts, 0), exit].forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = String(text);
+      if (i === 1) {
+        td.className = "state";
+        td.dataset.state = c.state === "up" ? "open" : c.state === "failed" ? "down" : "connecting";
+      } else if (i === 2 || i === 3) td.className = "num";
+      tr.append(td);
+    });
+    return tr;
+  }));
 }
 
 function escape(text) {

@@ -10,6 +10,7 @@ thread (``_run``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -206,9 +207,17 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
                                            redis_server: RedisServer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
     env["SSEDGE_REDIS_URL"] = redis_server.url
+    # what `ssedge up`'s supervisor writes: its children's restarts reach the page
+    supervised = tmp_path / "supervisor.json"
+    supervised.write_text(json.dumps({"state": "running", "failure": None, "children": [
+        {"name": "redis", "state": "up", "pid": 10, "restarts": 1, "last_exit": -9,
+         "last_exit_at": 1.7e9},
+        {"name": "relay-1", "state": "backoff", "pid": 11, "restarts": 2, "last_exit": 1,
+         "last_exit_at": 1.7e9}]}))
     collector = spawn([sys.executable, "-m", "relay", "stats", "--relay", edge.a.url,
                        "--relay", edge.b.url, "--varnish-name", str(edge.varnish.workdir),
-                       "--interval", "0.5"], tmp_path / "stats.log", env)
+                       "--interval", "0.5", "--supervisor", str(supervised)],
+                      tmp_path / "stats.log", env)
     try:
         page.goto(f"{edge.url}/dashboard")
         # the backfill's snapshots are from before the page came; the dashboard's own stream
@@ -220,6 +229,10 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
             timeout=WAIT_MS)
         assert page.eval_on_selector_all(
             "#nodes tr", "rows => rows.map(r => r.children[1].textContent)") == ["up", "up"]
+        assert page.inner_text("#stack-restarts") == "3"
+        assert page.eval_on_selector_all(
+            "#children tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+        )[1][:4] == ["relay-1", "backoff", "11", "2"]
 
         load = Load(edge.url, 30)
         try:

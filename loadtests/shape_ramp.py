@@ -1,0 +1,7 @@
+"""The ramp load shape, for Locust's -f:
+``locust -f loadtests/locustfile.py,loadtests/shape_ramp.py --config loadtests/SCENARIO.conf``
+(Locust runs the one shape class its files hold; see ``loadtests/shapes.py``)."""
+
+from loadtests.shapes import Ramp
+
+__all__ = ["Ramp"]
