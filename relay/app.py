@@ -306,8 +306,11 @@ class App:
         if relay.draining:
             raise Unavailable("not ready: draining for shutdown", 1, draining=True)
         down = relay.redis_down_since
-        redis = "connected" if feed.connected or down is None else (
-            f"lost {time.monotonic() - down:.1f} s ago: {feed.last_error or 'not connected'}")
+        if feed.connected:
+            redis = "connected"
+        else:
+            since = f" {time.monotonic() - down:.1f} s ago" if down is not None else ""
+            redis = f"lost{since}: {feed.last_error or 'not connected'}"
         if relay.ready:
             await relay.responder.json(send, 200, {"status": "ready", "redis": redis},
                                        {"cache-control": "no-store"})

@@ -120,10 +120,11 @@ class Relay:
         Redis longer steps out: not ready, its streams ended so that they reconnect to a relay
         that has Redis, new ones refused."""
         if self.feed.connected:
+            self._redis_seen = True
             return True
-        down = self.redis_down_since
-        return (self._redis_seen and down is not None
-                and time.monotonic() - down < self.settings.redis_grace_s)
+        down = self.redis_down_since  # None: lost since the last sweep, under a second ago
+        return self._redis_seen and (
+            down is None or time.monotonic() - down < self.settings.redis_grace_s)
 
     @property
     def ready(self) -> bool:
@@ -135,7 +136,7 @@ class Relay:
         if self.feed.connected:
             self._redis_seen = True
             self.redis_down_since = None
-        elif self.redis_down_since is None:
+        elif self.redis_down_since is None and self._redis_seen:
             self.redis_down_since = time.monotonic()
 
     async def drain(self) -> None:

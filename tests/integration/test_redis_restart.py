@@ -19,7 +19,7 @@ from relay.ids import parse
 from relay.wire import Event
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, metrics
-from tests.integration.sse import subscribe
+from tests.integration.sse import refused, subscribe
 
 CLIENTS = 20
 BATCH = 5
@@ -133,7 +133,9 @@ def test_redis_restart_loses_no_acknowledged_event_and_drops_no_client(
         written_anyway = sorted(set(batches) & publisher.refused)
         assert len(written_anyway) <= 1, written_anyway
         assert publisher.refused, "publishes during the outage were refused with 503"
-        assert down_ready.status == 503
+        # within SSEDGE_REDIS_GRACE_S (15 s) the relay stays ready, saying Redis is away: a
+        # blip must not take every relay out of the edge at once
+        assert down_ready.status == 200 and "lost" in down_ready.json()["redis"]
 
         # every client: exactly what Redis holds, once, in order, on its first connection
         deadline = time.monotonic() + 20
@@ -208,3 +210,37 @@ async def _publish_batches(url: str, batches: int, size: int) -> list[str]:
         assert response.status == 201
         acked += response.json()["ids"]
     return acked
+
+
+def test_a_relay_without_redis_past_its_grace_steps_out_and_back_in(
+    start_relay: Callable[..., Relay], redis_server: RedisServer,
+) -> None:
+    """Redis away longer than ``redis_grace_s``: readiness goes red, the relay ends its
+    streams (a clean end with a spread ``retry:``, so each reconnects through the edge to a
+    relay that has Redis) and asks new ones to come back; with Redis back it takes them."""
+    relay = start_relay(heartbeat_s=0.5, redis_grace_s=2, refused_retry_ms=1000)
+    url = f"{relay.url}/v1/streams/grace/events"
+
+    async def run() -> None:
+        es = await subscribe(url, keep_raw=True)
+        async with es:
+            redis_server.stop()
+            lost = time.monotonic()
+            while not es.ended:
+                await asyncio.wait_for(es.read_chunk(), 10)
+            ended = time.monotonic() - lost
+            assert b"retry: " in bytes(es.raw)[-40:], "ended without asking to come back"
+        assert 2.0 <= ended <= 5.0, ended
+        ready = await client.request("GET", relay.url + "/readyz")
+        assert ready.status == 503 and "lost" in ready.json()["message"]
+        answer, retry, _ = await refused(url)
+        assert answer.headers["x-ssedge-refused"] == "redis" and 500 <= retry <= 1500
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while (await client.request("GET", relay.url + "/readyz")).status != 200:
+            assert time.monotonic() < deadline, "not ready again with Redis back"
+            await asyncio.sleep(0.1)
+        again = await subscribe(url)
+        again.close()
+
+    asyncio.run(run())

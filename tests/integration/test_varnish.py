@@ -13,7 +13,7 @@ from relay import client
 from relay.ids import parse
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, Varnish, metrics, publish
-from tests.integration.sse import Follower, collect, subscribe
+from tests.integration.sse import Follower, collect, refused, subscribe
 
 
 def test_events_cross_varnish_unbuffered(
@@ -197,5 +197,31 @@ def test_idle_stream_outlives_varnish_timeouts(
             got = await collect(es, 1, timeout=5)
             assert [e.id for e in got] == ids
             assert heartbeats >= 8
+
+    asyncio.run(run())
+
+
+def test_no_relay_a_stream_is_asked_to_come_back_not_refused(
+    start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
+    start_varnish: Callable[..., Varnish],
+) -> None:
+    """Every relay gone: a stream through the edge gets the one answer an EventSource
+    retries (a 200 event stream with only ``retry:``, which ends), never a 503; other
+    requests keep their JSON 503."""
+    relay = start_relay()
+    varnish = start_varnish([relay], start_replay())
+    relay.stop(signal.SIGKILL)
+
+    async def run() -> None:
+        retries = []
+        for _ in range(5):
+            answer, retry, why = await refused(f"{varnish.url}/v1/streams/gone/events",
+                                               last_event_id="1-1")
+            assert answer.headers["x-ssedge-refused"] == "edge" and "no relay" in why
+            assert answer.headers["cache-control"] == "private, no-store"
+            retries.append(retry)
+        assert all(1000 <= r <= 3000 for r in retries) and len(set(retries)) > 1
+        other = await client.request("GET", f"{varnish.url}/v1/streams/gone")
+        assert other.status == 503 and other.json()["error"] == "unavailable"
 
     asyncio.run(run())
