@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
-ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
+ALLOW_METHODS = "GET, HEAD, POST, DELETE, OPTIONS"  # DELETE: /v1/auth/cookie
 ALLOW_HEADERS = "authorization, cache-control, content-type, if-none-match, last-event-id"
 EXPOSE_HEADERS = (b"etag, retry-after, www-authenticate, x-ssedge-count, x-ssedge-last-id, "
                   b"x-ssedge-reset")

@@ -46,10 +46,15 @@ class Metrics:
         self.feed_lag_s = 0.0
         self.responses: dict[int, int] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self.counters: list[tuple[str, str, Callable[[], float]]] = []
 
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         """A value computed when scraped (ring fill, topics watched, ...)."""
         self.gauges.append((name, help, read))
+
+    def counter(self, name: str, help: str, read: Callable[[], float]) -> None:
+        """A count kept by another part (the JWKS's fetches, ...), read when scraped."""
+        self.counters.append((name, help, read))
 
     def render(self) -> bytes:
         labels = f'node="{self.node}",pid="{os.getpid()}"'
@@ -118,4 +123,6 @@ class Metrics:
                [(f'generation="{i}"', g["collections"]) for i, g in enumerate(gc.get_stats())])
         for name, help, read in self.gauges:
             metric(name, "gauge", help, [("", read())])
+        for name, help, read in self.counters:
+            counter(name, help, read())
         return ("\n".join(lines) + "\n").encode()

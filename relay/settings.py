@@ -159,6 +159,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Clock skew allowed when checking `exp`, `nbf` and `iat`."""
     jwt_require_exp: bool = True
     """Refuse tokens without `exp` (a stream ends when its token expires)."""
+    jwks_url: Annotated[str, Meta(pattern=r"^(https?://[^\s/?#]+[^\s#]*)?$")] = ""
+    """JWK Set URL of RS/PS/ES keys, chosen by a token's `kid`; empty: none."""
+    jwks_refresh_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    """How often the JWKS is fetched again (a removed key stops verifying within this)."""
+    jwks_min_interval_s: Annotated[float, Meta(ge=0.1, le=3600)] = 10.0
+    """Least time between two fetches, so a token with an unknown `kid` cannot force more."""
+    token_refresh_s: Seconds = 60.0
+    """A stream read with a token is told this long before `exp` (at most half its life left)."""
+    auth_cookie_samesite: Annotated[str, Meta(pattern=r"^(Lax|Strict|None)$")] = "Lax"
+    """SameSite of the `ssedge_auth` cookie set by `POST /v1/auth/cookie` (None adds Secure)."""
+    auth_cookie_secure: bool = False
+    """Mark that cookie Secure (HTTPS only): set it in production behind TLS."""
 
     # -- vanished peers (relay/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.

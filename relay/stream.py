@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from relay import fanout, ids, resume, store
+from relay import fanout, ids, renewal, resume, store
 from relay.errors import BadRequest, Unavailable
 from relay.http import Receive, Request, Send
 from relay.state import Relay
@@ -67,8 +67,10 @@ def parse_start(request: Request, ring_events: int) -> Start:
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
-                send: Send, *, expires: float | None = None) -> None:
-    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s)."""
+                send: Send, *, expires: float | None = None,
+                token_exp: float | None = None) -> None:
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s),
+    and told ahead of its ``token_exp`` (``relay.renewal``)."""
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
     if relay.draining:
@@ -111,6 +113,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
         max(0.0, expires - time.time()), sub.close, "token expired")
+    expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
         first = send({"type": "http.response.body",
@@ -131,6 +134,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         watcher.cancel()
         if expiry is not None:
             expiry.cancel()
+        if expiring is not None:
+            expiring.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
@@ -273,6 +278,9 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
             metrics.bytes_out += len(chunk)
         elif sub.catch_up is not None:
             metrics.resumes += 1  # fell behind the ring's tail: catch up in place
+        elif sub.notice:  # between two frames of the ring, never inside one
+            notice, sub.notice = sub.notice, b""
+            await send({"type": "http.response.body", "body": notice, "more_body": True})
         elif ticks != hub.ticks:
             ticks = hub.ticks
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
