@@ -8,6 +8,9 @@ the old tokens have expired. The relay follows without a restart:
 - **On an unknown kid**: a token signed with a key published since the last fetch makes the
   relay fetch again at once, at most once per ``SSEDGE_JWKS_MIN_INTERVAL_S`` (a flood of
   made-up kids costs the issuer one request per interval). Concurrent requests share a fetch.
+  A kid is refused for good (401) only when a fetch made after the request arrived does not
+  list it; while none could be made (the rate limit, a JWKS that does not answer) the answer
+  is temporary (503 with Retry-After): the key may have been published a moment ago.
 - **A bad or unreachable JWKS keeps the last good keys**: a failed fetch, an answer that is not
   a JWK Set, or one with no usable key changes nothing; the metrics and the log say so.
 
@@ -130,8 +133,8 @@ class Jwks:
         self.refreshes = 0
         self.failures = 0
         self.last_error = ""
-        self._started: float | None = None  # monotonic start of the last fetch
-        self._ok_started: float | None = None  # ... of the last good one
+        self._ok_started: float | None = None  # monotonic start of the last good fetch
+        self._demanded: float | None = None  # ... of the last fetch for an unknown kid
         self._fetching: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -179,12 +182,16 @@ class Jwks:
         await asyncio.shield(fetching)
 
     async def lookup(self, kid: str) -> Lookup:
-        """Whether ``kid`` is in the set, fetching it again first when the rate limit allows."""
+        """Whether ``kid`` is in the set, fetching it again first when the rate limit allows.
+
+        The limit is on fetches made for unknown kids (scheduled ones do not count), so a
+        question asked again after ``min_interval_s`` is always answered for sure."""
         if kid in self.keys:
             return Lookup.FOUND
         asked = time.monotonic()
-        if self._fetching is None and (self._started is None
-                                       or asked - self._started >= self.min_interval_s):
+        if self._fetching is None and (self._demanded is None
+                                       or asked - self._demanded >= self.min_interval_s):
+            self._demanded = asked
             await self.refresh()
         elif self._fetching is not None:
             await asyncio.shield(self._fetching)
@@ -195,14 +202,14 @@ class Jwks:
         return Lookup.UNSURE
 
     def retry_after_s(self) -> int:
-        """When a fetch may be made again, for a ``Retry-After``."""
-        if self._started is None:
+        """When a fetch for an unknown kid may be made again, for a ``Retry-After``."""
+        if self._demanded is None:
             return 1
-        left = self.min_interval_s - (time.monotonic() - self._started)
+        left = self.min_interval_s - (time.monotonic() - self._demanded)
         return max(1, int(left + 0.999))
 
     async def _fetch(self) -> None:
-        started = self._started = time.monotonic()
+        started = time.monotonic()
         try:
             keys = parse(await self._get(), self._accepted)
         except (ValueError, OSError, EOFError, TimeoutError) as exc:  # ProtocolError, JwksError

@@ -141,19 +141,21 @@ def test_unknown_kid_fetches_again_at_most_once_per_interval(ec_a: Any, ec_b: An
     async def go() -> None:
         await keys.refresh()
         assert "a" in keys and server.fetches == 1
+        # a made-up kid: fetched again at once (scheduled fetches do not count), and absent
+        assert await keys.lookup("made-up") is jwks.Lookup.ABSENT and server.fetches == 2
         # the issuer publishes b: a question about it right away may not fetch (rate limit)
         server.answer = document(jwk(ec_a, "a"), jwk(ec_b, "b"))
         assert await keys.lookup("b") is jwks.Lookup.UNSURE
-        assert server.fetches == 1 and keys.retry_after_s() >= 9
-        keys._started = time.monotonic() - 11  # the interval has passed
+        assert server.fetches == 2 and keys.retry_after_s() >= 9
+        keys._demanded = time.monotonic() - 11  # the interval has passed
         # many questions at once share one fetch
         found = await asyncio.gather(*(keys.lookup("b") for _ in range(20)))
-        assert set(found) == {jwks.Lookup.FOUND} and server.fetches == 2
+        assert set(found) == {jwks.Lookup.FOUND} and server.fetches == 3
         # a kid the JWKS does not list, asked after the interval: absent, for sure
-        keys._started = time.monotonic() - 11
+        keys._demanded = time.monotonic() - 11
         assert await keys.lookup("zzz") is jwks.Lookup.ABSENT
-        assert server.fetches == 3
-        assert await keys.lookup("a") is jwks.Lookup.FOUND and server.fetches == 3
+        assert server.fetches == 4
+        assert await keys.lookup("a") is jwks.Lookup.FOUND and server.fetches == 4
 
     run(go)
 
@@ -256,7 +258,9 @@ def test_unknown_kid_while_unsure_is_temporary_unless_a_static_key_verifies(
 
     server = Server(document(jwk(ec_a, "a")))
     v = verifier(server, jwks_min_interval_s=60)
-    # rate-limited (the fetch at start was just now): a new kid may be a key published since
+    assert v.jwks is not None
+    v.jwks._demanded = time.monotonic()  # a fetch for an unknown kid was just made
+    # rate-limited: a new kid may be a key published since
     with pytest.raises(Unavailable) as info:
         run(lambda: v.verify_async(token(ec_b, "b")))
     assert info.value.status == 503 and int(info.value.headers["retry-after"]) >= 1
@@ -313,12 +317,13 @@ def test_a_static_key_signature_mismatch_is_temporary_only_while_unsure(
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     server = Server(document(jwk(ec_a, "a")))
     v = verifier(server, jwks_min_interval_s=60, jwt_public_key=pem.decode())
+    assert v.jwks is not None
+    v.jwks._demanded = time.monotonic()
     # signed with b, a kid nobody published yet: neither the static key nor the JWKS can
     # say for sure while a fetch is not allowed
     with pytest.raises(Unavailable):
         run(lambda: v.verify_async(token(ec_b, "b")))
-    assert v.jwks is not None
-    v.jwks._started = time.monotonic() - 61
+    v.jwks._demanded = time.monotonic() - 61
     assert refusal(lambda: v.verify_async(token(ec_b, "b"))) == "token signature does not verify"
     # an algorithm outside the list is refused without asking the JWKS
     fetches = server.fetches
