@@ -331,3 +331,46 @@ def test_a_static_key_signature_mismatch_is_temporary_only_while_unsure(
     assert refusal(lambda: v.verify_async(token(p384, "c", alg="ES384"))) == \
         "token algorithm not accepted"
     assert server.fetches == fetches
+
+
+# -- settings and the token command --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["ftp://issuer.example/keys", "issuer.example/keys",
+                                 "http://", "http://a b/keys", "file:///etc/keys.json"])
+def test_a_bad_jwks_url_stops_start_up_with_one_line(url: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from relay import cli
+
+    assert cli.main(["relay", "--jwks-url", url, "--private-topics", "private-*"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssedge: bad setting SSEDGE_JWKS_URL=") and "\n" not in err
+
+
+def test_a_jwks_needs_an_asymmetric_algorithm() -> None:
+    from relay.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SSEDGE_JWKS_URL"):
+        auth.Verifier(load({}, jwks_url="https://id.example/jwks", jwt_algorithms="HS256",
+                           jwt_secret=SECRET))
+    # private topics with only a JWKS: keys come later, start-up goes on
+    assert auth.Verifier(load({}, jwks_url="https://id.example/jwks",
+                              private_topics="private-*")).enabled
+
+
+def test_token_command_puts_the_kid_in_the_header(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Any, ec_a: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from relay import cli
+
+    key_file = tmp_path / "issuer.pem"
+    key_file.write_bytes(ec_a.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    assert cli.main(["token", "--subscribe", "private-*", "--key", str(key_file),
+                     "--kid", "2026-11"]) == 0
+    minted = capsys.readouterr().out.strip()
+    assert jwt.get_unverified_header(minted)["kid"] == "2026-11"
+    v = verifier(Server(document(jwk(ec_a, "2026-11"))))
+    assert v.verify(minted).subscribe.match("private-1")
