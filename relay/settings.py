@@ -54,7 +54,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drain_s: Seconds = 10.0
     """On SIGTERM/SIGINT: readiness goes red and open streams are closed over this long."""
     drain_retry_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
-    """The ``retry:`` a stream closed by a drain gets: come back soon (to another node)."""
+    """The ``retry:`` a stream closed by a drain or its token's expiry gets: come back soon."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000

@@ -140,8 +140,10 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
         # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
-        # asks it to come back soon (to another node) rather than after the usual retry
-        last = encode_retry(settings.drain_retry_ms) if sub.closed_because == "drain" else b""
+        # asks it to come back soon (to another node) rather than after the usual retry, and
+        # so does a token's expiry: the page renewed it when told (relay.renewal)
+        soon = sub.closed_because in ("drain", "token expired")
+        last = encode_retry(settings.drain_retry_ms) if soon else b""
         with contextlib.suppress(Exception):  # the client may be gone too
             await send({"type": "http.response.body", "body": last, "more_body": False})
 

@@ -27,7 +27,8 @@ TOPIC = "private-browser"
 SOURCES = 4
 TTL_S = 7  # each token's life
 LEAD_S = 3  # told this long before exp (or half the life left, when shorter)
-RETRY_MS = 1000
+RETRY_MS = 3000  # the default; a stream ended by expiry asks for 500 (drain_retry_ms)
+QUICK_RETRY_MS = 500
 WAIT_MS = 20_000
 
 # The page: one cookie renewal when told, four EventSources that only listen. Each records
@@ -168,14 +169,17 @@ def test_cookie_token_renewed_across_expiry_and_key_rotation(
     log = page.evaluate("log")
     page.close()
 
+    # the first token, then one renewal per expiry (a third may start as the test ends),
+    # each with the rotated key; a 503 (a kid the relay could not fetch yet) is retried
     renewals = [r["status"] for r in log["renewals"]]
-    assert issuer.minted == ["kid-1", "kid-2", "kid-2"] and renewals[-2:] == [204, 204]
+    assert issuer.minted[:3] == ["kid-1", "kid-2", "kid-2"]
+    assert renewals.count(204) >= 3 and set(renewals) <= {204, 503}, renewals
     for source in log["sources"]:
         assert source["ids"] == publisher.ids  # every event once, in order
         assert all(state != 2 for _, state in source["states"]), source["states"]
-        assert source["opens"] == 3
+        assert source["opens"] >= 3
     notices = log["notices"]
-    assert len(notices) == 2 * SOURCES
+    assert len(notices) >= 2 * SOURCES
     for notice in notices:  # no id of its own: the EventSource's last id is the last event's
         assert notice["lastEventId"] in publisher.ids
     # the relays learnt the new kid by asking the JWKS when it first came, not on schedule
@@ -188,6 +192,8 @@ def test_cookie_token_renewed_across_expiry_and_key_rotation(
         times = source["times"]
         gaps.append([round(b - a) for a, b in itertools.pairwise(times) if b - a > 300])
     print(f"\ncookie renewal: gaps over 300 ms per EventSource (ms): {gaps}; events every "
-          f"100 ms, retry {RETRY_MS} ms; renewals {renewals}")
+          f"100 ms, retry {RETRY_MS} ms, {QUICK_RETRY_MS} ms after an expiry; "
+          f"renewals {renewals}")
+    # each reconnect at expiry came after the quick retry, not the usual one
     assert all(len(g) <= 2 for g in gaps) and max(max(g, default=0) for g in gaps) < \
-        RETRY_MS + 1500
+        QUICK_RETRY_MS + 1500
