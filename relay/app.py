@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, auth, idempotency, pages, store, stream
+from relay import __version__, auth, cookie, idempotency, pages, store, stream
 from relay import settings as settings_mod
 from relay.errors import (
     MethodNotAllowed,
@@ -80,6 +80,7 @@ class App:
         self.settings = settings
         self.relay = Relay(settings)
         self.auth = auth.Authority(settings)
+        self.auth.register_metrics(self.relay.metrics)
         self.handle_signals = handle_signals
         self.pages = pages.Pages()
         self._stopping: asyncio.Task[None] | None = None
@@ -102,6 +103,9 @@ class App:
                 "claim": auth.CLAIM,
                 "query": auth.TOKEN_QUERY,
                 "cookie": auth.TOKEN_COOKIE,
+                # sent ahead of expiry on a stream read with a token; renew the cookie here
+                "expiring_event": "ssedge.token-expiring",
+                "cookie_url": cookie.PATH,
             },
         }
 
@@ -116,11 +120,13 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.relay.start()
+                await self.auth.start()
                 if self.handle_signals:  # a server's worker process, not a test's app
                     self._take_stop_signals()
                     tune_gc(self.settings.gc_young_objects)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.auth.stop()
                 await self.relay.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -171,15 +177,18 @@ class App:
             topic = parse_topic(parts[2])
             if len(parts) == 3:
                 _only(method, "GET, HEAD")
-                access = self.auth.check_read(request, topic)
+                access = await self.auth.read_access(request, topic)
                 return await self.metadata(request, topic, access, send)
             if parts[3] == "events":
                 if method == "POST":
                     return await self.publish(request, topic, receive, send)
                 _only(method, "GET, POST")
-                access = self.auth.check_read(request, topic)
+                access = await self.auth.read_access(request, topic)
                 return await stream.serve(self.relay, request, topic, receive, send,
-                                          expires=access.expires)
+                                          expires=access.expires, token_exp=access.token_exp)
+        if request.path == cookie.PATH:
+            return await cookie.answer(request, self.auth, self.settings, self.relay.responder,
+                                       send)
         page = self.pages.find(parts)
         if page is not None:
             _only(method, "GET, HEAD")
@@ -203,7 +212,7 @@ class App:
         s = self.settings
         # checked before the body is read: without a valid token the answer is 401 whatever
         # else is wrong
-        self.auth.check_publish(request, topic)
+        await self.auth.publish_access(request, topic)
         key = idempotency.parse_key(request.scope["headers"])
         body = await read_body(receive, s.max_body_bytes, request.headers.get("content-length"))
         events, many = decode_events(body, s.max_batch)

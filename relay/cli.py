@@ -84,7 +84,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from relay import auth
+    from relay import auth, keys
 
     settings = settings_mod.load()
     key: Any
@@ -97,7 +97,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         if isinstance(key, rsa.RSAPrivateKey):
             alg = args.alg or "RS256"
         elif isinstance(key, ec.EllipticCurvePrivateKey):
-            alg = args.alg or auth.EC_ALGORITHMS.get(key.curve.name, "ES256")
+            alg = args.alg or keys.EC_ALGORITHMS.get(key.curve.name, "ES256")
         else:
             print("ssedge token: an RSA or EC private key is needed", file=sys.stderr)
             return 2
@@ -118,7 +118,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
-    print(jwt.encode(claims, key, algorithm=alg))
+    # a JWKS key is chosen by the token's kid (relay/jwks.py)
+    headers = {"kid": args.kid} if args.kid else None
+    print(jwt.encode(claims, key, algorithm=alg, headers=headers))
     return 0
 
 
@@ -368,6 +370,7 @@ def parser() -> argparse.ArgumentParser:
     tok.add_argument("--key", help="PEM private key (RSA or EC) to sign with instead")
     tok.add_argument("--alg", help="signature algorithm (default HS256, RS256 or the curve's ES)")
     tok.add_argument("--subject", help="the sub claim (who it is for)")
+    tok.add_argument("--kid", help="key id in the header: the JWKS key it is signed with")
     tok.set_defaults(func=cmd_token)
 
     sta = sub.add_parser("stats", help="publish the dashboard's snapshots of relays and edge")

@@ -150,8 +150,9 @@ async def _open(method: str, url: str, headers: Mapping[str, str] | None,
 
 async def request(method: str, url: str, *, headers: Mapping[str, str] | None = None,
                   body: bytes | None = None, json_body: Any = None,
-                  timeout: float = 30.0) -> Response:
-    """One whole request and its whole response."""
+                  timeout: float = 30.0, max_body: int | None = None) -> Response:
+    """One whole request and its whole response (more than ``max_body`` bytes of it is a
+    ``ProtocolError``)."""
     if json_body is not None:
         body = json.dumps(json_body).encode()
         headers = {"Content-Type": "application/json", **(headers or {})}
@@ -160,8 +161,12 @@ async def request(method: str, url: str, *, headers: Mapping[str, str] | None = 
         writer, response, reader = await _open(method, url, headers, body)
         try:
             chunks = []
+            size = 0
             while not reader.done:
                 chunks.append(await reader.read())
+                size += len(chunks[-1])
+                if max_body is not None and size > max_body:
+                    raise ProtocolError(f"response body over {max_body} bytes")
             response.body = b"".join(chunks)
             return response
         finally:

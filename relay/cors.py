@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
-ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
+ALLOW_METHODS = "GET, HEAD, POST, DELETE, OPTIONS"  # DELETE: /v1/auth/cookie
 ALLOW_HEADERS = ("authorization, cache-control, content-type, idempotency-key, if-none-match, "
                  "last-event-id")
 EXPOSE_HEADERS = (b"etag, idempotent-replayed, retry-after, www-authenticate, x-ssedge-count, "
-                  b"x-ssedge-last-id, x-ssedge-reset")
+                  b"x-ssedge-last-id, x-ssedge-refused, x-ssedge-reset, x-ssedge-through")
 PREFLIGHT_MAX_AGE = 86400
 
 

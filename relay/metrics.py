@@ -48,6 +48,7 @@ class Metrics:
         self.feed_lag_s = 0.0
         self.responses: dict[int, int] = {}
         self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self.counters: list[tuple[str, str, Callable[[], float]]] = []
 
     def refused(self, reason: str) -> None:
         self.refused_streams[reason] = self.refused_streams.get(reason, 0) + 1
@@ -55,6 +56,10 @@ class Metrics:
     def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         """A value computed when scraped (ring fill, topics watched, ...)."""
         self.gauges.append((name, help, read))
+
+    def counter(self, name: str, help: str, read: Callable[[], float]) -> None:
+        """A count kept by another part (the JWKS's fetches, ...), read when scraped."""
+        self.counters.append((name, help, read))
 
     def render(self) -> bytes:
         labels = f'node="{self.node}",pid="{os.getpid()}"'
@@ -126,4 +131,6 @@ class Metrics:
                [(f'generation="{i}"', g["collections"]) for i, g in enumerate(gc.get_stats())])
         for name, help, read in self.gauges:
             metric(name, "gauge", help, [("", read())])
+        for name, help, read in self.counters:
+            counter(name, help, read())
         return ("\n".join(lines) + "\n").encode()

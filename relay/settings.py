@@ -50,17 +50,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_name: str = ""
     """Name in metrics and logs; empty means host:port."""
     max_streams: Positive = 10_000
-    """Event streams one worker process serves at once; more is 503 with Retry-After."""
+    """Event streams one worker process serves at once; more are asked to come back later."""
     drain_s: Seconds = 10.0
     """On SIGTERM/SIGINT: readiness goes red and open streams are closed over this long."""
     drain_retry_ms: Annotated[int, Meta(ge=0, le=60_000)] = 500
-    """The ``retry:`` a stream closed by a drain gets: come back soon (to another node)."""
+    """The ``retry:`` a stream closed by a drain or its token's expiry gets: come back soon."""
     refused_retry_ms: Annotated[int, Meta(ge=1, le=600_000)] = 2000
-    """A stream refused for a while (capacity, Redis) is a 200 that asks to come back after this
-    (spread 0.5-1.5x): an EventSource given a 503 would close for good."""
+    """A stream refused for a while is a 200 asking to come back after this (x0.5-1.5)."""
     redis_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 15.0
-    """Redis out of reach this long and the relay steps out: not ready, its streams ended (to
-    reconnect elsewhere), new ones refused. Shorter blips: it keeps serving from its rings."""
+    """Redis lost this long: the relay steps out (not ready, streams ended); less: rings serve."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
@@ -167,6 +165,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Clock skew allowed when checking `exp`, `nbf` and `iat`."""
     jwt_require_exp: bool = True
     """Refuse tokens without `exp` (a stream ends when its token expires)."""
+    jwks_url: Annotated[str, Meta(pattern=r"^(https?://[^\s/?#]+[^\s#]*)?$")] = ""
+    """JWK Set URL of RS/PS/ES keys, chosen by a token's `kid`; empty: none."""
+    jwks_refresh_s: Annotated[float, Meta(ge=1, le=86400)] = 300.0
+    """How often the JWKS is fetched again (a removed key stops verifying within this)."""
+    jwks_min_interval_s: Annotated[float, Meta(ge=0.1, le=3600)] = 10.0
+    """Least time between two fetches, so a token with an unknown `kid` cannot force more."""
+    token_refresh_s: Seconds = 60.0
+    """A stream read with a token is told this long before `exp` (at most half its life left)."""
+    auth_cookie_samesite: Annotated[str, Meta(pattern=r"^(Lax|Strict|None)$")] = "Lax"
+    """SameSite of the `ssedge_auth` cookie set by `POST /v1/auth/cookie` (None adds Secure)."""
+    auth_cookie_secure: bool = False
+    """Mark that cookie Secure (HTTPS only): set it in production behind TLS."""
 
     # -- vanished peers (relay/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from relay import fanout, ids, resume, store
+from relay import fanout, ids, renewal, resume, store
 from relay.errors import BadRequest
 from relay.http import Receive, Request, Send
 from relay.state import Relay
@@ -68,8 +68,10 @@ def parse_start(request: Request, ring_events: int) -> Start:
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
-                send: Send, *, expires: float | None = None) -> None:
-    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s).
+                send: Send, *, expires: float | None = None,
+                token_exp: float | None = None) -> None:
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s),
+    and told ahead of its ``token_exp`` (``relay.renewal``).
 
     Bad input was refused (4xx) before this is called. A refusal that can pass (draining, at
     capacity, Redis out of reach) is answered by ``refuse``: an EventSource given anything but
@@ -115,6 +117,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
         max(0.0, expires - time.time()), sub.close, "token expired")
+    expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
     try:
         await relay.responder.start(send, 200, _STREAM_HEADERS)
         first = send({"type": "http.response.body",
@@ -135,14 +138,17 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         watcher.cancel()
         if expiry is not None:
             expiry.cancel()
+        if expiring is not None:
+            expiring.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     if sub.closed_because != "disconnect":
         # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
         # asks it to come back soon (to another node) rather than after the usual retry, and
-        # a relay that lost Redis spreads its clients' returns like a refusal
+        # a relay that lost Redis spreads its clients' returns like a refusal; a token's expiry
+        # asks for a quick return too: the page renewed it when told (relay.renewal)
         last = b""
-        if sub.closed_because == "drain":
+        if sub.closed_because in ("drain", "token expired"):
             last = encode_retry(settings.drain_retry_ms)
         elif sub.closed_because == "redis lost":
             last = encode_retry(max(1, round(settings.refused_retry_ms
@@ -310,6 +316,9 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
             metrics.bytes_out += len(chunk)
         elif sub.catch_up is not None:
             metrics.resumes += 1  # fell behind the ring's tail: catch up in place
+        elif sub.notice:  # between two frames of the ring, never inside one
+            notice, sub.notice = sub.notice, b""
+            await send({"type": "http.response.body", "body": notice, "more_body": True})
         elif ticks != hub.ticks:
             ticks = hub.ticks
             await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})

@@ -28,6 +28,7 @@ class Subscription(Reader):
     __slots__ = (
         "behind",
         "closed_because",
+        "notice",
         "pending",
         "send",
         "sending",
@@ -52,6 +53,8 @@ class Subscription(Reader):
         # many were taken (a client that takes none for two sweeps is stuck)
         self.sending = False
         self.sends = 0
+        # a frame for this connection alone, without an id (relay.renewal), not yet written
+        self.notice = b""
 
     def resume(self, pending: Awaitable[None] | None = None) -> None:
         """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not

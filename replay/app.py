@@ -62,14 +62,17 @@ class ReplayApp:
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
         self.redis = store.connect(settings)
         self.auth = auth.Authority(settings)
+        self.auth.register_metrics(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    await self.auth.start()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    await self.auth.stop()
                     await self.redis.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -99,7 +102,7 @@ class ReplayApp:
     async def replay(self, request: Request, topic: str, send: Send) -> None:
         s = self.settings
         parse_topic(topic)
-        access = self.auth.check_read(request, topic)
+        access = await self.auth.read_access(request, topic)
         after = _id(request, "after") or ids.ZERO
         until = _id(request, "until")
         raw_limit = request.query.get("limit", str(s.replay_page))

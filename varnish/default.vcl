@@ -31,6 +31,9 @@ sub vcl_recv {
     if (req.url ~ "^/v1/replay/") {
         call ssedge_replay;
     }
+    if (req.url ~ "^/v1/auth/") {
+        call ssedge_token_cookie;
+    }
     if (req.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_cached_json;
     }
@@ -104,6 +107,14 @@ sub ssedge_stream {
     set sess.idle_send_timeout = 120s;
     # no compression: it would buffer events until a block fills
     unset req.http.Accept-Encoding;
+    return (pass);
+}
+
+sub ssedge_token_cookie {
+    # a page renews (POST) or clears (DELETE) its token cookie: the answer's Set-Cookie holds
+    # a token, for this browser alone. Passed, never looked up nor stored; repeating it is
+    # harmless, so a relay that refuses the connection is retried like any pass.
+    set req.backend_hint = relays.backend();
     return (pass);
 }
 

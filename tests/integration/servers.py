@@ -37,12 +37,18 @@ def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[b
     """Wait until ``predicate``; a process that does not come up is stopped here, so a failed
     start leaves nothing running."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        if predicate():
-            return
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}")
+            if predicate():
+                return
+            time.sleep(0.05)
+    except BaseException:
+        # the predicate itself failed (e.g. asyncio.run inside a running loop): the caller
+        # never gets the process to stop, so it is stopped here
+        _stop_group(process, signal.SIGTERM)
+        raise
     _stop_group(process, signal.SIGTERM)
     raise RuntimeError(f"{what} not up after {timeout} s")
 
