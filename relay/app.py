@@ -183,7 +183,10 @@ class App:
                 if method == "POST":
                     return await self.publish(request, topic, receive, send)
                 _only(method, "GET, POST")
-                access = await self.auth.read_access(request, topic)
+                try:
+                    access = await self.auth.read_access(request, topic)
+                except Unavailable as exc:  # the keys could not be had now (JWKS away)
+                    return await stream.refuse(self.relay, send, "keys", exc.message)
                 return await stream.serve(self.relay, request, topic, receive, send,
                                           expires=access.expires, token_exp=access.token_exp)
         if request.path == cookie.PATH:

@@ -159,7 +159,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
 
 # what each temporary refusal asks the browser to wait before it comes back, before jitter
 _REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
-                  "topics": "refused_retry_ms", "redis": "refused_retry_ms"}
+                  "topics": "refused_retry_ms", "redis": "refused_retry_ms",
+                  "keys": "refused_retry_ms"}
 
 
 async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
