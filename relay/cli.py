@@ -255,7 +255,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                                  policy=policy)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
-                     args.edge_port, args.upstream_port, args.ingest_port, policy)
+                     args.edge_port, args.upstream_port, args.ingest_port, policy,
+                     fsync=args.fsync)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -331,6 +332,10 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds over which restarts count towards --restart-burst (60)")
     up.add_argument("--backoff-max", type=float, default=10.0,
                     help="longest wait before restarting a child; waits double from 0.5 s (10)")
+    up.add_argument("--fsync", choices=("everysec", "always"), default="everysec",
+                    help="Redis's appendfsync: everysec (a machine crash may lose the last "
+                         "second of acknowledged events) or always (none; slower publishes; "
+                         "docs/RELIABILITY.md)")
     up.add_argument("--cluster", action="store_true",
                     help="a local 3-primary Redis Cluster (ports 7001-7006) and three relays "
                          "(8101-8103) instead of one redis-server and two relays")

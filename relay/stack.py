@@ -96,7 +96,8 @@ class Processes(Supervisor):
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
-        ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None) -> int:
+        ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None,
+        fsync: str = "everysec") -> int:
     from relay import edge
 
     redis_server = shutil.which("redis-server")
@@ -138,7 +139,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         start("redis", redis_port, [
             redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
-            "--save", "", "--protected-mode", "no",
+            # everysec: a process crash loses nothing acknowledged, a machine crash up to a
+            # second; always: neither (docs/RELIABILITY.md, make bench-durability)
+            "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
         ])
         children.edge_tier(relay_ports, replay_port, edge_port)
         # an origin that drops its clients now and then: the ingest resumes it by id

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.integration.servers import IngestProcess, RedisServer, Relay, Varnish
 from tests.integration.upstreams import Upstreams
 
 TOKEN = "test-token"
+CHROMIUM = "/usr/bin/chromium"  # Debian's (make system); Playwright drives it, no download
 
 
 @pytest.fixture
@@ -91,3 +93,15 @@ def start_ingest(tmp_path: Path, redis_server: RedisServer
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Headless Chromium through Playwright's sync API (which runs an event loop on the test's
+    thread: start servers before it, or from another thread)."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield browser
+        finally:
+            browser.close()

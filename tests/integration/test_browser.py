@@ -19,18 +19,16 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 import redis as sync_redis
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.integration.servers import RedisServer, Relay, Varnish, metrics
 from tests.integration.sse import subscribe
 
-CHROMIUM = "/usr/bin/chromium"
 SOURCES = 4
 TOPIC = "browser"
 
@@ -82,15 +80,6 @@ def cut(port: int) -> None:
     subprocess.run(["ss", "-K", "dst", "127.0.0.1", "dport", "=", str(port)], check=True,
                    capture_output=True, timeout=10)
 
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _edge(start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],

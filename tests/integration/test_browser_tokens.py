@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey
 from tests.integration.servers import Relay, Varnish, metrics, publish
-from tests.integration.test_pages import CHROMIUM, _run
+from tests.integration.test_pages import _run
 
 TOPIC = "private-browser"
 SOURCES = 4
@@ -74,15 +74,6 @@ async ({topic, count}) => {
 }
 """
 
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Issuer:

@@ -90,7 +90,7 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
          "--relay-port", str(relay_a), "--relay-port", str(relay_b),
          "--replay-port", str(replay), "--edge-port", str(edge),
-         "--upstream-port", str(upstream), "--ingest-port", str(ingest)],
+         "--upstream-port", str(upstream), "--ingest-port", str(ingest), "--fsync", "always"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -104,6 +104,10 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
                 break
             banner += line
         assert b"ssedge stack is up" in banner, banner
+        # --fsync always: every acknowledged event is on disk before its 201
+        fsync = subprocess.run(["redis-cli", "-p", str(redis_port), "CONFIG", "GET",
+                                "appendfsync"], capture_output=True, timeout=10, check=True)
+        assert fsync.stdout.split() == [b"appendfsync", b"always"]
         token = (state / "publish-token").read_text().strip()
         env_file = (state / "env").read_text()
         assert f"SSEDGE_PUBLISH_TOKEN={token}" in env_file

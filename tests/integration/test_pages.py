@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
 from relay import client
 from tests.integration.conftest import TOKEN
@@ -37,7 +37,6 @@ from tests.integration.servers import (
 )
 from tests.integration.sse import subscribe
 
-CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 15_000
 
 
@@ -65,15 +64,6 @@ def edge(start_relay: Callable[..., Relay], start_replay: Callable[..., Relay],
     b = start_relay(retry_ms=1000, heartbeat_s=1)
     return Edge(a, b, start_varnish([a, b], start_replay()))
 
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
