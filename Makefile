@@ -18,8 +18,10 @@ up: venv system
 up-cluster: venv system
 	$(BIN)/ssedge up --cluster
 
+# two pytest workers, a test file each at a time (its servers and module fixtures stay in one
+# worker); each worker takes its servers' ports from a range of its own (tests/integration)
 test: venv system lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check relay replay loadtests tests bench docs

@@ -7,8 +7,10 @@ its process group, which is signalled as a whole).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +21,30 @@ from typing import Any
 
 from relay import client
 
+# Ports for the servers a test starts, each pytest-xdist worker in a range of its own below
+# the kernel's ephemeral range (32768 on): a port picked here is bound later by a child, and
+# two workers asking the kernel for "any free port" could be handed the same one between the
+# pick and the bind; a relay binds with SO_REUSEPORT and would silently share it. In a worker
+# the ports go round their range, so a recently used one (TIME_WAIT, a child still exiting)
+# comes back last.
+_PORTS_PER_WORKER = 4000
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_first = 12000 + _PORTS_PER_WORKER * (int(_worker[2:]) if _worker[2:].isdigit() else 0)
+_turn = itertools.count(random.randrange(_PORTS_PER_WORKER))
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, from this worker's range."""
+    for _ in range(_PORTS_PER_WORKER):
+        port = _first + next(_turn) % _PORTS_PER_WORKER
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_first}-{_first + _PORTS_PER_WORKER - 1}")
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:

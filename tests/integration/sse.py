@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from relay import client
 from relay.client import EventStream
 from relay.ids import parse
-from relay.wire import Event
+from relay.wire import Event, Item
 
 
 async def subscribe(url: str, **kwargs: object) -> EventStream:
@@ -56,15 +57,30 @@ class Follower:
                 continue
             async with es:
                 self.events.extend(e for e in getattr(es, "early", []))
+                reading: asyncio.Future[list[Item]] | None = None
                 while not es.ended:
+                    if until.done() and any(e.id == until.result() for e in self.events[-50:]):
+                        if reading is not None:  # leaving this stream: its read goes too
+                            reading.cancel()
+                        return
+                    # the last event may be in already: wait for a chunk, or for the last id
+                    # to be named, not for the next heartbeat (a read is never cut short: the
+                    # same one is awaited again)
+                    if reading is None:
+                        reading = asyncio.ensure_future(es.read_chunk())
+                    waits: set[asyncio.Future[Any]] = {reading}
+                    if not until.done():
+                        waits.add(until)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if not reading.done():
+                        continue
+                    done, reading = reading, None
                     try:
-                        got = await es.read_chunk()
+                        got = done.result()
                     except (OSError, asyncio.IncompleteReadError):
                         break
                     self.events.extend(e for e in got if isinstance(e, Event))
                     last = es.decoder.last_event_id or last
-                    if until.done() and any(e.id == until.result() for e in self.events[-50:]):
-                        return
             # the node went away: wait for the test's go, then the next node
             self.reconnects += 1
             node = min(node + 1, len(self.urls) - 1)
@@ -155,6 +171,8 @@ async def refused(url: str, **kwargs: object) -> tuple[client.Response, int, str
         while not es.ended:
             items += await asyncio.wait_for(es.read_chunk(), 10)
         assert not [i for i in items if isinstance(i, Event)], "a refusal sends no event"
-        assert es.decoder.retry is not None and es.decoder.last_event_id == ""
+        # no id: the client's Last-Event-ID is what it sent
+        assert es.decoder.retry is not None
+        assert es.decoder.last_event_id == (kwargs.get("last_event_id") or "")
         text = " ".join(getattr(i, "text", "") for i in items)
         return es.response, es.decoder.retry, text

@@ -194,6 +194,13 @@ def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order
     asyncio.run(run())
 
 
+def _unexpected(relay: Relay) -> str:
+    """The relay's log from its first unexpected error on (for a failure's message)."""
+    text = relay.log.read_text(errors="replace")
+    at = text.find("unexpected error")
+    return text[at:at + 4000] if at >= 0 else "(no unexpected error in the relay's log)"
+
+
 @dataclass
 class TopicPublisher:
     """Publishes one event after another to one topic, retrying each until acknowledged,
@@ -226,7 +233,8 @@ class TopicPublisher:
                 seq += 1
                 await asyncio.sleep(0.1)
             else:
-                assert response is None or response.status == 503, response.body
+                assert response is None or response.status == 503, (
+                    response.body, _unexpected(target))
                 self.refused += 1
                 await asyncio.sleep(0.1)
 
