@@ -30,12 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay import store
-from relay.cluster_feed import ClusterFeed
-from relay.cluster_stack import LocalCluster
-from relay.feed import Feed
-from relay.metrics import Metrics
-from relay.topics import Hub
+from relay.devstack.cluster import LocalCluster
+from relay.node.feed.cluster import ClusterFeed
+from relay.node.feed.single import Feed
+from relay.node.metrics import Metrics
+from relay.node.topics import Hub
+from relay.storage import streams as store
 from tests.integration.servers import RedisServer, free_port
 
 

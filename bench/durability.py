@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relay import client
+from relay.web import client
 from tests.integration.servers import RedisServer, Relay
 
 TOKEN = "bench"

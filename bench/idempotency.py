@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from relay import idempotency, store
+from relay.storage import idempotency
+from relay.storage import streams as store
 from tests.integration.servers import RedisServer
 
 DATA = b"x" * 100

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relay import client
+from relay.web import client
 from tests.integration.servers import RedisServer, Relay, metrics
 
 TOKEN = "bench"

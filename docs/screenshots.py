@@ -17,7 +17,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from relay import client
+from relay.web import client
 
 CHROMIUM = "/usr/bin/chromium"
 

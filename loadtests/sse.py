@@ -20,7 +20,7 @@ from locust import User
 from locust.env import Environment
 
 from loadtests import tally
-from relay.wire import Decoder, Event
+from relay.protocol.wire import Decoder, Event
 
 REQUEST_TYPE = "SSE"
 HEAD_LIMIT = 64 * 1024

@@ -25,12 +25,16 @@ import logging
 
 from redis.exceptions import RedisError
 
-from relay import __version__, auth, history, ids, store
+from relay import __version__
 from relay import settings as settings_mod
-from relay.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
-from relay.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
-from relay.metrics import Metrics
+from relay.node.metrics import Metrics
+from relay.protocol import ids
 from relay.settings import Settings
+from relay.storage import history
+from relay.storage import streams as store
+from relay.web import auth
+from relay.web.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
+from relay.web.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 

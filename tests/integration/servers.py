@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay import client
+from relay.web import client
 
 # Ports for the servers a test starts, each pytest-xdist worker in a range of its own below
 # the kernel's ephemeral range (32768 on): a port picked here is bound later by a child, and
@@ -256,8 +256,7 @@ class Varnish:
 
     def __init__(self, directory: Path, relays: list[Relay], replay: Relay | None,
                  extra_params: tuple[str, ...] = (), port: int | None = None) -> None:
-        from relay import edge
-
+        from relay.devstack import varnish as edge
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()  # given: relays that fetch history through it know it

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from relay import client
-from relay.client import EventStream
-from relay.ids import parse
-from relay.wire import Event, Item
+from relay.protocol.ids import parse
+from relay.protocol.wire import Event, Item
+from relay.web import client
+from relay.web.client import EventStream
 
 
 async def subscribe(url: str, **kwargs: object) -> EventStream:

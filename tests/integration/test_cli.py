@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, _port_open, free_port
 

@@ -22,11 +22,13 @@ import pytest
 from redis.cluster import ClusterNode as ClusterNodeSync
 from redis.cluster import RedisCluster as RedisClusterSync
 
-from relay import client, collector, stats, store
-from relay.client import EventStream
-from relay.cluster_stack import LocalCluster
-from relay.ids import parse
-from relay.wire import Event
+from relay.dashboard import collector, stats
+from relay.devstack.cluster import LocalCluster
+from relay.protocol.ids import parse
+from relay.protocol.wire import Event
+from relay.storage import streams as store
+from relay.web import client
+from relay.web.client import EventStream
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import IngestProcess, Relay, free_port, metrics
 from tests.integration.sse import collect, subscribe

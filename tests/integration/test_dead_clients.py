@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.ids import parse
+from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN
 from tests.integration.netns import Island
 from tests.integration.servers import Relay, metrics, publish

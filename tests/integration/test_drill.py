@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.drill_faults import KINDS
+from relay.drill.faults import KINDS
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, Varnish, _port_open, _wait, spawn
 from tests.integration.upstack import SSEDGE, UpStack, clean_env

@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, Varnish, publish
 from tests.integration.sse import collect, subscribe

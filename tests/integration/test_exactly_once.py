@@ -17,8 +17,9 @@ import os
 import signal
 from collections.abc import Callable
 
-from relay import client, ids
-from relay.wire import Event
+from relay.protocol import ids
+from relay.protocol.wire import Event
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, Varnish, free_port, metrics, publish
 from tests.integration.sse import subscribe

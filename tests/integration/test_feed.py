@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from relay import store
-from relay.feed import Feed
-from relay.metrics import Metrics
-from relay.topics import Hub
+from relay.node.feed.single import Feed
+from relay.node.metrics import Metrics
+from relay.node.topics import Hub
+from relay.storage import streams as store
 from tests.integration.servers import RedisServer
 
 BLOCK_MS = 15_000  # a missed wake-up would cost this

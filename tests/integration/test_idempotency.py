@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from relay import client, idempotency
+from relay.storage import idempotency
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, Varnish, metrics
 

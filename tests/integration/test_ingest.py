@@ -12,9 +12,9 @@ from pathlib import Path
 
 import redis
 
-from relay import client
-from relay.demo_upstream import DemoUpstream
-from relay.wire import Event
+from relay.devstack.demo import DemoUpstream
+from relay.protocol.wire import Event
+from relay.web import client
 from tests.integration.servers import IngestProcess, RedisServer, Relay, free_port
 from tests.integration.upstreams import Upstreams, url
 

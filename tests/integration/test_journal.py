@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from relay import store
-from relay.journal import Entry, Journal, LeaseLost, Moved, Position, lease_key
+from relay.storage import streams as store
+from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position, lease_key
 from tests.integration.servers import RedisServer
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey
 from tests.integration.servers import Relay, free_port, metrics, publish

@@ -9,7 +9,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from relay import client
+from relay.web import client
 from tests.integration.servers import Relay, metrics
 from tests.integration.sse import refused, subscribe
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Route
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import (
     RedisServer,

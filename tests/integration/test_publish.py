@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay
 from tests.integration.sse import collect, subscribe

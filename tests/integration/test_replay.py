@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from relay import client
-from relay.wire import Decoder, Event
+from relay.protocol.wire import Decoder, Event
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import collect, subscribe

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay
 from tests.integration.sse import Crowd, Publisher

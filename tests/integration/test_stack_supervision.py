@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from relay import client
-from relay.supervisor import group_members, port_open
+from relay.devstack.supervisor import group_members, port_open
+from relay.web import client
 from tests.integration.sse import collect, subscribe
 from tests.integration.upstack import UpStack, get, wait_for
 

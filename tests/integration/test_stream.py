@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from relay import client
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, metrics, publish
 from tests.integration.sse import collect, subscribe

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.client import EventStream
-from relay.ids import parse
+from relay.protocol.ids import parse
+from relay.protocol.wire import Event
 from relay.settings import Settings
-from relay.wire import Event
+from relay.web.client import EventStream
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, metrics, publish, rss_bytes
 from tests.integration.sse import subscribe

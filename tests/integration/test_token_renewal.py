@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import jwt
 
-from relay import client
-from relay.wire import Event
+from relay.protocol.wire import Event
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, Varnish, publish
 from tests.integration.sse import subscribe

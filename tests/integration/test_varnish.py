@@ -9,8 +9,8 @@ import statistics
 import time
 from collections.abc import Callable
 
-from relay import client
-from relay.ids import parse
+from relay.protocol.ids import parse
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.servers import Relay, Varnish, metrics, publish
 from tests.integration.sse import Follower, collect, refused, subscribe

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay import client
-from relay.supervisor import group_members, kill_group
+from relay.devstack.supervisor import group_members, kill_group
+from relay.web import client
 from tests.integration.servers import free_port
 
 SSEDGE = [sys.executable, "-m", "relay"]

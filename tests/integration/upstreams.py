@@ -10,7 +10,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from relay.demo_upstream import DemoUpstream
+from relay.devstack.demo import DemoUpstream
 
 T = TypeVar("T")
 

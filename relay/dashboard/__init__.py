@@ -1,0 +1,1 @@
+"""The operators' dashboard: the collector of every node's numbers and the stats."""

@@ -1,0 +1,1 @@
+"""Local stacks (make up, tests, bench): processes, supervision, Varnish, demo."""

@@ -1,0 +1,173 @@
+"""``ssedge up``: the local stack in the foreground, supervised, stopped as a whole by Ctrl-C.
+
+Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
+nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``), a
+demo publisher, and a demo upstream SSE server with an ``ssedge ingest`` of it into the
+``ingest-demo`` topic. The publish token and the stack's settings are written under
+``.ssedge/`` so that ``ssedge`` commands run in the checkout find them. A child that exits is
+restarted on its port (``relay.supervisor``); one in a crash loop stops the stack, exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay.devstack.supervisor import RestartPolicy, Supervisor, port_open
+
+REDIS_PORT = 6390
+RELAY_PORTS = (8101, 8102)
+REPLAY_PORT = 8201
+EDGE_PORT = 8080
+UPSTREAM_PORT = 8401
+INGEST_PORT = 8301
+DEMO_TOPIC = "demo"
+INGEST_TOPIC = "ingest-demo"
+
+
+def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
+    path = directory / name
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(size)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
+    """Publishes a small JSON tick to the demo topic every second."""
+    from relay.web import client
+    n = 0
+    while not stop.wait(1.0):
+        n += 1
+        body = {"data": {"n": n, "at": time.time()}, "event": "tick"}
+        with contextlib.suppress(Exception):  # retried with its Idempotency-Key: once
+            asyncio.run(client.publish(f"{url}/v1/streams/{DEMO_TOPIC}/events", body,
+                                       token=token, attempts=3, timeout=5))
+
+
+def ports_free(ports: Sequence[int]) -> bool:
+    """False, having said which, when one of ``ports`` is taken."""
+    for port in ports:
+        if port_open(port):
+            print(f"ssedge up: port {port} is in use (is another stack running?)",
+                  file=sys.stderr)
+            return False
+    return True
+
+
+class Processes(Supervisor):
+    """A stack's children, each in a process group of its own (Ctrl-C reaches the stack, which
+    then stops each child in order), supervised (``relay.supervisor``), logs under the stack's
+    directory."""
+
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int) -> None:
+        """The replay service, the relays, varnishd in front of them, and the dashboard's
+        collector of every relay's and the edge's numbers (topic ssedge.stats)."""
+        from relay.devstack import varnish as edge
+        self.start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
+        for i, port in enumerate(relay_ports, 1):
+            self.start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
+                                            str(port), "--node-name", f"relay-{i}"])
+        varnish_dir = self.directory / "varnish"
+        varnish_dir.mkdir(exist_ok=True)
+        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
+            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
+        work = (varnish_dir / "work").resolve()
+        self.start("varnish", edge_port, edge.command(work, f"127.0.0.1:{edge_port}",
+                                                      varnish_dir.resolve()))
+        self.start("stats", 0, [sys.executable, "-m", "relay", "stats",
+                                *(a for p in relay_ports
+                                  for a in ("--relay", f"http://127.0.0.1:{p}")),
+                                "--varnish-name", str(work),
+                                "--supervisor", str(self.status_path.resolve())])
+
+
+def run(directory: Path, redis_port: int = REDIS_PORT,
+        relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
+        edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
+        ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None,
+        fsync: str = "everysec") -> int:
+    from relay.devstack import varnish as edge
+    redis_server = shutil.which("redis-server")
+    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish")):
+        if program is None:
+            print(f"ssedge up: {package} is not installed (apt-get install {package})",
+                  file=sys.stderr)
+            return 1
+    assert redis_server is not None
+    if not ports_free((redis_port, replay_port, edge_port, upstream_port, ingest_port,
+                       *relay_ports)):
+        return 1
+    directory.mkdir(exist_ok=True)
+    (directory / "redis").mkdir(exist_ok=True)
+    token = _token(directory)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    base_url = f"http://127.0.0.1:{edge_port}"
+    replay_url = f"http://127.0.0.1:{replay_port}"
+    env = {
+        "SSEDGE_REDIS_URL": redis_url,
+        "SSEDGE_PUBLISH_TOKEN": token,
+        "SSEDGE_URL": base_url,
+        # relays fetch history through Varnish: identical pages collapse across nodes there
+        "SSEDGE_REPLAY_URL": base_url,
+        "SSEDGE_REPLAY_PORT": str(replay_port),
+        # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
+        "SSEDGE_PRIVATE_TOPICS": "private-*",
+        "SSEDGE_JWT_SECRET": _token(directory, "jwt-secret", 48),
+        # another `ssedge ingest` in a second shell serves its metrics on a free port
+        "SSEDGE_INGEST_PORT": "0",
+        # Ctrl-C drains open streams before the relays stop: keep it short here
+        "SSEDGE_DRAIN_S": "2",
+    }
+    (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    children = Processes(directory, env, policy)
+    start = children.start
+
+    def up() -> None:
+        start("redis", redis_port, [
+            redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
+            "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
+            # everysec: a process crash loses nothing acknowledged, a machine crash up to a
+            # second; always: neither (docs/RELIABILITY.md, make bench-durability)
+            "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
+        ])
+        children.edge_tier(relay_ports, replay_port, edge_port)
+        # an origin that drops its clients now and then: the ingest resumes it by id
+        start("upstream", upstream_port, [sys.executable, "-m", "relay", "demo-upstream",
+                                          "--port", str(upstream_port), "--drop-every", "30"])
+        start("ingest", ingest_port, [
+            sys.executable, "-m", "relay", "ingest", "--topic", INGEST_TOPIC,
+            "--from", f"demo=http://127.0.0.1:{upstream_port}/events",
+            "--ingest-port", str(ingest_port), "--node-name", "ingest-1",
+        ])
+        threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
+                         daemon=True).start()
+        print(f"""ssedge stack is up (logs in {directory}/):
+  edge         {base_url}   <- the one address you need (Varnish)
+  demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
+  ingested     {base_url}/v1/streams/{INGEST_TOPIC}/events  (from the demo upstream)
+  upstream     http://127.0.0.1:{upstream_port}/events  (a demo origin server)
+  ingest       http://127.0.0.1:{ingest_port}/metrics
+  relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}
+  replay       {replay_url}/v1/replay/{DEMO_TOPIC}?after=0-0
+  redis        {redis_url}
+  publish      token in {directory}/publish-token
+  private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
+  pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
+  try          .venv/bin/ssedge tail {DEMO_TOPIC}
+A child that exits is restarted (state in {directory}/supervisor.json).
+Ctrl-C stops everything.""", flush=True)
+
+    code = children.serve(up)
+    print("ssedge stack stopped." if code == 0 else f"ssedge stack stopped (exit {code}).",
+          flush=True)
+    return code

@@ -1,0 +1,1 @@
+"""ssedge ingest: following upstream SSE servers into topics, exactly once."""

@@ -1,0 +1,293 @@
+"""Following one upstream SSE endpoint into a topic, the way an EventSource would.
+
+One connection at a time. Each connection starts from the cursor stored in Redis (so it is
+exact even after another process or a crash), sends it as ``Last-Event-ID``, and decodes
+with the project's wire decoder. Every chunk's events are appended with the journal's one
+atomic script, which also moves the cursor: what is in the stream and where the next
+connection resumes never disagree.
+
+Per the WHATWG rules, with one deliberate difference:
+
+- A ``200`` event stream that ends is reconnected after the upstream's ``retry`` (jittered
+  upwards by at most a quarter, so many ingesters do not come back at once).
+- ``204 No Content`` means "stop reconnecting": this upstream is given up for good in this
+  process (counted, logged, and shown in ``/metrics``).
+- Any other status, a ``Content-Type`` that is not ``text/event-stream``, a refused
+  connection or an answer that is not HTTP: the spec fails the connection for good, since a
+  person can reload a page. A daemon cannot, so these are retried with exponential backoff
+  and jitter, from ``retry`` up to ``ingest_backoff_max_s``, and counted by kind.
+- Garbage inside a stream is whatever the decoder makes of it (unknown fields and bad retry
+  values ignored, invalid UTF-8 replaced); an event whose data is over ``max_body_bytes``, or
+  whose type publishing would refuse, is not written but counted as rejected, and the
+  cursor moves past it, so one bad event cannot stall the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+from redis.exceptions import RedisError
+
+from relay.ingest.config import Upstream
+from relay.ingest.status import Status
+from relay.protocol.wire import Event, Oversize
+from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position
+from relay.web import client
+from relay.web.client import EventStream, ProtocolError
+
+log = logging.getLogger("ssedge.ingest")
+
+BATCH = 256  # events per script call: a script blocks Redis while it runs
+MAX_EVENT_TYPE = 64  # as publishing allows
+_FLOOR_S = 0.05  # shortest wait between two connections
+_json = msgspec.json.Encoder()
+
+
+class Ending(enum.Enum):
+    STOPPED = "stopped"  # the upstream said 204: do not reconnect
+    LEASE_LOST = "lease lost"  # another process follows it now
+    HANDOVER = "handover"  # down too long here: let another process try
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    retry_ms: int  # until the upstream sends its own
+    backoff_max_s: float
+    connect_timeout_s: float
+    idle_timeout_s: float
+    max_event_bytes: int
+    handover_s: float  # down this long while failing: give the lease up for a while
+    envelope: bool = False
+
+
+class Backoff:
+    """The wait before the next connection: the upstream's ``retry`` after a stream that
+    worked, doubling per failed attempt up to a cap, always with jitter."""
+
+    def __init__(self, retry_ms: int, max_s: float, rng: Callable[[], float] = random.random):
+        self.retry_ms = retry_ms
+        self.failures = 0
+        self._max_s = max_s
+        self._rng = rng
+
+    def delay(self) -> float:
+        # floored: an upstream sending "retry: 0" and closing at once must not make a hot loop
+        base = max(self.retry_ms / 1000, _FLOOR_S)
+        if self.failures == 0:
+            return base * (1 + self._rng() / 4)
+        cap = max(self._max_s, base)  # an upstream asking for longer than the cap gets it
+        step: float = base * 2.0 ** min(self.failures, 30)
+        return min(cap, step) * (0.5 + self._rng() / 2)
+
+
+def event_type_ok(event: str) -> bool:
+    return len(event) <= MAX_EVENT_TYPE and "\x00" not in event
+
+
+def entry(ev: Event, upstream: str, envelope: bool) -> Entry:
+    """How an upstream event is stored: data byte for byte (or, with ``envelope``, a JSON
+    object that also names the upstream and its id, for clients that only see data)."""
+    kind = b"" if ev.event == "message" else ev.event.encode()
+    data = ev.data.encode()
+    if envelope:
+        data = _json.encode({"upstream": upstream, "id": ev.id or None, "event": ev.event,
+                             "data": ev.data})
+    return Entry(kind, ev.id.encode(), data)
+
+
+def is_event_stream(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+class Failed(Exception):
+    """A connection attempt or stream that failed, with the kind counted in metrics."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+class Follower:
+    def __init__(self, upstream: Upstream, journal: Journal, policy: Policy,
+                 status: Status) -> None:
+        self.upstream = upstream
+        self._journal = journal
+        self._policy = policy
+        self.status = status
+        self._backoff = Backoff(policy.retry_ms, policy.backoff_max_s)
+        self._headers = dict(upstream.headers)
+        self._headers.setdefault("Cache-Control", "no-cache")
+
+    async def run(self) -> Ending:
+        """Follow the upstream until it says 204, the lease is lost, or it is handed over."""
+        st = self.status
+        st.down_since = time.time()
+        first = True
+        while True:
+            failure = ""
+            try:
+                position = await self._journal.position()
+                st.cursor = position.cursor
+                if not first:
+                    st.reconnects += 1
+                first = False
+                ending = await self._connection(position)
+                if ending is not None:
+                    return ending
+            except LeaseLost:
+                return Ending.LEASE_LOST
+            except Moved as exc:
+                # another write moved the cursor (or ours landed and its reply was lost):
+                # nothing of this batch was written; resume from the stored cursor
+                st.error("conflict")
+                failure = f"conflict: {exc}"
+            except Failed as exc:
+                st.error(exc.kind)
+                failure = str(exc)
+            except (RedisError, OSError, asyncio.IncompleteReadError, ProtocolError,
+                    TimeoutError) as exc:
+                kind = _kind_of(exc)
+                st.error(kind)
+                failure = f"{kind}: {exc or type(exc).__name__}"
+            finally:
+                self._went_down()
+            if failure:
+                self._backoff.failures += 1
+            if self._handover_due():
+                return Ending.HANDOVER
+            delay = self._backoff.delay()
+            if failure:
+                since = st.down_since or time.time()
+                log.warning("%s down since %s (%.1f s): %s; attempt %d, next in %.1f s",
+                            self._who(), _iso(since), time.time() - since, failure,
+                            self._backoff.failures, delay)
+            else:
+                log.info("%s: stream ended; reconnecting in %.1f s %s", self._who(), delay,
+                         f"after id {st.cursor!r}" if st.cursor else "without Last-Event-ID")
+            await asyncio.sleep(delay)
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def _connection(self, position: Position) -> Ending | None:
+        p = self._policy
+        es = await asyncio.wait_for(client.stream(
+            self.upstream.url, last_event_id=position.cursor or None, headers=self._headers,
+            max_data=p.max_event_bytes), p.connect_timeout_s)
+        with contextlib.closing(es):
+            response = es.response
+            if response.status == 204:
+                self.status.error("no_content")
+                self.status.stopped = True
+                log.warning("%s: answered 204 No Content, the spec's 'stop reconnecting': "
+                            "not following it any more", self._who())
+                return Ending.STOPPED
+            if response.status != 200:
+                raise Failed("status", f"HTTP {response.status} "
+                             f"{response.body[:200].decode('utf-8', 'replace')!r}")
+            content_type = response.headers.get("content-type", "")
+            if not is_event_stream(content_type):
+                raise Failed("content_type", f"Content-Type {content_type!r}, "
+                             "not text/event-stream")
+            self._went_up(position.cursor)
+            # a stream cut short ends like any other: the cursor is exact either way
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                await self._follow(es, position)
+        return None
+
+    async def _follow(self, es: EventStream, position: Position) -> None:
+        writes, cursor = position.writes, position.cursor
+        # an upstream that resends the event named in Last-Event-ID (an inclusive resume)
+        # sends it first: that one is already in the stream
+        repeat = cursor
+        while not es.ended:
+            try:
+                items = await asyncio.wait_for(es.read_chunk(), self._policy.idle_timeout_s)
+            except TimeoutError:
+                raise Failed("idle", f"nothing for {self._policy.idle_timeout_s:g} s") from None
+            if es.decoder.retry is not None:
+                self._backoff.retry_ms = es.decoder.retry
+            events = [i for i in items if isinstance(i, Event | Oversize)]
+            if repeat and events:
+                first = events[0]
+                if first.id == repeat and (isinstance(first, Oversize) or first.own_id):
+                    self.status.duplicates += 1
+                    events = events[1:]
+                repeat = ""
+            new_cursor = es.decoder.last_event_id if events or (
+                es.decoder.last_event_id and es.decoder.last_event_id != cursor) else cursor
+            if not events and new_cursor == cursor:
+                continue
+            for start in range(0, max(len(events), 1), BATCH):
+                part = events[start:start + BATCH]
+                last = start + BATCH >= len(events)
+                part_cursor = new_cursor if last else part[-1].id
+                await self._append(writes, part, part_cursor)
+                writes += 1
+            cursor = new_cursor
+
+    async def _append(self, writes: int, events: Sequence[Event | Oversize],
+                      cursor: str) -> None:
+        st = self.status
+        entries = []
+        for ev in events:
+            if isinstance(ev, Oversize):
+                self._reject(ev.id, f"data of about {ev.size} bytes is over the limit")
+            elif not event_type_ok(ev.event):
+                self._reject(ev.id, "its event type is not one publishing allows")
+            else:
+                entries.append(entry(ev, self.upstream.name, self._policy.envelope))
+        await self._journal.append(writes, entries, cursor)
+        st.cursor = cursor
+        if entries:
+            st.events += len(entries)
+            st.last_event_at = time.time()
+
+    def _reject(self, upstream_id: str, why: str) -> None:
+        self.status.rejected += 1
+        log.warning("%s: event id %r not ingested: %s", self._who(), upstream_id, why)
+
+    # -- state, log and metrics ------------------------------------------------------------
+
+    def _who(self) -> str:
+        return f"upstream {self.upstream.name} of topic {self.status.topic}"
+
+    def _went_up(self, cursor: str) -> None:
+        st = self.status
+        if st.down_since is not None and self._backoff.failures:
+            log.info("%s is up again after %.1f s down; resuming %s", self._who(),
+                     time.time() - st.down_since, f"after id {cursor!r}" if cursor else "live")
+        st.up, st.down_since = True, None
+        self._backoff.failures = 0
+
+    def _went_down(self) -> None:
+        st = self.status
+        if st.up or st.down_since is None:
+            st.down_since = time.time()
+        st.up = False
+
+    def _handover_due(self) -> bool:
+        st = self.status
+        return (self._backoff.failures > 0 and st.down_since is not None
+                and time.time() - st.down_since > self._policy.handover_s)
+
+
+def _kind_of(exc: BaseException) -> str:
+    if isinstance(exc, RedisError):
+        return "redis"
+    if isinstance(exc, ProtocolError):
+        return "protocol"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connect"
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

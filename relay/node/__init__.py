@@ -1,0 +1,1 @@
+"""A relay node: the ASGI app, streams, fan-out, topics, the feed, process state."""

@@ -1,0 +1,142 @@
+"""New frames to every connection parked on a topic, from the feed, with no task woken.
+
+A connection that has sent everything in its topic's ring parks (``Topic.park``). When the
+feed appends frames, ``kick`` starts a pass over the parked connections: the new frames are
+joined once and the same message goes to each one's ``send``, advancing its cursor; the
+connection's task sleeps on. Per delivery this is one call into the server instead of a future,
+a wake-up, a task step and a read of the ring per connection.
+
+A pass over many connections yields to the event loop every ``SLICE`` sends, in a task of its
+own: the feed goes on reading meanwhile, and the connections later in the pass get what it
+appended in the same send (as woken tasks each reading the ring did). A few parked connections
+are served at once, without a task.
+
+That is only right when a call to ``send`` hands the bytes over at once. Granian's ASGI send
+does: it returns an already finished awaitable when its queue for the connection took the
+bytes, and a pending one when the client is not reading (the bytes go out, in order, once it
+does). A pending send is given to the connection's task to await, so backpressure holds: the
+task sends nothing more until the client has taken it, its cursor stops, and the sweep closes
+it when it stays too far behind (``Relay._sweep``). With any other server (``send`` a
+coroutine function) ``Subscription.send`` stays None and every task writes its own frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from relay.node.metrics import Metrics
+from relay.node.topics import Subscription, Topic
+
+SLICE = 256  # sends between two yields to the event loop in one pass
+
+_READY: set[type] = set()  # types of awaitables a server returns for a send already done
+_READY_NAMES = {("granian._granian", "PyEmptyAwaitable")}
+
+# per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes,
+# id of its first frame)
+_Chunks = dict[int, tuple[int, dict[str, Any], int, int, int, int]]
+
+
+def done_at_once(sent: Any) -> bool:
+    """Whether the awaitable a ``send`` call returned says the bytes were taken already."""
+    kind = type(sent)
+    if kind in _READY:
+        return True
+    if (kind.__module__, kind.__qualname__) in _READY_NAMES:
+        _READY.add(kind)
+        return True
+    return False
+
+
+def kick(topic: Topic, metrics: Metrics, send_max: int) -> None:
+    """The topic's ring has new frames: send them to its parked connections."""
+    if topic.fanning is not None:
+        return  # a pass under way sees them: it runs until every connection has all
+    if len(topic.parked) <= SLICE:  # at once: every one kept has everything
+        topic.parked = _send(topic, topic.parked, metrics, send_max, {})
+    else:
+        topic.fanning = asyncio.ensure_future(_passes(topic, metrics, send_max))
+
+
+def _behind(topic: Topic) -> bool:
+    head = topic.ring.head
+    return any(sub.cursor != head for sub in topic.parked)
+
+
+async def _passes(topic: Topic, metrics: Metrics, send_max: int) -> None:
+    try:
+        while topic.parked:
+            parked, topic.parked = topic.parked, []
+            keep: list[Subscription] = []
+            chunks: _Chunks = {}
+            try:
+                for i in range(0, len(parked), SLICE):
+                    if i:
+                        await asyncio.sleep(0)
+                    keep += _send(topic, parked[i:i + SLICE], metrics, send_max, chunks)
+            except BaseException:  # cancelled (shutdown): no connection is left parked unseen
+                for sub in parked:
+                    sub.resume()
+                raise
+            # those that parked during the pass come after
+            topic.parked = keep + topic.parked
+            if not _behind(topic):
+                return
+    finally:
+        topic.fanning = None
+
+
+def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: int,
+          chunks: _Chunks) -> list[Subscription]:
+    """Send each parked connection what it lacks; those still parked after it."""
+    ring = topic.ring
+    head = ring.head
+    keep: list[Subscription] = []
+    sent = events = nbytes = 0
+    for sub in parked:
+        waiter = sub.waiter
+        if waiter is None or waiter.done():
+            continue  # resumed, closed or cancelled since it parked
+        cursor = sub.cursor
+        if cursor == head:
+            keep.append(sub)
+            continue
+        send = sub.send
+        if send is None:  # a server whose send must be awaited: the task writes its own
+            sub.resume()
+            continue
+        chunk = chunks.get(cursor)
+        if chunk is None or chunk[0] != head:
+            if cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
+                # more than one send's worth, or gone from the ring: the task writes its own
+                sub.resume()
+                continue
+            body, end = ring.read(cursor, send_max)
+            chunk = (head, {"type": "http.response.body", "body": body, "more_body": True},
+                     ring.id_at(end - 1), end - cursor, len(body), ring.id_at(cursor))
+            chunks[cursor] = chunk
+        if chunk[5] <= sub.last_id:
+            # the client has these already (it came from a node whose feed is ahead): its
+            # task skips them (resume.Reader.next_chunk); never an id at or below its own
+            sub.resume()
+            continue
+        try:
+            result = send(chunk[1])
+        except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
+            sub.resume()
+            continue
+        sub.cursor = head
+        sub.last_id = chunk[2]
+        sent += 1
+        events += chunk[3]
+        nbytes += chunk[4]
+        if done_at_once(result):
+            keep.append(sub)
+        else:
+            sub.resume(result)  # the client is slow: its task waits until it took these
+    metrics.sends += sent
+    metrics.parked_sends += sent
+    metrics.events_out += events
+    metrics.bytes_out += nbytes
+    return keep

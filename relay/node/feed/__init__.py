@@ -1,0 +1,1 @@
+"""The feed: one reader of every watched topic per process (one Redis, or a cluster)."""

@@ -1,0 +1,271 @@
+"""What one relay process holds: settings, Redis pool, topics, the feed and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from relay.node.feed.cluster import ClusterFeed
+from relay.node.feed.single import Feed, FeedBase
+from relay.node.metrics import Metrics
+from relay.node.replayer import Replayer
+from relay.node.topics import Hub, Subscription
+from relay.settings import Settings
+from relay.storage import streams as store
+from relay.web import auth
+from relay.web.http import Responder
+
+log = logging.getLogger("ssedge.relay")
+
+_SWEEP_S = 1.0
+_REFUSAL_LOG_S = 5.0
+_DRAIN_STEP_S = 0.1
+
+
+class Refusals:
+    """The log of refused streams, at most one line per reason every ``_REFUSAL_LOG_S``: a
+    storm of refusals must not become a storm of log lines."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[float, int]] = {}  # reason -> (last logged, not logged)
+
+    def note(self, reason: str, why: str) -> None:
+        now = time.monotonic()
+        logged, pending = self._state.get(reason, (float("-inf"), 0))
+        pending += 1
+        if now - logged >= _REFUSAL_LOG_S:
+            log.warning("refused %d stream%s (%s: %s); asked to come back", pending,
+                        "" if pending == 1 else "s", reason, why)
+            self._state[reason] = (now, 0)
+        else:
+            self._state[reason] = (logged, pending)
+
+
+class Relay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.node)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        redis = store.connect(settings)
+        self.redis: store.Client = redis
+        self.hub = Hub(
+            ring_events=settings.ring_events,
+            ring_bytes=settings.ring_bytes,
+            max_topics=settings.max_topics,
+            key_of=store.stream_key,
+        )
+        self.feed: FeedBase
+        if isinstance(redis, store.Cluster):
+            # one reader per primary node (relay/cluster_feed.py)
+            self.feed = ClusterFeed(self.hub, redis, self.metrics,
+                                    block_ms=settings.feed_block_ms,
+                                    read_count=settings.feed_read_count,
+                                    send_max=settings.send_max_bytes)
+        else:
+            self.feed = Feed(
+                self.hub, redis, self.metrics, url=settings.redis_url,
+                block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
+                send_max=settings.send_max_bytes,
+            )
+        self.replayer = Replayer(
+            settings.replay_url, self.redis, self.metrics,
+            page_size=settings.replay_page, timeout=settings.replay_timeout_s,
+            cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
+            page_bytes=settings.replay_page_bytes,
+            private=auth.Patterns.parse(settings.private_topics).match,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.draining = False
+        self.refusals = Refusals()
+        # when the feed was last seen without Redis (None: connected); readiness and new
+        # streams hold out ``redis_grace_s`` past it
+        self.redis_down_since: float | None = None
+        self._redis_seen = False
+        m = self.metrics
+        m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
+        m.gauge("ring_events", "Events held in all rings.",
+                lambda: sum(len(t.ring) for t in self.hub))
+        m.gauge("ring_bytes", "Bytes held in all rings.",
+                lambda: sum(t.ring.nbytes for t in self.hub))
+        m.gauge("ring_fill_ratio", "Fullest ring's events over its bound.",
+                lambda: max((len(t.ring) / settings.ring_events for t in self.hub), default=0))
+        m.gauge("subscribers", "Connections registered on a topic.",
+                lambda: self.hub.subscriber_count)
+        m.gauge("tasks", "asyncio tasks alive in this process.",
+                lambda: len(asyncio.all_tasks()))
+        m.gauge("redis_connected", "1 while the feed is connected to Redis.",
+                lambda: float(self.feed.connected))
+        if isinstance(self.feed, ClusterFeed):
+            feed = self.feed
+            m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
+                    lambda: feed.nodes_connected)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.ensure_future(self._guard("feed", self.feed.run())),
+            asyncio.ensure_future(self._guard("heartbeat", self._heartbeat())),
+            asyncio.ensure_future(self._guard("sweeper", self._sweep())),
+        ]
+        if self.settings.feed_verify_s:
+            self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
+
+    @property
+    def takes_streams(self) -> bool:
+        """Whether Redis is reachable, or was until less than ``redis_grace_s`` ago.
+
+        A short Redis blip hits every relay at once: readiness that turned red with it would
+        leave the edge no relay at all, while streams of topics in the rings can still be
+        served (they resume the moment the feed reads again). A relay that stays without
+        Redis longer steps out: not ready, its streams ended so that they reconnect to a relay
+        that has Redis, new ones refused."""
+        if self.feed.connected:
+            self._redis_seen = True
+            return True
+        down = self.redis_down_since  # None: lost since the last sweep, under a second ago
+        return self._redis_seen and (
+            down is None or time.monotonic() - down < self.settings.redis_grace_s)
+
+    @property
+    def ready(self) -> bool:
+        return (not self.draining and self.takes_streams
+                and all(not t.done() for t in self._tasks))
+
+    def _watch_redis(self) -> None:
+        """Note when the feed lost Redis (the sweeper calls this every second)."""
+        if self.feed.connected:
+            self._redis_seen = True
+            self.redis_down_since = None
+        elif self.redis_down_since is None and self._redis_seen:
+            self.redis_down_since = time.monotonic()
+
+    async def drain(self) -> None:
+        """Close every stream over ``drain_s``, each told to come back after ``drain_retry_ms``.
+
+        Readiness is red from the first moment, so balancers stop sending new streams; the
+        closes are spread out so that the other nodes take the reconnects as a ramp, not a
+        wall. Each client resumes elsewhere with its Last-Event-ID.
+        """
+        self.draining = True
+        subs = [sub for topic in self.hub for sub in topic.subscribers]
+        period = self.settings.drain_s
+        log.info("draining %d streams over %.1f s", len(subs), period)
+        batches = max(1, min(len(subs), int(period / _DRAIN_STEP_S)))
+        per_batch = max(1, -(-len(subs) // batches))  # no streams: range() needs a step
+        for start in range(0, len(subs), per_batch):
+            for sub in subs[start:start + per_batch]:
+                self._close_for_drain(sub)
+            await asyncio.sleep(period / batches)
+        # streams that registered while the first ones closed (they passed the check just
+        # before it turned red), then the last bytes of every stream
+        deadline = time.monotonic() + 2.0
+        while self.metrics.streams_open and time.monotonic() < deadline:
+            for topic in self.hub:
+                for sub in list(topic.subscribers):
+                    self._close_for_drain(sub)
+            await asyncio.sleep(0.02)
+        log.info("drained; %d streams left", self.metrics.streams_open)
+
+    def _close_for_drain(self, sub: Subscription) -> None:
+        if sub.closed_because is None:
+            self.metrics.drained += 1
+            sub.close("drain")
+
+    async def stop(self) -> None:
+        for topic in self.hub:
+            for sub in list(topic.subscribers):
+                sub.close("shutdown")
+        passes = [t.fanning for t in self.hub if t.fanning is not None]
+        for task in self._tasks + passes:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *passes, return_exceptions=True)
+        await self.feed.close()
+        await self.redis.aclose()
+
+    async def _guard(self, name: str, work: object) -> None:
+        try:
+            await work  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped on an unexpected error; the node is not ready", name)
+            raise
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.hub.tick()
+
+    def verify_soon(self) -> None:
+        """Have the feed check now whether watched streams went back (``_verify``)."""
+        self.feed.verify_now.set()
+
+    async def _verify(self) -> None:
+        """Every ``feed_verify_s``, and at once after the feed reconnects: a watched stream
+        that went back (deleted and made again, XSETID, a failover that lost its newest
+        entries) is forgotten, its streams ended; each client reconnects with its id and is
+        answered from the stream as it is now (an id the stream no longer reaches gets an
+        ``unknown`` reset and goes on live). Cached pages of it are dropped here; the edge's
+        are the operator's to ban (docs/OPERATIONS.md)."""
+        from redis.exceptions import RedisError
+
+        wake = self.feed.verify_now
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.feed_verify_s)
+            wake.clear()
+            try:
+                gone = await self.feed.verify()
+            except (RedisError, OSError) as exc:
+                log.debug("stream check skipped: %s", exc)
+                continue
+            for topic in gone:
+                log.warning("stream of topic %s went back (deleted, or a failover lost its "
+                            "newest entries): ending its %d streams to start over",
+                            topic.name, len(topic.subscribers))
+                self.metrics.rewinds += 1
+                self.hub.forget(topic)
+                self.replayer.forget(topic.name)
+
+    async def _sweep(self) -> None:
+        """Close clients that stay too far behind, and forget topics nobody watches.
+
+        A client is closed when it was over the backlog bound, or behind the ring's tail, at
+        two sweeps in a row: a burst larger than the bound that a client drains within a
+        second is not slowness, and a stream behind the tail that is awake resumes in place
+        (``stream._follow``); a client stuck in a send is closed.
+        """
+        backlog = self.settings.client_backlog_bytes
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            self._watch_redis()
+            if not self.takes_streams and self.metrics.streams_open:
+                log.warning("Redis out of reach for %.0f s: ending %d streams so they "
+                            "reconnect to a relay that has it", self.settings.redis_grace_s,
+                            self.metrics.streams_open)
+                for topic in self.hub:
+                    for sub in list(topic.subscribers):
+                        sub.close("redis lost")
+            for topic in self.hub:
+                ring = topic.ring
+                for sub in list(topic.subscribers):
+                    if sub.catch_up is not None:
+                        # reading history, its cursor waits at the ring's tail: how far that
+                        # is says nothing of the client. A send it has not taken since the
+                        # last sweep does (each send is at most send_max_bytes).
+                        over = sub.sending and sub.sends == 0
+                        sub.sends = 0
+                        if over and sub.behind and sub.closed_because is None:
+                            self.metrics.catchup_stalls += 1
+                            self.metrics.backlog_drops += 1
+                            sub.close("overflow")
+                        sub.behind = over
+                        continue
+                    # lag_bytes needs a cursor inside the ring; behind it is over anyway
+                    over = sub.cursor < ring.tail or ring.lag_bytes(sub.cursor) > backlog
+                    if over and sub.behind and sub.closed_because is None:
+                        self.metrics.backlog_drops += 1
+                        sub.close("overflow")
+                    sub.behind = over
+            self.hub.expire(time.monotonic(), self.settings.topic_linger_s)

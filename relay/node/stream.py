@@ -1,0 +1,330 @@
+"""One event stream: register, note the ring position, catch up, then follow the ring.
+
+The order is the whole point (``relay.resume``). The subscription is registered and its
+cursor fixed in one synchronous step, before the first byte goes out; everything after that
+cursor reaches the client from the ring. Whatever the client asked for before it (an id older
+than the ring, ``since=earliest``) is read as history pages first, up to exactly the ring's
+floor noted at registration, so nothing is missed and nothing is sent twice.
+
+A connection that has sent everything in the ring parks; new frames reach it from the feed
+without waking its task (``relay.fanout``). When it is awake it sends everything pending in one
+write (bounded by ``send_max_bytes``), so the number of syscalls per event falls as load
+rises. A connection that falls behind the ring's tail catches up the same way from the last id
+it sent. One that stays more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is
+closed; it reconnects with Last-Event-ID and resumes where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from relay.node import fanout, renewal
+from relay.node.relay import Relay
+from relay.node.topics import Subscription, TooManyTopics
+from relay.protocol import ids, resume
+from relay.protocol.wire import encode_comment, encode_retry
+from relay.storage import streams as store
+from relay.web.errors import BadRequest
+from relay.web.http import Receive, Request, Send
+
+KEEPALIVE = encode_comment("keepalive")
+_STREAM_HEADERS = {
+    "content-type": "text/event-stream",
+    "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
+    "x-accel-buffering": "no",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a stream starts: after an id, at the oldest retained event, the last N, or live."""
+
+    after: int | None = None
+    earliest: bool = False
+    backfill: int = 0
+
+
+def parse_start(request: Request, ring_events: int) -> Start:
+    header = request.headers.get("last-event-id", "")
+    text = header or request.query.get("last_event_id", "")
+    since = request.query.get("since", "now")
+    if since not in ("now", "earliest"):
+        raise BadRequest("since is 'now' or 'earliest'")
+    raw_backfill = request.query.get("backfill", "0")
+    if not raw_backfill.isascii() or not raw_backfill.isdigit() or int(raw_backfill) > ring_events:
+        raise BadRequest(f"backfill is a whole number from 0 to {ring_events}")
+    after = None
+    if text:
+        try:
+            after = ids.parse(text)
+        except ValueError as exc:
+            raise BadRequest(f"Last-Event-ID: {exc}") from None
+    return Start(after, since == "earliest", int(raw_backfill))
+
+
+async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
+                send: Send, *, expires: float | None = None,
+                token_exp: float | None = None) -> None:
+    """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s),
+    and told ahead of its ``token_exp`` (``relay.renewal``).
+
+    Bad input was refused (4xx) before this is called. A refusal that can pass (draining, at
+    capacity, Redis out of reach) is answered by ``refuse``: an EventSource given anything but
+    a 200 event stream gives up for good."""
+    settings = relay.settings
+    start = parse_start(request, settings.ring_events)
+    if relay.draining:
+        return await refuse(relay, send, "draining", "this relay is shutting down")
+    if relay.metrics.streams_open >= settings.max_streams:
+        return await refuse(relay, send, "capacity",
+                            f"this relay serves its maximum of {settings.max_streams} streams")
+    if not relay.takes_streams:
+        return await refuse(relay, send, "redis", "this relay has lost Redis")
+    hub = relay.hub
+    try:
+        topic = hub.get(topic_name)
+    except TooManyTopics:
+        return await refuse(relay, send, "topics", "this relay watches as many topics as it may")
+    after = start.after
+    first_frames = b""
+    try:
+        await relay.feed.prime(topic)
+        if after is not None and after > topic.ring.last_id:
+            # newer than anything this node has read: the stream may just be ahead of this
+            # feed (the client came from a faster node), or the id never existed here
+            after, first_frames = await _check_future(relay, topic_name, after)
+    except (RedisError, OSError):
+        if not topic.subscribers:
+            topic.idle_since = time.monotonic()
+        return await refuse(relay, send, "redis", "Redis is not reachable")
+
+    # -- register and fix the cursor: one synchronous step --------------------------------
+    plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
+    sub = Subscription(topic, plan.cursor, asyncio.current_task(), plan.last_id)
+    if plan.history_after is not None:
+        sub.catch_up = resume.CatchUp(plan.history_after, plan.history_until, plan.resume_from)
+    hub.subscribe(topic, sub)
+    metrics = relay.metrics
+    metrics.streams_open += 1
+    metrics.streams_total += 1
+    watcher = _DisconnectWatch(receive, sub)
+    # a token's expiry ends its stream like any close: the client comes back with its
+    # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
+    expiry = None if expires is None else asyncio.get_running_loop().call_later(
+        max(0.0, expires - time.time()), sub.close, "token expired")
+    expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
+    try:
+        await relay.responder.start(send, 200, _STREAM_HEADERS)
+        first = send({"type": "http.response.body",
+                      "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
+        if fanout.done_at_once(first):
+            sub.send = send  # the feed may send to it while it is parked
+        await first
+        if sub.catch_up is not None:
+            metrics.catchups += 1
+        await _follow(relay, sub, send)
+    except asyncio.CancelledError:
+        if sub.closed_because is None:
+            raise  # not ours: server shutdown
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    finally:
+        watcher.cancel()
+        if expiry is not None:
+            expiry.cancel()
+        if expiring is not None:
+            expiring.cancel()
+        hub.unsubscribe(sub, time.monotonic())
+        metrics.streams_open -= 1
+    if sub.closed_because != "disconnect":
+        # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
+        # asks it to come back soon (to another node) rather than after the usual retry, and
+        # a relay that lost Redis spreads its clients' returns like a refusal; a token's expiry
+        # asks for a quick return too: the page renewed it when told (relay.renewal)
+        last = b""
+        if sub.closed_because in ("drain", "token expired"):
+            last = encode_retry(settings.drain_retry_ms)
+        elif sub.closed_because == "redis lost":
+            last = encode_retry(max(1, round(settings.refused_retry_ms
+                                             * (0.5 + random.random()))))
+        with contextlib.suppress(Exception):  # the client may be gone too
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+
+
+# what each temporary refusal asks the browser to wait before it comes back, before jitter
+_REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
+                  "topics": "refused_retry_ms", "redis": "refused_retry_ms",
+                  "keys": "refused_retry_ms"}
+
+
+async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
+    """A stream this relay cannot serve now, answered so that a browser comes back: a 200
+    event stream holding only ``retry:`` and a comment, which then ends. By WHATWG, an
+    EventSource whose request gets any other answer (a 503, say) closes for good; the clean
+    end of a 200 stream makes it reconnect after ``retry`` ms with its Last-Event-ID.
+
+    The wait is spread (0.5 to 1.5 times the setting) so that a thousand refused browsers do
+    not come back in the same millisecond. No ``id:`` is sent: the browser's Last-Event-ID
+    stays what it was. ``X-Ssedge-Refused`` names the reason: the edge retries another relay
+    on it (varnish/default.vcl), operators see it in logs; ``Retry-After`` says the same to
+    any other client."""
+    base = getattr(relay.settings, _REFUSED_RETRY[reason])
+    retry = max(1, round(base * (0.5 + random.random())))
+    relay.metrics.refused(reason)
+    relay.refusals.note(reason, why)
+    headers = {**_STREAM_HEADERS, "x-ssedge-refused": reason,
+               "retry-after": str(max(1, round(retry / 1000)))}
+    await relay.responder.start(send, 200, headers)
+    await send({"type": "http.response.body", "more_body": False,
+                "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
+
+
+async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:
+    """An id past what this node has read. Within the stream (the client came from a node
+    whose feed is ahead of this one), it stays the client's: the frames this feed appends up
+    to it are skipped (``resume.Reader``), never sent again. Past the stream's last id it never
+    existed here: a reset, and the stream goes on live from the last id."""
+    info = await store.info(relay.redis, name)
+    last = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
+    if after <= last:
+        topic = relay.hub.topics.get(name)
+        if topic is not None:
+            topic.ahead = max(topic.ahead, after)
+        return after, b""
+    relay.metrics.resets += 1
+    return last, resume.reset_frame("unknown", after, None, last)
+
+
+class _DisconnectWatch:
+    """Closes the subscription when ``receive()`` says the client left.
+
+    ASGI send() after the client left does not raise: receive() is what tells. A callback on
+    the pending receive, not a task per connection: Granian's receive() is a future already
+    (one less task and coroutine frame per idle stream); any other awaitable is wrapped in one.
+    """
+
+    __slots__ = ("_pending", "_receive", "_sub")
+
+    def __init__(self, receive: Receive, sub: Subscription) -> None:
+        self._receive = receive
+        self._sub = sub
+        self._pending: Any = None
+        self._arm()
+
+    def _arm(self) -> None:
+        pending: Any = self._receive()
+        if not hasattr(pending, "add_done_callback"):
+            pending = asyncio.ensure_future(pending)
+        self._pending = pending
+        pending.add_done_callback(self._done)
+
+    def _done(self, pending: Any) -> None:
+        if self._pending is not pending or self._sub.closed_because is not None:
+            return
+        try:
+            message = pending.result()
+        except BaseException:  # noqa: BLE001  cancelled, or the receive failed: gone either way
+            message = {"type": "http.disconnect"}
+        if message["type"] == "http.disconnect":
+            self._sub.close("disconnect")
+        else:
+            self._arm()
+
+    def cancel(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.remove_done_callback(self._done)
+            if isinstance(pending, asyncio.Task):
+                pending.cancel()
+
+
+async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
+    """History after the last id the client has, up to the ring's floor noted when its cursor
+    was fixed (``resume.CatchUp``); sent in pieces of at most ``send_max_bytes``, so a page of
+    large events is not copied whole per client."""
+    catch_up = sub.catch_up
+    assert catch_up is not None
+    metrics = relay.metrics
+    send_max = relay.settings.send_max_bytes
+    while sub.catch_up is not None:
+        fresh = catch_up.fresh
+        try:
+            page = await relay.replayer.page(sub.topic.name, catch_up.after, fresh=fresh)
+        except (RedisError, OSError):
+            sub.closed_because = "history unavailable"  # the client retries by id later
+            return
+        resets = catch_up.resets
+        frames = sub.take_page(page, fresh=fresh)
+        metrics.resets += catch_up.resets - resets
+        for chunk, count in _pieces(frames, send_max):
+            sub.sending = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sub.sending = False
+            sub.sends += 1
+            metrics.events_out += count
+            metrics.sends += 1
+            metrics.bytes_out += len(chunk)
+        if catch_up.rewound:
+            # the stream holds less than this node's ring: it went back. End the stream (the
+            # client reconnects with its id and starts over) and have the feed look now.
+            sub.closed_because = "rewound"
+            relay.verify_soon()
+            return
+
+
+def _pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
+    """Frames joined into pieces of about ``size`` bytes (a frame is never split)."""
+    out: list[tuple[bytes, int]] = []
+    start = total = 0
+    for i, frame in enumerate(frames):
+        total += len(frame)
+        if total >= size:
+            out.append((b"".join(frames[start:i + 1]), i + 1 - start))
+            start, total = i + 1, 0
+    if start < len(frames):
+        out.append((b"".join(frames[start:]), len(frames) - start))
+    return out
+
+
+async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
+    topic = sub.topic
+    ring = topic.ring
+    hub = relay.hub
+    metrics = relay.metrics
+    send_max = relay.settings.send_max_bytes
+    ticks = hub.ticks
+    while sub.closed_because is None:
+        pending = sub.pending
+        if pending is not None:  # the feed sent it frames the client has not taken yet
+            sub.pending = None
+            await pending
+            continue
+        if sub.catch_up is not None:
+            await _catch_up(relay, sub, send)
+            continue
+        chunk, count = sub.next_chunk(ring, send_max)
+        if chunk:
+            ticks = hub.ticks  # data is as good as a keep-alive
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            metrics.events_out += count
+            metrics.sends += 1
+            metrics.bytes_out += len(chunk)
+        elif sub.catch_up is not None:
+            metrics.resumes += 1  # fell behind the ring's tail: catch up in place
+        elif sub.notice:  # between two frames of the ring, never inside one
+            notice, sub.notice = sub.notice, b""
+            await send({"type": "http.response.body", "body": notice, "more_body": True})
+        elif ticks != hub.ticks:
+            ticks = hub.ticks
+            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            metrics.heartbeats += 1
+        else:
+            await topic.park(sub)

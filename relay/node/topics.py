@@ -1,0 +1,206 @@
+"""Topics watched by one relay process, and the connections on each: plain bookkeeping.
+
+A connection that has sent everything in its topic's ring *parks*: its task waits on a future
+of its own (cancelling a task cancels the future it awaits, so one shared future would let one
+client's disconnect cancel every other stream of the topic). New frames reach parked
+connections without waking them (``relay.fanout``); ``wake`` resumes every parked task, for
+the heartbeat (``tick``) or when a topic is forgotten. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from relay.protocol.resume import Reader
+from relay.protocol.ring import Ring
+
+
+class TooManyTopics(Exception):
+    pass
+
+
+class Subscription(Reader):
+    """One connection's place in a topic (``resume.Reader``: a cursor into the ring, the last
+    id it has, a catch-up under way) and the task to close."""
+
+    __slots__ = (
+        "behind",
+        "closed_because",
+        "notice",
+        "pending",
+        "send",
+        "sending",
+        "sends",
+        "task",
+        "topic",
+        "waiter",
+    )
+
+    def __init__(self, topic: Topic, cursor: int, task: asyncio.Task[Any] | None,
+                 last_id: int = 0) -> None:
+        super().__init__(cursor, last_id)
+        self.topic = topic
+        self.task = task
+        self.closed_because: str | None = None
+        self.behind = False  # over the backlog bound at the last sweep
+        # the server's send, when a call to it hands the bytes over at once (relay.fanout)
+        self.send: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self.waiter: asyncio.Future[None] | None = None  # set while parked
+        self.pending: Awaitable[None] | None = None  # a send started for it, to await
+        # while catching up, the sweeper judges it by its sends: one in progress, and how
+        # many were taken (a client that takes none for two sweeps is stuck)
+        self.sending = False
+        self.sends = 0
+        # a frame for this connection alone, without an id (relay.renewal), not yet written
+        self.notice = b""
+
+    def resume(self, pending: Awaitable[None] | None = None) -> None:
+        """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not
+        taken yet) when given."""
+        waiter, self.waiter = self.waiter, None
+        if pending is not None:
+            self.pending = pending
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self, reason: str) -> None:
+        """Stop this connection from the outside (disconnect, overflow, shutdown)."""
+        if self.closed_because is None:
+            self.closed_because = reason
+            self.waiter = None  # nothing more is sent to it from outside its task
+            if self.task is not None:
+                self.task.cancel()
+
+
+class Topic:
+    __slots__ = (
+        "ahead",
+        "entries_added",
+        "fanning",
+        "idle_since",
+        "key",
+        "name",
+        "parked",
+        "primed",
+        "priming",
+        "read_from",
+        "ring",
+        "subscribers",
+    )
+
+    def __init__(self, name: str, key: bytes, ring: Ring) -> None:
+        self.name = name
+        self.key = key
+        self.ring = ring
+        self.subscribers: set[Subscription] = set()
+        self.read_from = b"0-0"  # the last id the feed has seen, as Redis spells it
+        self.priming: asyncio.Future[None] | None = None
+        self.primed = False
+        self.idle_since: float | None = None
+        # connections whose tasks wait for more; a closed one stays here until the next
+        # fan-out or wake, which skip it (its ``waiter`` is None or done)
+        self.parked: list[Subscription] = []
+        self.fanning: asyncio.Task[None] | None = None  # a fan-out pass (relay.fanout)
+        self.entries_added = 0  # the stream's XINFO entries-added at the last check
+        # the highest id a client came with that this feed had not read yet (the stream had
+        # it then): a stream that goes back below it leaves such clients waiting for nothing
+        self.ahead = 0
+
+    def park(self, sub: Subscription) -> asyncio.Future[None]:
+        """The future ``sub``'s task awaits until it is resumed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sub.waiter = waiter
+        self.parked.append(sub)
+        return waiter
+
+    def wake(self) -> None:
+        """Resume every parked connection's task (those in a fan-out pass get data anyway)."""
+        parked, self.parked = self.parked, []
+        for sub in parked:
+            sub.resume()
+
+
+class Hub:
+    """Every topic of this process, by name and by Redis key."""
+
+    def __init__(self, *, ring_events: int, ring_bytes: int, max_topics: int,
+                 key_of: Any) -> None:
+        self._ring_events = ring_events
+        self._ring_bytes = ring_bytes
+        self._max_topics = max_topics
+        self._key_of = key_of
+        self.topics: dict[str, Topic] = {}
+        self.by_key: dict[bytes, Topic] = {}
+        self.ticks = 0
+        self.generation = 0  # bumped whenever the set of primed topics changes
+
+    def __iter__(self) -> Iterator[Topic]:
+        return iter(self.topics.values())
+
+    def get(self, name: str) -> Topic:
+        """The topic, created (not yet primed) on first use."""
+        topic = self.topics.get(name)
+        if topic is None:
+            if len(self.topics) >= self._max_topics:
+                raise TooManyTopics(name)
+            key = self._key_of(name).encode()
+            topic = Topic(name, key, Ring(self._ring_events, self._ring_bytes))
+            self.topics[name] = topic
+            self.by_key[key] = topic
+        topic.idle_since = None
+        return topic
+
+    def mark_primed(self, topic: Topic) -> None:
+        topic.primed = True
+        self.generation += 1
+
+    def subscribe(self, topic: Topic, sub: Subscription) -> None:
+        topic.subscribers.add(sub)
+        topic.idle_since = None
+
+    def unsubscribe(self, sub: Subscription, now: float) -> None:
+        topic = sub.topic
+        topic.subscribers.discard(sub)
+        if not topic.subscribers and topic.idle_since is None:
+            topic.idle_since = now
+
+    def expire(self, now: float, linger: float) -> list[Topic]:
+        """Forget topics that have had no connection for ``linger`` seconds."""
+        gone = [
+            t for t in self.topics.values()
+            if t.idle_since is not None and now - t.idle_since >= linger and t.priming is None
+        ]
+        for topic in gone:
+            del self.topics[topic.name]
+            del self.by_key[topic.key]
+            topic.wake()
+        if gone:
+            self.generation += 1
+        return gone
+
+    def forget(self, topic: Topic) -> None:
+        """Stop watching ``topic`` now (its stream went back): its connections are closed,
+        and the next one primes it again from the stream as it is."""
+        if self.topics.get(topic.name) is topic:
+            del self.topics[topic.name]
+            del self.by_key[topic.key]
+            self.generation += 1
+        for sub in list(topic.subscribers):
+            sub.close("rewound")
+        topic.wake()
+
+    def tick(self) -> None:
+        """A heartbeat: wake every connection so each writes a keep-alive."""
+        self.ticks += 1
+        for topic in self.topics.values():
+            topic.wake()
+
+    def watched(self) -> dict[bytes, bytes]:
+        """What the feed reads: each primed topic's key and the last id it saw."""
+        return {t.key: t.read_from for t in self.topics.values() if t.primed}
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(t.subscribers) for t in self.topics.values())

@@ -1,0 +1,1 @@
+"""The SSE protocol and the resume rules, without I/O: wire format, ids, ring, resume."""

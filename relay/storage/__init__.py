@@ -1,0 +1,1 @@
+"""Everything ssedge keeps in Redis: clients, streams, history pages, journal, keys."""

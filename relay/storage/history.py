@@ -1,0 +1,162 @@
+"""Pages of a topic's history, as the replay service serves them and relays consume them.
+
+One page is "the entries after ``after`` (and at most ``until``), up to ``limit`` of them or
+until they hold ``max_bytes``", framed exactly as the relay frames live events, so a page's
+bytes can go to a client as they are. The same function serves the replay service and a
+relay reading Redis itself when the replay service is down or a cached page proved too old:
+both give byte-identical answers.
+
+Bounded by bytes as well as by count: events may be up to a MiB each, and a page is held
+whole by whoever reads it. The entry that crosses ``max_bytes`` is the page's last, so which
+entries a page holds depends only on the stream, never on how it was read: full pages stay
+the same for every reader and every cache. Entries are read in batches sized from the
+largest entry seen so far, so no read asks Redis for much more than ``max_bytes``.
+
+``through``: every entry after ``after`` up to this id is in the page. A page that stopped at
+a bound goes through its last entry; one that reached the stream's end goes through the
+stream's last generated id at the moment it was read. A relay ends a catch-up only on a page
+that goes through the floor it noted (``relay.resume.CatchUp``), so a page a cache kept from
+before newer events can never end one early.
+
+The retention check (``ssedge.reset``). XRANGE from an id older than the first entry silently
+starts at the first entry, so a gap is only visible in XINFO STREAM: ``entries-added`` above
+``length`` means something was trimmed (or deleted), and everything trimmed is older than
+``first-entry``. A page for an ``after`` below the entry just before the first one, on a
+trimmed stream, starts with a reset event whose id is just below the first retained entry, so
+a client that reconnects right after it does not get it again. An ``after`` newer than the
+stream's last generated id never existed here: the page is a reset with reason ``unknown``
+carrying the stream's last id, and the client goes on live from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from relay.protocol import ids
+from relay.protocol.resume import reset_frame
+from relay.storage import streams as store
+
+# the first batch of a page: one round trip (with XINFO) for pages of small events
+_FIRST_BATCH = 100
+_MAX_ID = ids.parse("18446744073709551615-18446744073709551615")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    body: bytes  # frames, the reset event first when there is one
+    count: int  # stream entries in the page (a reset event is not one)
+    last_id: int | None  # id of the last entry, None for none
+    reset: bool
+    closed: bool  # the page's answer can never change (safe to cache for good)
+    through: int  # every entry after ``after`` up to this id is in the page
+
+
+async def read_page(r: store.Client, topic: str, after: int, limit: int,
+                    until: int | None = None, max_bytes: int = 1 << 20) -> tuple[Page, int]:
+    """The page, and the number of malformed entries in it. One round trip to Redis for a
+    page of small events; more, each sized to stay near ``max_bytes``, for large ones."""
+    key = store.stream_key(topic)
+    stop = ids.format(until) if until is not None else "+"
+    # nothing sorts after the largest id: Redis refuses "(" with it, and the answer is empty
+    beyond = after >= _MAX_ID or (until is not None and until <= after)
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.xinfo_stream(key)
+        if not beyond:
+            pipe.xrange(key, min="(" + ids.format(after), max=stop,
+                        count=min(limit, _FIRST_BATCH))
+        replies = await pipe.execute(raise_on_error=False)
+    info = replies[0]
+    entries: list[store.Entry] = []
+    if isinstance(info, Exception):
+        if "no such key" not in str(info).lower():
+            raise info
+        info = None
+    if not beyond:
+        batch = replies[1]
+        if isinstance(batch, Exception):
+            raise batch
+        entries = list(batch)
+        size, largest = _sizes(entries)
+        asked = min(limit, _FIRST_BATCH)
+        # read on while the last read was full and the page has room left
+        while len(batch) == asked and len(entries) < limit and size < max_bytes:
+            asked = min(limit - len(entries), max(1, (max_bytes - size) // max(largest, 1) + 1))
+            # raw replies (store.client): lists of (id, [field, value, ...])
+            batch = cast(list[store.Entry], await r.xrange(
+                key, min="(" + entries[-1][0].decode(), max=stop, count=asked))
+            entries.extend(batch)
+            more, biggest = _sizes(batch)
+            size += more
+            largest = max(largest, biggest)
+    return _page(info, entries, after, limit, until, max_bytes)
+
+
+def _sizes(entries: Sequence[store.Entry]) -> tuple[int, int]:
+    """Bytes of the entries' fields, and of the largest entry."""
+    total = largest = 0
+    for _, fields in entries:
+        n = sum(len(f) for f in fields)
+        total += n
+        largest = max(largest, n)
+    return total, largest
+
+
+def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: int, limit: int,
+          until: int | None, max_bytes: int = 1 << 20) -> tuple[Page, int]:
+    last_generated = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
+    if after > last_generated:
+        body = reset_frame("unknown", after, None, last_generated)
+        return Page(body, 0, None, True, False, last_generated), 0
+    head = b""
+    reset = False
+    if info is not None and int(info["entries-added"]) > int(info["length"]) and after:
+        first = ids.from_redis(info["first-entry"][0]) if info.get("first-entry") else None
+        if first is None:  # everything was trimmed: resume at whatever comes next
+            if after < last_generated:
+                head, reset = reset_frame("expired", after, None, last_generated), True
+        elif after < ids.predecessor(first):
+            head, reset = reset_frame("expired", after, first, ids.predecessor(first)), True
+    # the page's entries: up to ``limit``, or through the one that crosses ``max_bytes``
+    size = 0
+    for n, (_, fields) in enumerate(entries[:limit]):
+        size += sum(len(f) for f in fields)
+        if size >= max_bytes:
+            entries = entries[:n + 1]
+            break
+    else:
+        entries = entries[:limit]
+    keys, frames, bad = store.frames(entries)
+    count = len(keys)
+    bounded = count == limit or size >= max_bytes
+    last_id = keys[-1] if keys else None
+    if bounded:
+        through = keys[-1]
+    else:  # it reached the end of the stream (or ``until``) as it was when read
+        through = max(last_generated, last_id or ids.ZERO)
+        if until is not None:
+            through = min(through, until)
+    # closed: a page that stopped at a bound ends at an entry that exists, and nothing can
+    # be inserted before it; a page up to an ``until`` the stream has already passed is final
+    closed = bounded or (until is not None and until <= last_generated)
+    return Page(head + b"".join(frames), count, last_id, reset, closed, through), bad
+
+
+def split(body: bytes) -> list[tuple[int, bytes]]:
+    """(id, frame) pairs of a page's body.
+
+    Pages hold only frames made by ``store.frame`` and ``reset_frame``: each starts with its
+    ``id:`` line and no line inside one is empty (data lines keep their ``data: `` prefix), so
+    a blank line is always a frame's end.
+    """
+    out = []
+    for part in body.split(b"\n\n"):
+        if not part:
+            continue
+        if not part.startswith(b"id: "):
+            raise ValueError("a history page holds ssedge frames only")
+        end = part.find(b"\n")
+        frame_id = ids.parse(part[4:end] if end != -1 else part[4:])
+        out.append((frame_id, part + b"\n\n"))
+    return out

@@ -1,0 +1,392 @@
+"""Everything ssedge says to Redis: key layout, framing of entries, publish, metadata, ranges.
+
+Stream key ``ssedge:{topic}`` (the braces are a Cluster hash tag); fields ``d`` (data as sent
+on the wire) and ``e`` (event type, optional). Entries written by ``ssedge ingest`` also carry
+``o`` (the upstream's name) and ``i`` (the upstream's event id), framed as ``upstream:`` and
+``upstream-id:`` lines, which an EventSource ignores and other SSE parsers can read. Any
+producer may XADD these fields directly, so entries are framed defensively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+
+from relay.protocol import ids
+from relay.protocol.wire import encode_data
+
+KEY_PREFIX = "ssedge:"
+_BAD_TYPE = (b"\r", b"\n", b"\x00")
+
+Entry = tuple[bytes, list[bytes]]  # (id, [field, value, field, value, ...]) as Redis sends them
+# one Redis or a Redis Cluster: every command ssedge sends touches one topic's keys (one slot)
+Client = aioredis.Redis | RedisCluster
+
+
+def stream_key(topic: str) -> str:
+    return KEY_PREFIX + "{" + topic + "}"
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
+           retries: int = 1) -> aioredis.Redis:
+    """A client whose stream replies come back raw (hiredis lists), not as dicts per entry."""
+    r = aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries),
+        health_check_interval=0,
+    )
+    for command in ("XREAD", "XRANGE", "XREVRANGE"):
+        r.set_response_callback(command, _raw)
+    return r
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client (MOVED/ASK, failover, topology refresh), with its own
+    exceptions that are not ``RedisError`` (a slot not covered while a primary fails over)
+    turned into ``ConnectionError``: callers answer 503 for every ``RedisError``."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None,
+                 shard_hint: Any | None = None) -> ClusterPipeline:
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+
+def seed_nodes(seeds: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as (host, port) pairs (``[v6]:port`` too)."""
+    out = []
+    for seed in seeds.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def cluster_client(seeds: str, *, socket_timeout: float | None = 5.0,
+                   max_connections: int = 50, retries: int = 1) -> Cluster:
+    """A Redis Cluster client from seed nodes, with raw stream replies like ``client``."""
+    r = Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seed_nodes(seeds)],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries),
+        health_check_interval=0,
+        # a failed-over primary's replacement is found on the next MOVED
+        reinitialize_steps=1,
+    )
+    for command in ("XREAD", "XRANGE", "XREVRANGE"):
+        r.set_response_callback(command, _raw)
+    return r
+
+
+def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
+            retries: int = 1) -> aioredis.Redis | Cluster:
+    """The client for ``settings``: the Redis Cluster when ``redis_cluster`` names seed
+    nodes, else the one Redis at ``redis_url``."""
+    if settings.redis_cluster:
+        return cluster_client(settings.redis_cluster, socket_timeout=socket_timeout,
+                              max_connections=max_connections, retries=retries)
+    return client(settings.redis_url, socket_timeout=socket_timeout,
+                  max_connections=max_connections, retries=retries)
+
+
+async def ping(r: Client) -> None:
+    """Is Redis there? On a cluster: does any primary answer (one failing over leaves the
+    other primaries' topics readable; a readiness check must not flap with it)."""
+    if not isinstance(r, RedisCluster):
+        await r.ping()
+        return
+    try:
+        await r.initialize()  # once; a no-op after
+        primaries = r.get_primaries()
+    except RedisClusterException as exc:
+        raise ConnectionError(str(exc)) from exc
+    answers = await asyncio.gather(*(r.ping(target_nodes=node) for node in primaries),
+                                   return_exceptions=True)
+    if not any(answer is True for answer in answers):
+        raise next((a for a in answers if isinstance(a, RedisError)),
+                   ConnectionError("no cluster primary answers"))
+
+
+def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
+    """(key, entries) pairs from an XREAD reply, RESP3 (a map) or RESP2 (a list)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(key, entries) for key, entries in reply]
+
+
+def frame(entry_id: bytes, fields: list[bytes]) -> tuple[bytes, bool]:
+    """One entry as an SSE frame, and whether the entry was well formed."""
+    if len(fields) == 2 and fields[0] == b"d":
+        return b"id: " + entry_id + b"\n" + encode_data(fields[1]) + b"\n", True
+    data = b""
+    event: bytes | None = None
+    origin: bytes | None = None
+    origin_id: bytes | None = None
+    for i in range(0, len(fields) - 1, 2):
+        name = fields[i]
+        if name == b"d":
+            data = fields[i + 1]
+        elif name == b"e":
+            event = fields[i + 1]
+        elif name == b"o":
+            origin = fields[i + 1]
+        elif name == b"i":
+            origin_id = fields[i + 1]
+    ok = True
+    head = b"id: " + entry_id + b"\n"
+    # a value that would break the stream is left out: the event goes out without it
+    for line, value in ((b"event: ", event), (b"upstream: ", origin),
+                        (b"upstream-id: ", origin_id)):
+        if value is None:
+            continue
+        if not value or any(c in value for c in _BAD_TYPE):
+            ok = False
+            continue
+        head += line + value + b"\n"
+    return head + encode_data(data) + b"\n", ok
+
+
+def frames(entries: Sequence[Entry]) -> tuple[list[int], list[bytes], int]:
+    """Keys, frames and the number of malformed entries, for a batch of entries."""
+    keys: list[int] = []
+    out: list[bytes] = []
+    bad = 0
+    for entry_id, fields in entries:
+        f, ok = frame(entry_id, fields)
+        keys.append(ids.from_redis(entry_id))
+        out.append(f)
+        bad += not ok
+    return keys, out, bad
+
+
+class NotReplicated(RedisError):
+    """The events were written but fewer replicas than asked confirmed them in time: a
+    failover now could lose them, so the publish is not acknowledged."""
+
+
+def _publish_commands(key: str, events: Sequence[tuple[bytes, str | None]], *, maxlen: int,
+                      max_age_s: int) -> list[tuple[Any, ...]]:
+    commands: list[tuple[Any, ...]] = []
+    for data, event in events:
+        command: tuple[Any, ...] = ("XADD", key)
+        if maxlen:
+            command += ("MAXLEN", "~", maxlen)
+        command += ("*", "d", data)
+        if event is not None:
+            command += ("e", event)
+        commands.append(command)
+    if max_age_s:
+        min_id = f"{int(time.time() * 1000) - max_age_s * 1000}-0"
+        commands.append(("XTRIM", key, "MINID", "~", min_id))
+    return commands
+
+
+async def publish(r: Client, topic: str, events: Sequence[tuple[bytes, str | None]],
+                  *, maxlen: int, max_age_s: int, replicas: int = 0,
+                  replica_timeout_ms: int = 1000) -> list[str]:
+    """XADD every event in one MULTI/EXEC round trip: all are written or none.
+
+    With ``replicas``, the same connection then sends ``WAIT replicas timeout``: the ids are
+    returned only once that many replicas hold the events, else ``NotReplicated``.
+    """
+    key = stream_key(topic)
+    # never redis-py's pipeline: it sends a failed MULTI/EXEC again (the client's one retry),
+    # and one whose EXEC landed before the connection broke would be written twice with one
+    # 201. A pooled connection the server closed is found and replaced before it is used;
+    # a failure after the write went out is a 503, which a publisher retries with its key.
+    commands = _publish_commands(key, events, maxlen=maxlen, max_age_s=max_age_s)
+
+    async def run(conn: Any) -> list[Any]:
+        return await _multi_exec(conn, commands, replicas, replica_timeout_ms)
+
+    replies = await on_primary(r, key, run)
+    return [reply.decode() for reply in replies[: len(events)]]
+
+
+_REDIRECTS = 3  # a slot may move more than once while a cluster is resharded
+T = TypeVar("T")
+
+
+async def on_primary(r: Client, key: str, run: Callable[[Any], Awaitable[T]]) -> T:
+    """``run(connection)`` on one connection to the primary holding ``key``: from the pool of
+    one Redis, else the key's cluster node. For commands that must share a connection (a
+    WAIT counts the writes of its own connection). ``run`` leaves a connection it did not
+    read to the end disconnected."""
+    if isinstance(r, aioredis.Redis):
+        conn = await r.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await run(conn)
+        finally:
+            await r.connection_pool.release(conn)
+    return await _on_cluster_primary(r, key, run)
+
+
+async def _on_cluster_primary(r: RedisCluster, key: str,
+                              run: Callable[[Any], Awaitable[T]]) -> T:
+    """redis-py's cluster pipeline cannot add a WAIT after EXEC (or a script), so the node's
+    connection is used directly; a redirection or a refused connection means nothing was
+    written: the slot map is refreshed and the write sent again."""
+    for attempt in range(_REDIRECTS + 1):
+        try:
+            await r.initialize()  # once; a no-op after
+            node = r.nodes_manager.get_node_from_slot(r.keyslot(key))
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+        conn = node.acquire_connection()
+        sent = False
+        try:
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            sent = True
+            return await run(conn)
+        except (AskError, TryAgainError, ConnectionError, OSError) as exc:
+            await conn.disconnect()
+            written_maybe = sent and not isinstance(exc, AskError | TryAgainError)
+            if written_maybe or attempt == _REDIRECTS:
+                raise
+            try:
+                await r.nodes_manager.initialize()
+            except RedisClusterException as refresh:
+                raise ConnectionError(str(refresh)) from exc
+        finally:
+            node.release(conn)
+    raise AssertionError("unreachable")
+
+
+async def _multi_exec(conn: Any, commands: list[tuple[Any, ...]], replicas: int,
+                      replica_timeout_ms: int) -> list[Any]:
+    """Send MULTI, the commands, EXEC (and WAIT) in one write; EXEC's replies. Any error
+    reply leaves the connection closed (it is not read to the end)."""
+    wire = [("MULTI",), *commands, ("EXEC",)]
+    if replicas:
+        wire.append(("WAIT", replicas, replica_timeout_ms))
+    await conn.send_packed_command(conn.pack_commands(wire))
+    queued_error: ResponseError | None = None
+    try:
+        for _ in range(len(commands) + 1):  # +OK, then QUEUED per command
+            try:
+                await conn.read_response()
+            except ResponseError as exc:  # MOVED/ASK/TRYAGAIN: EXEC will abort
+                queued_error = queued_error or exc
+        try:
+            replies = await conn.read_response()
+        except ResponseError:
+            if queued_error is not None:
+                raise queued_error from None  # EXECABORT: nothing was written
+            raise
+        acked = int(await read_wait(conn, replica_timeout_ms)) if replicas else 0
+    except BaseException:
+        await conn.disconnect()
+        raise
+    if replicas and acked < replicas:
+        raise NotReplicated(f"written, but {acked} of {replicas} replicas confirmed it "
+                            f"within {replica_timeout_ms} ms")
+    return list(replies)
+
+
+async def read_wait(conn: Any, replica_timeout_ms: int) -> Any:
+    """WAIT's reply, which Redis sends up to its timeout late: the connection's own read
+    timeout (5 s) would cut a longer WAIT, and a write that landed would be answered as if
+    Redis were unreachable."""
+    return await conn.read_response(
+        timeout=(getattr(conn, "socket_timeout", None) or 5.0) + replica_timeout_ms / 1000)
+
+
+async def info(r: Client, topic: str) -> dict[str, Any] | None:
+    """XINFO STREAM, or None when the stream does not exist."""
+    try:
+        return await r.xinfo_stream(stream_key(topic))
+    except aioredis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+
+
+async def heads(r: Client, keys: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Each stream's last generated id and ``entries-added`` (0-0 and 0 when it does not
+    exist), in one pipeline."""
+    async with r.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.xinfo_stream(key)
+        replies = await pipe.execute(raise_on_error=False)
+    out = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            if "no such key" not in str(reply).lower():
+                raise reply
+            out.append((ids.ZERO, 0))
+        else:
+            out.append((ids.from_redis(reply["last-generated-id"]), int(reply["entries-added"])))
+    return out
+
+
+async def newest(r: Client, key: bytes, count: int) -> tuple[list[Entry], int]:
+    """The newest ``count`` entries, oldest first, and the floor below which entries may exist
+    that were not read: the oldest entry read when the read was full; just below the first
+    entry when the stream was ever trimmed (everything trimmed is older than it); else 0-0,
+    the read holds the whole stream."""
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.xrevrange(key, count=count)
+        pipe.xinfo_stream(key)
+        reply, info = await pipe.execute(raise_on_error=False)
+    if isinstance(reply, Exception):
+        raise reply
+    entries: list[Entry] = list(reversed(reply))
+    if isinstance(info, Exception):
+        if "no such key" not in str(info).lower():
+            raise info
+        info = None
+    oldest = ids.from_redis(entries[0][0]) if entries else None
+    return entries, newest_floor(oldest, len(entries) == count, info)
+
+
+def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None) -> int:
+    """The floor of a ring primed with a stream's newest entries (``oldest`` the oldest read,
+    ``full`` whether the read got as many as it asked for, ``info`` XINFO STREAM or None)."""
+    if info is None:
+        return ids.ZERO
+    if oldest is not None and full:
+        return oldest
+    if int(info["entries-added"]) > int(info["length"]):
+        if oldest is not None:
+            return ids.predecessor(oldest)
+        return ids.from_redis(info["last-generated-id"])
+    return ids.ZERO

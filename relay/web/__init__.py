@@ -1,0 +1,1 @@
+"""HTTP around the node: ASGI helpers, errors, CORS, tokens and keys, pages, a client."""

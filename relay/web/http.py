@@ -1,0 +1,157 @@
+"""Small ASGI helpers: the request as ssedge reads it, JSON answers, bounded bodies, errors.
+
+Every error leaves through ``Responder.error`` as ``{"error": code, "message": text}`` with
+its status: the one place where the error hierarchy meets HTTP.
+
+Headers that depend on the request rather than on the answer (CORS: ``relay.cors``) are
+decided once, when ``answer`` starts a request, and held in a context variable that every
+answer of that request reads when it starts: handlers and the stream never pass them along,
+and nothing is added per event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+
+from relay.web.cors import Cors, Headers
+from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_json = msgspec.json.Encoder()
+# the CORS headers of the request being answered (set by ``answer``)
+_request_headers: ContextVar[Headers] = ContextVar("ssedge_request_headers", default=())
+
+
+TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def parse_topic(raw: str) -> str:
+    """A topic name from a path, or 400."""
+    if not TOPIC.fullmatch(raw):
+        raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    return raw
+
+
+class Request:
+    __slots__ = ("headers", "method", "parts", "path", "query", "scope")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        # split before decoding, so that an encoded "/" stays inside its segment
+        raw = scope.get("raw_path") or scope["path"].encode()
+        segments = raw.split(b"?")[0].strip(b"/").split(b"/")
+        self.parts: list[str] = [unquote(p.decode("latin-1"), errors="replace") for p in segments]
+        self.headers: dict[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self.query: dict[str, str] = dict(
+            parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        )
+
+
+class Responder:
+    """Writes whole answers; adds the request's CORS headers to each and counts them."""
+
+    def __init__(self, cors_origin: str, counts: dict[int, int]) -> None:
+        self.cors = Cors(cors_origin)
+        self._counts = counts
+
+    def headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        return [*_request_headers.get(), *((k.encode(), v.encode()) for k, v in extra.items())]
+
+    async def start(self, send: Send, status: int, headers: dict[str, str]) -> None:
+        self._counts[status] = self._counts.get(status, 0) + 1
+        await send({"type": "http.response.start", "status": status,
+                    "headers": self.headers(headers)})
+
+    async def body(self, send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+        await self.start(send, status, {**headers, "content-length": str(len(body))})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def json(self, send: Send, status: int, payload: Any,
+                   headers: dict[str, str] | None = None) -> None:
+        await self.body(send, status, _json.encode(payload),
+                        {"content-type": "application/json", **(headers or {})})
+
+    async def cached_json(self, send: Send, request: Request, payload: Any,
+                          cache_control: str) -> None:
+        await self.cached(send, request, _json.encode(payload), cache_control,
+                          {"content-type": "application/json"})
+
+    async def cached(self, send: Send, request: Request, body: bytes, cache_control: str,
+                     headers: dict[str, str]) -> None:
+        """A cacheable answer with a strong ETag, and 304 when the client has it."""
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers = {**headers, "cache-control": cache_control, "etag": etag}
+        if etag in _etags(request.headers.get("if-none-match", "")):
+            headers.pop("content-type", None)
+            await self.start(send, 304, headers)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.body(send, 200, body, headers)
+
+    async def preflight(self, send: Send, request: Request) -> None:
+        """A CORS preflight: what a listed origin may send (nothing for another origin)."""
+        allowed = self.cors.preflight(request.headers.get("origin"))
+        await self.body(send, 204, b"", {**allowed, "cache-control": "public, max-age=86400"})
+
+    async def error(self, send: Send, exc: HTTPError) -> None:
+        await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
+                        {"cache-control": "no-store", **exc.headers})
+
+
+async def answer(responder: Responder, request: Request, send: Send,
+                 handle: Awaitable[None]) -> None:
+    """Run a handler; every error leaves as its JSON answer, never as a traceback."""
+    context = _request_headers.set(responder.cors.headers(request.headers.get("origin")))
+    try:
+        await handle
+    except HTTPError as exc:
+        await responder.error(send, exc)
+    except Exception:
+        logging.getLogger("ssedge").exception("unexpected error on %s %s", request.method,
+                                              request.path)
+        await responder.json(send, 500, {"error": "internal",
+                                         "message": "unexpected error; see the server log"})
+    finally:
+        _request_headers.reset(context)
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes as soon as it is known."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # the body ended early. A client that left hears nothing; one that only closed
+            # its sending side (a truncated chunked body, found by fuzzing) gets this 400
+            # instead of the server's bare 500 for an app that answered nothing.
+            raise BadRequest("the request body ended before it was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
