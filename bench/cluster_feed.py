@@ -35,6 +35,7 @@ from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import Feed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
+from relay.storage import clients
 from relay.storage import streams as store
 from tests.integration.servers import RedisServer, free_port
 
@@ -47,7 +48,7 @@ def _publisher(target: str, cluster: bool, topics: list[str], seconds: float,
 
     if cluster:
         r: Any = RedisCluster(startup_nodes=[ClusterNode(h, p)
-                                             for h, p in store.seed_nodes(target)])
+                                             for h, p in clients.seed_nodes(target)])
     else:
         r = redis.Redis.from_url(target)
     keys = [store.stream_key(t) for t in topics]
@@ -68,7 +69,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(name: str, redis: store.Client, feed_of: Any, target: str, cluster: bool,
+async def measure(name: str, redis: clients.Client, feed_of: Any, target: str, cluster: bool,
                   topics: list[str], samples: int, seconds: float,
                   replicas: int) -> dict[str, Any]:
     metrics = Metrics("bench")
@@ -140,7 +141,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
     single = RedisServer(tmp / "single")
     try:
-        r = store.client(single.url)
+        r = clients.client(single.url)
         results.append(await measure(
             "one redis-server", r,
             lambda hub, redis, m: Feed(hub, redis, m, url=single.url, block_ms=5000,
@@ -156,7 +157,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                                bus_ports=[free_port() for _ in range(n)], replicas=replicas)
         try:
             await asyncio.to_thread(cluster.start)
-            r = store.cluster_client(cluster.seeds)
+            r = clients.cluster_client(cluster.seeds)
             await r.initialize()
             results.append(await measure(
                 f"cluster, 3 primaries, {replicas} replica each"

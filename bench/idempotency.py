@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from relay.storage import idempotency
+from relay.storage import clients, idempotency
 from relay.storage import streams as store
 from tests.integration.servers import RedisServer
 
@@ -138,7 +138,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[list[Any], list[Any]
     try:
         server.cli("CONFIG", "SET", "appendfsync", "everysec")
         version = server.cli("INFO", "server").split("redis_version:")[1].split()[0]
-        r = store.client(server.url)
+        r = clients.client(server.url)
         try:
             lat = await latency(r, args.rounds)
             mem = await memory(r, args.keys)

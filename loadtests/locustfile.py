@@ -35,9 +35,9 @@ from locust import FastHttpUser, between, events, tag, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtests import tally
 from loadtests.scenarios import tags_of
 from loadtests.sse import TALLIES, SSEUser
+from relay.protocol import tally
 
 log = logging.getLogger("ssedge.load")
 

@@ -1,6 +1,7 @@
 """The scenarios ``ssedge load`` runs: which Locust user classes, and their default knobs.
 
-Plain data, importable without Locust (it monkey-patches the process it is imported in).
+The table is ``scenarios.toml``; this reads it for Locust, and ``relay/cli/load.py`` reads the
+same file for the command line without importing this package.
 The user classes live in ``loadtests/locustfile.py``; each scenario runs its readers plus one
 publisher (``fixed_count = 1``). Each class's tasks are tagged with the scenarios it is in
 (``tags_of``), and ``loadtests/<scenario>.conf`` selects one by its tag, so plain
@@ -9,7 +10,9 @@ publisher (``fixed_count = 1``). Each class's tasks are tagged with the scenario
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -21,26 +24,18 @@ class Scenario:
     options: dict[str, str] = field(default_factory=dict)
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("fanout", "many readers on one topic, steady publish rate",
-             ("FanoutReader", "SteadyPublisher"), {"rate": "10"}),
-    Scenario("many-topics", "readers spread over many topics, each published to steadily",
-             ("TopicsReader", "SteadyPublisher"), {"rate": "2", "topics": "20"}),
-    Scenario("reconnect-storm",
-             "most readers drop at once, every few seconds, and resume with Last-Event-ID",
-             ("StormReader", "SteadyPublisher"), {"rate": "20", "storm-every": "15",
-                                                  "storm-share": "0.9"}),
-    Scenario("slow-consumer", "slow readers next to fast ones; the fast ones keep their latency",
-             ("FastReader", "SlowReader", "SteadyPublisher"), {"rate": "50", "payload": "1024"}),
-    Scenario("publish-burst", "bursts of events in batches, readers must get every one",
-             ("BurstReader", "BurstPublisher"), {"burst-size": "500", "burst-every": "5"}),
-    Scenario("edge-cache", "handshake and metadata requests; Varnish's hit ratio from X-Cache",
-             ("EdgeClient",), {"topics": "10"}),
-    Scenario("churn", "readers that come and go: some resume with Last-Event-ID, some are new",
-             ("ChurnReader", "SteadyPublisher"), {"rate": "10", "churn-life": "5"}),
-    Scenario("private-topic", "readers of a private topic with subscriber tokens (JWT)",
-             ("PrivateReader", "SteadyPublisher"), {"rate": "10"}),
-)}
+TABLE = Path(__file__).with_name("scenarios.toml")
+
+
+def load(path: Path = TABLE) -> dict[str, Scenario]:
+    """The scenario table (plain data, read the same way by ``ssedge load``)."""
+    with open(path, "rb") as f:
+        table = tomllib.load(f)
+    return {name: Scenario(name, row["summary"], tuple(row["user_classes"]),
+                           dict(row.get("options", {}))) for name, row in table.items()}
+
+
+SCENARIOS: dict[str, Scenario] = load()
 
 
 def tags_of(user_class: str) -> tuple[str, ...]:

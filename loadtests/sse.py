@@ -19,7 +19,8 @@ from urllib.parse import quote, urlsplit
 from locust import User
 from locust.env import Environment
 
-from loadtests import tally
+from loadtests.chunks import Dechunker
+from relay.protocol import tally
 from relay.protocol.wire import Decoder, Event
 
 REQUEST_TYPE = "SSE"
@@ -38,7 +39,7 @@ class Stream:
         self.headers = headers
         self.decoder = Decoder()
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        self._dechunker = tally.Dechunker() if chunked else None
+        self._dechunker = Dechunker() if chunked else None
         self._pending = rest
         self.ended = False
 

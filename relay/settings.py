@@ -14,6 +14,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from relay.protocol import names
+
 PREFIX = "SSEDGE_"
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -24,7 +26,7 @@ Seconds = Annotated[float, Meta(gt=0, le=3600)]
 _ORIGIN = r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
 _ORIGINS = rf"^(\*|({_ORIGIN})(\s*,\s*({_ORIGIN}))*)?$"
 # a comma-separated list of topic patterns: topic characters and `*`
-_PATTERN = r"[A-Za-z0-9._:\-*]{1,128}"
+_PATTERN = names.TOPIC_PATTERN
 _PATTERNS = rf"^({_PATTERN}(\s*,\s*{_PATTERN})*)?$"
 # a comma-separated list of host:port (a host name, IPv4, or [IPv6])
 _SEED = r"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}"

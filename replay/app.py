@@ -30,8 +30,7 @@ from relay import settings as settings_mod
 from relay.node.metrics import Metrics
 from relay.protocol import ids
 from relay.settings import Settings
-from relay.storage import history
-from relay.storage import streams as store
+from relay.storage import clients, history
 from relay.web import auth
 from relay.web.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
 from relay.web.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
@@ -64,7 +63,7 @@ class ReplayApp:
         node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
         self.metrics = ReplayMetrics(node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        self.redis = store.connect(settings)
+        self.redis = clients.connect(settings)
         self.auth = auth.Authority(settings)
         self.auth.register_metrics(self.metrics)
 
@@ -139,7 +138,7 @@ class ReplayApp:
 
     async def readyz(self, send: Send) -> None:
         try:
-            await asyncio.wait_for(store.ping(self.redis), 1.0)
+            await asyncio.wait_for(clients.ping(self.redis), 1.0)
         except (RedisError, OSError, TimeoutError):
             raise Unavailable("not ready: Redis is not reachable", 1) from None
         await self.responder.json(send, 200, {"status": "ready"}, {"cache-control": "no-store"})

@@ -1,7 +1,8 @@
 """``ssedge load``: one Locust scenario, headless, against any base URL, judged by objectives.
 
 Locust runs as its own process: importing it monkey-patches everything with gevent, which
-must never reach the relay's asyncio code (this module imports only the scenario table).
+must never reach the relay's asyncio code. Nothing of ``loadtests`` is imported here: its
+place is found without running it, and the scenario table is read as data.
 """
 
 from __future__ import annotations
@@ -14,12 +15,35 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
-import loadtests
-from loadtests.scenarios import SCENARIOS
 
-LOCUSTFILE = Path(loadtests.__file__).with_name("locustfile.py")
+@dataclass(frozen=True)
+class Scenario:
+    summary: str
+    user_classes: tuple[str, ...]
+    options: dict[str, str]
+
+
+def _loadtests() -> Path:
+    """The ``loadtests`` package's folder (in the checkout or installed), found, not imported."""
+    spec = importlib.util.find_spec("loadtests")
+    if spec is None or spec.origin is None:
+        raise SystemExit("ssedge load: the loadtests package is not installed")
+    return Path(spec.origin).parent
+
+
+def _scenarios() -> dict[str, Scenario]:
+    with open(_loadtests() / "scenarios.toml", "rb") as f:
+        table = tomllib.load(f)
+    return {name: Scenario(row["summary"], tuple(row["user_classes"]),
+                           dict(row.get("options", {}))) for name, row in table.items()}
+
+
+SCENARIOS = _scenarios()
+LOCUSTFILE = _loadtests() / "locustfile.py"
 SHAPES = ("ramp", "step", "soak")
 TOKEN_FILE = Path(".ssedge/publish-token")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from relay.dashboard import stats
 from relay.devstack import supervisor
 from relay.devstack import varnish as edge
+from relay.storage import clients
 from relay.storage import streams as store
 from relay.web import client
 
@@ -92,7 +93,7 @@ async def scrape(url: str, timeout: float) -> tuple[stats.Scrape | None, str | N
 
 
 async def collect(options: Options, stop: asyncio.Event) -> None:
-    redis = store.connect(options)
+    redis = clients.connect(options)
     edge_log = EdgeLog(options.varnish_name) if options.varnish_name else None
     reader = asyncio.ensure_future(edge_log.run()) if edge_log else None
     previous: dict[str, stats.Scrape] = {}

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from loadtests import tally
 from relay.drill.report import Timeline
-from relay.protocol import ids
+from relay.protocol import ids, tally
 from relay.protocol.wire import Decoder, Event
 from relay.web import client
 

@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from relay.protocol import names
 from relay.settings import SettingsError
-from relay.web.http import TOPIC
 
 NAME = re.compile(r"[A-Za-z0-9._:/~-]{1,200}")
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._:/~-]")
@@ -102,12 +102,12 @@ def parse_from(value: str) -> Upstream:
 
 
 def topic(name: str, upstreams: list[Upstream], envelope: bool = False) -> IngestTopic:
-    if not TOPIC.fullmatch(name):
-        raise SettingsError(f"bad topic {name!r}: 1 to 128 of A-Z a-z 0-9 . _ : -")
+    if not names.is_topic(name):
+        raise SettingsError(f"bad topic {name!r}: {names.TOPIC_RULE}")
     if not upstreams:
         raise SettingsError(f"topic {name!r} has no upstream (--from URL)")
-    names = [u.name for u in upstreams]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    given = [u.name for u in upstreams]
+    twice = sorted({n for n in given if given.count(n) > 1})
     if twice:
         raise SettingsError(f"topic {name!r} lists upstream {twice[0]!r} twice; name them")
     return IngestTopic(name, tuple(upstreams), envelope)

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from relay.ingest.config import Upstream
 from relay.ingest.status import Status
+from relay.protocol import names
 from relay.protocol.wire import Event, Oversize
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position
 from relay.web import client
@@ -46,7 +47,6 @@ from relay.web.client import EventStream, ProtocolError
 log = logging.getLogger("ssedge.ingest")
 
 BATCH = 256  # events per script call: a script blocks Redis while it runs
-MAX_EVENT_TYPE = 64  # as publishing allows
 _FLOOR_S = 0.05  # shortest wait between two connections
 _json = msgspec.json.Encoder()
 
@@ -86,10 +86,6 @@ class Backoff:
         cap = max(self._max_s, base)  # an upstream asking for longer than the cap gets it
         step: float = base * 2.0 ** min(self.failures, 30)
         return min(cap, step) * (0.5 + self._rng() / 2)
-
-
-def event_type_ok(event: str) -> bool:
-    return len(event) <= MAX_EVENT_TYPE and "\x00" not in event
 
 
 def entry(ev: Event, upstream: str, envelope: bool) -> Entry:
@@ -240,7 +236,7 @@ class Follower:
         for ev in events:
             if isinstance(ev, Oversize):
                 self._reject(ev.id, f"data of about {ev.size} bytes is over the limit")
-            elif not event_type_ok(ev.event):
+            elif not names.event_type_ok(ev.event):
                 self._reject(ev.id, "its event type is not one publishing allows")
             else:
                 entries.append(entry(ev, self.upstream.name, self._policy.envelope))

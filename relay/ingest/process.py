@@ -35,7 +35,7 @@ from relay.ingest.config import IngestTopic
 from relay.ingest.follower import Ending, Follower, Policy
 from relay.ingest.status import Status, render
 from relay.settings import Settings
-from relay.storage import streams as store
+from relay.storage import clients
 from relay.storage.journal import Journal
 
 log = logging.getLogger("ssedge.ingest")
@@ -56,7 +56,7 @@ class Ingest:
         # who holds a lease, readable in Redis: node, pid, and a nonce for this run
         self.token = f"{self.node}/{os.getpid()}/{secrets.token_hex(4)}"
         # no retries: a write whose reply was lost must be re-read, never sent again
-        self.redis = store.connect(s, retries=0)
+        self.redis = clients.connect(s, retries=0)
         self.lease_ms = s.ingest_lease_ms
         self.workers: list[Worker] = []
         for t in topics:
@@ -173,7 +173,7 @@ class Ingest:
 
     async def _readyz(self) -> Answer:
         try:
-            await asyncio.wait_for(store.ping(self.redis), 2)
+            await asyncio.wait_for(clients.ping(self.redis), 2)
         except (RedisError, OSError, TimeoutError) as exc:
             body = f'{{"status": "unready", "redis": "{type(exc).__name__}"}}'.encode()
             return 503, "application/json", body

@@ -22,6 +22,7 @@ from relay import __version__
 from relay import settings as settings_mod
 from relay.node import stream
 from relay.node.relay import Relay
+from relay.protocol import names
 from relay.settings import Settings
 from relay.storage import idempotency
 from relay.storage import streams as store
@@ -38,7 +39,8 @@ from relay.web.http import Receive, Request, Scope, Send, answer, parse_topic, r
 log = logging.getLogger("ssedge.relay")
 
 PROTOCOL = 1
-EventType = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
+EventType = Annotated[str, Meta(min_length=1, max_length=names.MAX_EVENT_TYPE,
+                                pattern=names.EVENT_TYPE_PATTERN)]
 
 
 class PublishEvent(msgspec.Struct, forbid_unknown_fields=True):

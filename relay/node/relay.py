@@ -13,6 +13,7 @@ from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.topics import Hub, Subscription
 from relay.settings import Settings
+from relay.storage import clients
 from relay.storage import streams as store
 from relay.web import auth
 from relay.web.http import Responder
@@ -48,8 +49,8 @@ class Relay:
         self.settings = settings
         self.metrics = Metrics(settings.node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        redis = store.connect(settings)
-        self.redis: store.Client = redis
+        redis = clients.connect(settings)
+        self.redis: clients.Client = redis
         self.hub = Hub(
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
@@ -57,7 +58,7 @@ class Relay:
             key_of=store.stream_key,
         )
         self.feed: FeedBase
-        if isinstance(redis, store.Cluster):
+        if isinstance(redis, clients.Cluster):
             # one reader per primary node (relay/cluster_feed.py)
             self.feed = ClusterFeed(self.hub, redis, self.metrics,
                                     block_ms=settings.feed_block_ms,

@@ -30,15 +30,14 @@ from urllib.parse import quote
 from relay.node.metrics import Metrics
 from relay.protocol import ids
 from relay.protocol.resume import HistoryPage
-from relay.storage import history
-from relay.storage import streams as store
+from relay.storage import clients, history
 from relay.web import client
 
 _Key = tuple[str, int, bool]  # topic, after, fresh
 
 
 class Replayer:
-    def __init__(self, url: str, redis: store.Client, metrics: Metrics, *, page_size: int,
+    def __init__(self, url: str, redis: clients.Client, metrics: Metrics, *, page_size: int,
                  timeout: float, cache_bytes: int, open_ttl: float, page_bytes: int = 1 << 20,
                  private: Callable[[str], bool] = lambda topic: False) -> None:
         self._url = url.rstrip("/")

@@ -17,11 +17,13 @@ ends an event or a line can make it hold is bounded (``Oversize``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from relay.protocol import names
 
 _BOM = b"\xef\xbb\xbf"
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
-_FORBIDDEN_IN_FIELD = re.compile(rb"[\r\n\x00]")
 _KEPT_OF_LONG_LINE = 16  # of a line over the bound, enough to read its field name
 
 
@@ -70,7 +72,7 @@ Item = Event | Comment | Oversize
 
 def _field(value: str | bytes, name: str) -> bytes:
     raw = value.encode() if isinstance(value, str) else value
-    if _FORBIDDEN_IN_FIELD.search(raw):
+    if not names.field_value_ok(raw):
         raise WireError(f"{name} must not contain CR, LF or NUL")
     return raw
 
@@ -97,6 +99,42 @@ def encode_event(
     parts.append(encode_data(data.encode() if isinstance(data, str) else data))
     parts.append(b"\n")
     return b"".join(parts)
+
+
+def encode_entry(entry_id: bytes, data: bytes,
+                 fields: Sequence[tuple[bytes, bytes | None]] = ()) -> tuple[bytes, bool]:
+    """The frame of a stream entry, and whether every field could go in it.
+
+    ``fields`` are (line name, value) pairs (``event``, ``upstream``, …) in order, None for
+    absent. Entries come from any producer, so they are framed defensively: a value that is
+    empty or would break its line (``names.field_value_ok``) is left out, the event goes out
+    without it, and the entry is reported as malformed."""
+    head = b"id: " + entry_id + b"\n"
+    ok = True
+    for name, value in fields:
+        if value is None:
+            continue
+        if not value or not names.field_value_ok(value):
+            ok = False
+            continue
+        head += name + b": " + value + b"\n"
+    return head + encode_data(data) + b"\n", ok
+
+
+def split_frames(body: bytes) -> list[tuple[bytes, bytes]]:
+    """(id, frame) pairs of a body made of frames this module encoded (a history page).
+
+    Each starts with its ``id:`` line and no line inside one is empty (data lines keep their
+    ``data: `` prefix), so a blank line is always a frame's end."""
+    out = []
+    for part in body.split(b"\n\n"):
+        if not part:
+            continue
+        if not part.startswith(b"id: "):
+            raise WireError("a page holds ssedge frames only, each starting with its id")
+        end = part.find(b"\n")
+        out.append((part[4:end] if end != -1 else part[4:], part + b"\n\n"))
+    return out
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -36,6 +36,8 @@ from typing import Any, cast
 
 from relay.protocol import ids
 from relay.protocol.resume import reset_frame
+from relay.protocol.wire import split_frames
+from relay.storage import clients
 from relay.storage import streams as store
 
 # the first batch of a page: one round trip (with XINFO) for pages of small events
@@ -53,7 +55,7 @@ class Page:
     through: int  # every entry after ``after`` up to this id is in the page
 
 
-async def read_page(r: store.Client, topic: str, after: int, limit: int,
+async def read_page(r: clients.Client, topic: str, after: int, limit: int,
                     until: int | None = None, max_bytes: int = 1 << 20) -> tuple[Page, int]:
     """The page, and the number of malformed entries in it. One round trip to Redis for a
     page of small events; more, each sized to stay near ``max_bytes``, for large ones."""
@@ -83,7 +85,7 @@ async def read_page(r: store.Client, topic: str, after: int, limit: int,
         # read on while the last read was full and the page has room left
         while len(batch) == asked and len(entries) < limit and size < max_bytes:
             asked = min(limit - len(entries), max(1, (max_bytes - size) // max(largest, 1) + 1))
-            # raw replies (store.client): lists of (id, [field, value, ...])
+            # raw replies (clients.client): lists of (id, [field, value, ...])
             batch = cast(list[store.Entry], await r.xrange(
                 key, min="(" + entries[-1][0].decode(), max=stop, count=asked))
             entries.extend(batch)
@@ -144,19 +146,5 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
 
 
 def split(body: bytes) -> list[tuple[int, bytes]]:
-    """(id, frame) pairs of a page's body.
-
-    Pages hold only frames made by ``store.frame`` and ``reset_frame``: each starts with its
-    ``id:`` line and no line inside one is empty (data lines keep their ``data: `` prefix), so
-    a blank line is always a frame's end.
-    """
-    out = []
-    for part in body.split(b"\n\n"):
-        if not part:
-            continue
-        if not part.startswith(b"id: "):
-            raise ValueError("a history page holds ssedge frames only")
-        end = part.find(b"\n")
-        frame_id = ids.parse(part[4:end] if end != -1 else part[4:])
-        out.append((frame_id, part + b"\n\n"))
-    return out
+    """(id, frame) pairs of a page's body (``wire.split_frames``), ids as keys."""
+    return [(ids.parse(frame_id), frame) for frame_id, frame in split_frames(body)]

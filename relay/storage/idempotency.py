@@ -27,6 +27,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from relay.storage import clients
 from relay.storage import streams as store
 from relay.web.errors import BadRequest
 
@@ -104,7 +105,7 @@ def digest(topic: str, events: Sequence[tuple[bytes, str | None]], many: bool) -
     return h.hexdigest()[:32]
 
 
-async def publish(r: store.Client, topic: str, events: Sequence[tuple[bytes, str | None]],
+async def publish(r: clients.Client, topic: str, events: Sequence[tuple[bytes, str | None]],
                   many: bool, key: str, *, ttl_s: int, maxlen: int, max_age_s: int,
                   replicas: int = 0, replica_timeout_ms: int = 1000) -> Outcome:
     """The events written under ``key`` once: the ids, new or the first request's.

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.storage.streams import Client, stream_key
+from relay.storage.clients import Client
+from relay.storage.streams import stream_key
 
 # KEYS: stream, state hash, lease. ARGV: token, upstream, expected writes, new cursor,
 # maxlen (0: none), minid ('': none), then (type, upstream id, data) per event.

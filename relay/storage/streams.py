@@ -1,4 +1,4 @@
-"""Everything ssedge says to Redis: key layout, framing of entries, publish, metadata, ranges.
+"""Topic streams in Redis: key layout, entries as frames, publish, metadata, heads, newest.
 
 Stream key ``ssedge:{topic}`` (the braces are a Cluster hash tag); fields ``d`` (data as sent
 on the wire) and ``e`` (event type, optional). Entries written by ``ssedge ingest`` also carry
@@ -9,15 +9,12 @@ producer may XADD these fields directly, so entries are framed defensively.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     ConnectionError,
@@ -28,119 +25,14 @@ from redis.exceptions import (
 )
 
 from relay.protocol import ids
-from relay.protocol.wire import encode_data
+from relay.protocol.wire import encode_data, encode_entry
+from relay.storage.clients import Client
 
 KEY_PREFIX = "ssedge:"
-_BAD_TYPE = (b"\r", b"\n", b"\x00")
 
 Entry = tuple[bytes, list[bytes]]  # (id, [field, value, field, value, ...]) as Redis sends them
-# one Redis or a Redis Cluster: every command ssedge sends touches one topic's keys (one slot)
-Client = aioredis.Redis | RedisCluster
-
-
 def stream_key(topic: str) -> str:
     return KEY_PREFIX + "{" + topic + "}"
-
-
-def _raw(response: Any, **_: Any) -> Any:
-    return response
-
-
-def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
-           retries: int = 1) -> aioredis.Redis:
-    """A client whose stream replies come back raw (hiredis lists), not as dicts per entry."""
-    r = aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=2.0,
-        max_connections=max_connections,
-        retry=Retry(NoBackoff(), retries),
-        health_check_interval=0,
-    )
-    for command in ("XREAD", "XRANGE", "XREVRANGE"):
-        r.set_response_callback(command, _raw)
-    return r
-
-
-class Cluster(RedisCluster):
-    """redis-py's cluster client (MOVED/ASK, failover, topology refresh), with its own
-    exceptions that are not ``RedisError`` (a slot not covered while a primary fails over)
-    turned into ``ConnectionError``: callers answer 503 for every ``RedisError``."""
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise ConnectionError(str(exc)) from exc
-
-    def pipeline(self, transaction: Any | None = None,
-                 shard_hint: Any | None = None) -> ClusterPipeline:
-        return _Pipeline(self, transaction)  # type: ignore[abstract]
-
-
-class _Pipeline(ClusterPipeline):
-    async def execute(self, raise_on_error: bool = True,
-                      allow_redirections: bool = True) -> list[Any]:
-        try:
-            return await super().execute(raise_on_error, allow_redirections)
-        except RedisClusterException as exc:
-            raise ConnectionError(str(exc)) from exc
-
-
-def seed_nodes(seeds: str) -> list[tuple[str, int]]:
-    """``host:port,host:port`` as (host, port) pairs (``[v6]:port`` too)."""
-    out = []
-    for seed in seeds.split(","):
-        host, _, port = seed.strip().rpartition(":")
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
-def cluster_client(seeds: str, *, socket_timeout: float | None = 5.0,
-                   max_connections: int = 50, retries: int = 1) -> Cluster:
-    """A Redis Cluster client from seed nodes, with raw stream replies like ``client``."""
-    r = Cluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in seed_nodes(seeds)],
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=2.0,
-        max_connections=max_connections,
-        retry=Retry(NoBackoff(), retries),
-        health_check_interval=0,
-        # a failed-over primary's replacement is found on the next MOVED
-        reinitialize_steps=1,
-    )
-    for command in ("XREAD", "XRANGE", "XREVRANGE"):
-        r.set_response_callback(command, _raw)
-    return r
-
-
-def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
-            retries: int = 1) -> aioredis.Redis | Cluster:
-    """The client for ``settings``: the Redis Cluster when ``redis_cluster`` names seed
-    nodes, else the one Redis at ``redis_url``."""
-    if settings.redis_cluster:
-        return cluster_client(settings.redis_cluster, socket_timeout=socket_timeout,
-                              max_connections=max_connections, retries=retries)
-    return client(settings.redis_url, socket_timeout=socket_timeout,
-                  max_connections=max_connections, retries=retries)
-
-
-async def ping(r: Client) -> None:
-    """Is Redis there? On a cluster: does any primary answer (one failing over leaves the
-    other primaries' topics readable; a readiness check must not flap with it)."""
-    if not isinstance(r, RedisCluster):
-        await r.ping()
-        return
-    try:
-        await r.initialize()  # once; a no-op after
-        primaries = r.get_primaries()
-    except RedisClusterException as exc:
-        raise ConnectionError(str(exc)) from exc
-    answers = await asyncio.gather(*(r.ping(target_nodes=node) for node in primaries),
-                                   return_exceptions=True)
-    if not any(answer is True for answer in answers):
-        raise next((a for a in answers if isinstance(a, RedisError)),
-                   ConnectionError("no cluster primary answers"))
 
 
 def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
@@ -154,34 +46,12 @@ def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
 
 def frame(entry_id: bytes, fields: list[bytes]) -> tuple[bytes, bool]:
     """One entry as an SSE frame, and whether the entry was well formed."""
-    if len(fields) == 2 and fields[0] == b"d":
+    if len(fields) == 2 and fields[0] == b"d":  # published entries: the fast path
         return b"id: " + entry_id + b"\n" + encode_data(fields[1]) + b"\n", True
-    data = b""
-    event: bytes | None = None
-    origin: bytes | None = None
-    origin_id: bytes | None = None
-    for i in range(0, len(fields) - 1, 2):
-        name = fields[i]
-        if name == b"d":
-            data = fields[i + 1]
-        elif name == b"e":
-            event = fields[i + 1]
-        elif name == b"o":
-            origin = fields[i + 1]
-        elif name == b"i":
-            origin_id = fields[i + 1]
-    ok = True
-    head = b"id: " + entry_id + b"\n"
-    # a value that would break the stream is left out: the event goes out without it
-    for line, value in ((b"event: ", event), (b"upstream: ", origin),
-                        (b"upstream-id: ", origin_id)):
-        if value is None:
-            continue
-        if not value or any(c in value for c in _BAD_TYPE):
-            ok = False
-            continue
-        head += line + value + b"\n"
-    return head + encode_data(data) + b"\n", ok
+    values = dict(zip(fields[::2], fields[1::2], strict=False))
+    return encode_entry(entry_id, values.get(b"d", b""), (
+        (b"event", values.get(b"e")), (b"upstream", values.get(b"o")),
+        (b"upstream-id", values.get(b"i"))))
 
 
 def frames(entries: Sequence[Entry]) -> tuple[list[int], list[bytes], int]:

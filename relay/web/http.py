@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -21,6 +20,7 @@ from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
+from relay.protocol import names
 from relay.web.cors import Cors, Headers
 from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
 
@@ -34,13 +34,10 @@ _json = msgspec.json.Encoder()
 _request_headers: ContextVar[Headers] = ContextVar("ssedge_request_headers", default=())
 
 
-TOPIC = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
-
 def parse_topic(raw: str) -> str:
     """A topic name from a path, or 400."""
-    if not TOPIC.fullmatch(raw):
-        raise BadRequest("a topic is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    if not names.is_topic(raw):
+        raise BadRequest(names.TOPIC_RULE)
     return raw
 
 

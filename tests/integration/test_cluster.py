@@ -26,6 +26,7 @@ from relay.dashboard import collector, stats
 from relay.devstack.cluster import LocalCluster
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
+from relay.storage import clients
 from relay.storage import streams as store
 from relay.web import client
 from relay.web.client import EventStream
@@ -291,7 +292,7 @@ def test_primary_killed_mid_stream_its_replica_takes_over_no_acknowledged_event_
         # Redis still holds every acknowledged event (read through the new primary), and
         # each event once: a retry of a publish that was written found its key (the script's
         # writes replicate as one transaction: the stream and the key travel together)
-        r = store.cluster_client(cluster.seeds)
+        r = clients.cluster_client(cluster.seeds)
         try:
             for t in topics:
                 entries = await r.xrange(store.stream_key(t))

@@ -9,6 +9,7 @@ from typing import Any
 from relay.node.feed.single import Feed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
+from relay.storage import clients
 from relay.storage import streams as store
 from tests.integration.servers import RedisServer
 
@@ -26,7 +27,7 @@ def test_a_topic_primed_while_an_unblock_is_on_its_way_is_read_at_once(
     redis_server: RedisServer,
 ) -> None:
     async def run() -> None:
-        redis = store.client(redis_server.url)
+        redis = clients.client(redis_server.url)
         hub = Hub(ring_events=100, ring_bytes=1 << 20, max_topics=10, key_of=store.stream_key)
         feed = Feed(hub, redis, Metrics("t"), url=redis_server.url, block_ms=BLOCK_MS,
                     read_count=100, send_max=1 << 16)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from relay.storage import clients
 from relay.storage import streams as store
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position, lease_key
 from tests.integration.servers import RedisServer
@@ -20,7 +21,7 @@ def test_only_the_lease_holder_writes_and_only_from_where_it_last_saw(
     redis_server: RedisServer,
 ) -> None:
     async def run() -> None:
-        r = store.client(redis_server.url, retries=0)
+        r = clients.client(redis_server.url, retries=0)
         one = Journal(r, "j", "up", "one", maxlen=0, max_age_s=0)
         two = Journal(r, "j", "up", "two", maxlen=0, max_age_s=0)
         assert await one.position() == Position("", 0)
@@ -56,7 +57,7 @@ def test_only_the_lease_holder_writes_and_only_from_where_it_last_saw(
 
 def test_a_lease_expires_and_writes_trim_like_publishing(redis_server: RedisServer) -> None:
     async def run() -> None:
-        r = store.client(redis_server.url, retries=0)
+        r = clients.client(redis_server.url, retries=0)
         short = Journal(r, "trim", "up", "a", maxlen=100, max_age_s=0)
         assert await short.hold(150)
         time.sleep(0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.protocol.wire import Decoder, Event
+from relay.storage import clients
 from relay.storage import streams as store
 
 
@@ -31,7 +32,7 @@ def test_a_value_that_would_break_the_stream_is_left_out(field: bytes, bad: byte
 
 
 def test_seed_nodes_are_host_port_pairs() -> None:
-    assert store.seed_nodes("10.0.0.1:7000, redis-b:7001,[::1]:7002") == [
+    assert clients.seed_nodes("10.0.0.1:7000, redis-b:7001,[::1]:7002") == [
         ("10.0.0.1", 7000), ("redis-b", 7001), ("::1", 7002)]
 
 

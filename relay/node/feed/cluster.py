@@ -38,6 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from relay.node.feed.single import FeedBase, still_wanted
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
+from relay.storage import clients
 from relay.storage import streams as store
 
 log = logging.getLogger("ssedge.feed")
@@ -55,7 +56,7 @@ class TopologyChanged(RedisError):
 class ClusterFeed(FeedBase):
     """``Feed``'s interface (prime, topics_changed, run, close, connected, last_error)."""
 
-    def __init__(self, hub: Hub, redis: store.Cluster, metrics: Metrics, *, block_ms: int,
+    def __init__(self, hub: Hub, redis: clients.Cluster, metrics: Metrics, *, block_ms: int,
                  read_count: int, send_max: int) -> None:
         super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
                          send_max=send_max)

@@ -1,10 +1,8 @@
-"""loadtests/tally.py: the loss, duplicate and order bookkeeping of the load readers."""
+"""relay/protocol/tally.py: the loss, duplicate and order bookkeeping of the load readers."""
 
 from __future__ import annotations
 
-import pytest
-
-from loadtests.tally import Dechunker, Payload, Tally, encode, id_key, parse
+from relay.protocol.tally import Payload, Tally, encode, id_key, parse
 
 
 def event(seq: int, *, retired: int = 0, last: bool = False, pub: str = "p1") -> Payload:
@@ -90,17 +88,3 @@ def test_ids_must_grow() -> None:
     tally.see("t", "5-1", event(3))
     assert tally.id_regressions == 1
     assert id_key("12-3") == (12, 3) and id_key("junk") == (-1, -1)
-
-
-def test_dechunker_whole_and_byte_by_byte() -> None:
-    body = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
-    whole = Dechunker()
-    assert whole.feed(body) == b"hello, world" and whole.done
-    bytewise = Dechunker()
-    out = b"".join(bytewise.feed(body[i:i + 1]) for i in range(len(body)))
-    assert out == b"hello, world" and bytewise.done
-
-
-def test_dechunker_refuses_an_endless_size_line() -> None:
-    with pytest.raises(ValueError, match="too long"):
-        Dechunker().feed(b"f" * 2000)

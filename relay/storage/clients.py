@@ -1,0 +1,124 @@
+"""Redis clients as ssedge uses them: one Redis or a Redis Cluster, stream replies raw.
+
+Every command ssedge sends touches one topic's keys, so one slot: the same code runs against
+one Redis and a cluster. Stream replies come back raw (hiredis lists, not dicts per entry),
+and the cluster client's own exceptions are turned into ``ConnectionError`` so that callers
+answer 503 (or retry) for every ``RedisError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
+
+# one Redis or a Redis Cluster: every command ssedge sends touches one topic's keys (one slot)
+Client = aioredis.Redis | RedisCluster
+
+
+def _raw(response: Any, **_: Any) -> Any:
+    return response
+
+
+def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
+           retries: int = 1) -> aioredis.Redis:
+    """A client whose stream replies come back raw (hiredis lists), not as dicts per entry."""
+    r = aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries),
+        health_check_interval=0,
+    )
+    for command in ("XREAD", "XRANGE", "XREVRANGE"):
+        r.set_response_callback(command, _raw)
+    return r
+
+
+class Cluster(RedisCluster):
+    """redis-py's cluster client (MOVED/ASK, failover, topology refresh), with its own
+    exceptions that are not ``RedisError`` (a slot not covered while a primary fails over)
+    turned into ``ConnectionError``: callers answer 503 for every ``RedisError``."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None,
+                 shard_hint: Any | None = None) -> ClusterPipeline:
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _Pipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ConnectionError(str(exc)) from exc
+
+
+def seed_nodes(seeds: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as (host, port) pairs (``[v6]:port`` too)."""
+    out = []
+    for seed in seeds.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def cluster_client(seeds: str, *, socket_timeout: float | None = 5.0,
+                   max_connections: int = 50, retries: int = 1) -> Cluster:
+    """A Redis Cluster client from seed nodes, with raw stream replies like ``client``."""
+    r = Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seed_nodes(seeds)],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), retries),
+        health_check_interval=0,
+        # a failed-over primary's replacement is found on the next MOVED
+        reinitialize_steps=1,
+    )
+    for command in ("XREAD", "XRANGE", "XREVRANGE"):
+        r.set_response_callback(command, _raw)
+    return r
+
+
+def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
+            retries: int = 1) -> aioredis.Redis | Cluster:
+    """The client for ``settings``: the Redis Cluster when ``redis_cluster`` names seed
+    nodes, else the one Redis at ``redis_url``."""
+    if settings.redis_cluster:
+        return cluster_client(settings.redis_cluster, socket_timeout=socket_timeout,
+                              max_connections=max_connections, retries=retries)
+    return client(settings.redis_url, socket_timeout=socket_timeout,
+                  max_connections=max_connections, retries=retries)
+
+
+async def ping(r: Client) -> None:
+    """Is Redis there? On a cluster: does any primary answer (one failing over leaves the
+    other primaries' topics readable; a readiness check must not flap with it)."""
+    if not isinstance(r, RedisCluster):
+        await r.ping()
+        return
+    try:
+        await r.initialize()  # once; a no-op after
+        primaries = r.get_primaries()
+    except RedisClusterException as exc:
+        raise ConnectionError(str(exc)) from exc
+    answers = await asyncio.gather(*(r.ping(target_nodes=node) for node in primaries),
+                                   return_exceptions=True)
+    if not any(answer is True for answer in answers):
+        raise next((a for a in answers if isinstance(a, RedisError)),
+                   ConnectionError("no cluster primary answers"))
+
+
