@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from relay.devstack.cluster import LocalCluster
+from relay.devstack.processes import free_port
+from relay.devstack.servers import RedisServer
 from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import Feed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
 from relay.storage import streams as store
-from tests.integration.servers import RedisServer, free_port
 
 
 def _publisher(target: str, cluster: bool, topics: list[str], seconds: float,

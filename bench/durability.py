@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relay.devstack.servers import RedisServer, Relay
 from relay.web import client
-from tests.integration.servers import RedisServer, Relay
 
 TOKEN = "bench"
 SETTINGS = ("off", "everysec", "always", "replica")

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relay.devstack.servers import RedisServer, Relay, Varnish, metrics
 from relay.web import client
-from tests.integration.servers import RedisServer, Relay, Varnish, metrics
 
 TOKEN = "bench"
 

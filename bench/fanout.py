@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import Nchan, Server, Ssedge, Starlette, cpu_seconds, rss_kib
-from tests.integration.servers import metrics
+from relay.devstack.servers import metrics
 
 SSELOAD = Path(__file__).with_name("sseload")
 SERVERS = ("ssedge-1w", "ssedge-2w", "ssedge-varnish", "nchan-1w", "nchan-2w", "starlette")

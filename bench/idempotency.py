@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from relay.devstack.servers import RedisServer
 from relay.storage import clients, idempotency
 from relay.storage import streams as store
-from tests.integration.servers import RedisServer
 
 DATA = b"x" * 100
 

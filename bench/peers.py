@@ -9,50 +9,20 @@ reaches it (``sseload pub`` mode, port and target).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.integration.servers import Relay, Varnish, free_port, spawn
+from relay.devstack.processes import free_port, port_open, spawn, stop_group, wait_until
+from relay.devstack.servers import Relay, Varnish
 
 TOKEN = "bench"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        if _port_open(port):
-            return
-        time.sleep(0.05)
-    stop_group(process)
-    raise RuntimeError(f"{what} not up after {timeout} s")
-
-
-def stop_group(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Stop a child started in its own session, with everything it started."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-        process.wait(15)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    wait_until(lambda: port_open(port), timeout, what, process)
 
 
 def tree(root: int) -> list[int]:

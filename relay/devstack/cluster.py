@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay.devstack.processes import port_open
 from relay.devstack.supervisor import RestartPolicy
 
 CLUSTER_PORTS = (7001, 7002, 7003, 7004, 7005, 7006)
@@ -86,7 +86,7 @@ class LocalCluster:
             self.processes[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                     start_new_session=True)
         deadline = time.monotonic() + 10
-        while not _port_open(port):
+        while not port_open(port):
             if self.processes[port].poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server on {port} did not start (see {node_dir})")
@@ -166,12 +166,6 @@ class LocalCluster:
                 process.wait()
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         relay_ports: Sequence[int] = RELAY_PORTS, replay_port: int = 8201,
         edge_port: int = 8080, policy: RestartPolicy | None = None) -> int:
@@ -179,8 +173,9 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     the foreground; Ctrl-C (or SIGTERM) stops them all. The relays, the replay service,
     varnishd and the collector are supervised (restarted when they exit); the cluster's nodes
     are not: a primary that dies is failed over to its replica, which is the point of one."""
+    from relay.devstack import demo
     from relay.devstack import varnish as edge
-    from relay.devstack.single import Processes, _demo_publisher, _token, ports_free
+    from relay.devstack.single import Processes, ports_free, secret
 
     if shutil.which("redis-server") is None or edge.varnishd() is None:
         print("ssedge up: redis-server and varnish are needed (apt-get install redis-server "
@@ -189,7 +184,7 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     if not ports_free((*cluster_ports, *relay_ports, replay_port, edge_port)):
         return 1
     directory.mkdir(exist_ok=True)
-    token = _token(directory)
+    token = secret(directory)
     cluster = LocalCluster(directory / "cluster", cluster_ports)
     base_url = f"http://127.0.0.1:{edge_port}"
     env = {
@@ -206,7 +201,7 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     def up() -> None:
         cluster.start()
         children.edge_tier(relay_ports, replay_port, edge_port)
-        threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
+        threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge cluster stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)

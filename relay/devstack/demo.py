@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import json
 import random
+import threading
 import time
 import zlib
 
 from relay.protocol.wire import encode_comment, encode_event, encode_retry
+from relay.web import client
 
 _HEARTBEAT_S = 10.0
 
@@ -174,3 +176,17 @@ def run(host: str, port: int, *, interval: float, drop_every: int) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
     return 0
+
+
+DEMO_TOPIC = "demo"
+
+
+def publish_ticks(url: str, token: str, stop: threading.Event) -> None:
+    """Publishes a small JSON tick to the demo topic every second."""
+    n = 0
+    while not stop.wait(1.0):
+        n += 1
+        body = {"data": {"n": n, "at": time.time()}, "event": "tick"}
+        with contextlib.suppress(Exception):  # retried with its Idempotency-Key: once
+            asyncio.run(client.publish(f"{url}/v1/streams/{DEMO_TOPIC}/events", body,
+                                       token=token, attempts=3, timeout=5))

@@ -10,17 +10,17 @@ restarted on its port (``relay.supervisor``); one in a crash loop stops the stac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay.devstack.supervisor import RestartPolicy, Supervisor, port_open
+from relay.devstack import demo
+from relay.devstack.demo import DEMO_TOPIC
+from relay.devstack.processes import port_open
+from relay.devstack.supervisor import RestartPolicy, Supervisor
 
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
@@ -28,11 +28,11 @@ REPLAY_PORT = 8201
 EDGE_PORT = 8080
 UPSTREAM_PORT = 8401
 INGEST_PORT = 8301
-DEMO_TOPIC = "demo"
 INGEST_TOPIC = "ingest-demo"
 
 
-def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
+def secret(directory: Path, name: str = "publish-token", size: int = 24) -> str:
+    """A secret the stack keeps across runs (``.ssedge/<name>``, mode 600), made once."""
     path = directory / name
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
@@ -40,18 +40,6 @@ def _token(directory: Path, name: str = "publish-token", size: int = 24) -> str:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
-
-
-def _demo_publisher(url: str, token: str, stop: threading.Event) -> None:
-    """Publishes a small JSON tick to the demo topic every second."""
-    from relay.web import client
-    n = 0
-    while not stop.wait(1.0):
-        n += 1
-        body = {"data": {"n": n, "at": time.time()}, "event": "tick"}
-        with contextlib.suppress(Exception):  # retried with its Idempotency-Key: once
-            asyncio.run(client.publish(f"{url}/v1/streams/{DEMO_TOPIC}/events", body,
-                                       token=token, attempts=3, timeout=5))
 
 
 def ports_free(ports: Sequence[int]) -> bool:
@@ -109,7 +97,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         return 1
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
-    token = _token(directory)
+    token = secret(directory)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     base_url = f"http://127.0.0.1:{edge_port}"
     replay_url = f"http://127.0.0.1:{replay_port}"
@@ -122,7 +110,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_REPLAY_PORT": str(replay_port),
         # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
         "SSEDGE_PRIVATE_TOPICS": "private-*",
-        "SSEDGE_JWT_SECRET": _token(directory, "jwt-secret", 48),
+        "SSEDGE_JWT_SECRET": secret(directory, "jwt-secret", 48),
         # another `ssedge ingest` in a second shell serves its metrics on a free port
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here
@@ -149,7 +137,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             "--from", f"demo=http://127.0.0.1:{upstream_port}/events",
             "--ingest-port", str(ingest_port), "--node-name", "ingest-1",
         ])
-        threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
+        threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (Varnish)

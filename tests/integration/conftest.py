@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.integration.servers import IngestProcess, RedisServer, Relay, Varnish
+from relay.devstack.servers import IngestProcess, RedisServer, Relay, Varnish
 from tests.integration.upstreams import Upstreams
 
 TOKEN = "test-token"

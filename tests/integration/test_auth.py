@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from relay.devstack.servers import RedisServer, Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 SECRET = "integration-secret-" + "x" * 20

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from relay.devstack.processes import free_port, port_open
+from relay.devstack.servers import Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, _port_open, free_port
 
 SSEDGE = [sys.executable, "-m", "relay"]
 
@@ -163,4 +164,4 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
         if stack.stdout is not None:
             stack.stdout.close()
     for port in (redis_port, relay_a, relay_b, replay, edge, upstream, ingest):
-        assert not _port_open(port), f"port {port} still open after Ctrl-C"
+        assert not port_open(port), f"port {port} still open after Ctrl-C"

@@ -24,6 +24,8 @@ from redis.cluster import RedisCluster as RedisClusterSync
 
 from relay.dashboard import collector, stats
 from relay.devstack.cluster import LocalCluster
+from relay.devstack.processes import free_port
+from relay.devstack.servers import IngestProcess, Relay, metrics
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.storage import clients
@@ -31,7 +33,6 @@ from relay.storage import streams as store
 from relay.web import client
 from relay.web.client import EventStream
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import IngestProcess, Relay, free_port, metrics
 from tests.integration.sse import collect, subscribe
 from tests.integration.upstreams import Upstreams, url
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from relay.devstack.servers import Relay, metrics, publish
 from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN
 from tests.integration.netns import Island
-from tests.integration.servers import Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 _SYS_PIDFD_GETFD = 438  # x86-64 and arm64 alike

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from relay.devstack.servers import RedisServer, Relay, Varnish
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish
 from tests.integration.sse import Crowd, Publisher, refused, subscribe
 
 

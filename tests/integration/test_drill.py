@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from relay.devstack.processes import port_open, spawn, wait_until
+from relay.devstack.servers import RedisServer, Relay, Varnish
 from relay.drill.faults import KINDS
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish, _port_open, _wait, spawn
 from tests.integration.upstack import SSEDGE, UpStack, clean_env
 
 #: the same load in both drills
@@ -77,7 +78,7 @@ class VolatileRedis(RedisServer):
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.directory), "--appendonly", "no", "--save", "",
              "--protected-mode", "no"], self.directory / "redis.log", None)
-        _wait(lambda: _port_open(self.port), 10, "redis-server", self.process)
+        wait_until(lambda: port_open(self.port), 10, "redis-server", self.process)
 
 
 def test_the_verdict_fails_when_redis_loses_acknowledged_events(

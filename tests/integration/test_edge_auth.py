@@ -9,9 +9,9 @@ from typing import Any
 
 import jwt
 
+from relay.devstack.servers import Relay, Varnish, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, publish
 from tests.integration.sse import collect, subscribe
 
 SECRET = "edge-secret-" + "x" * 30

@@ -17,11 +17,12 @@ import os
 import signal
 from collections.abc import Callable
 
+from relay.devstack.processes import free_port
+from relay.devstack.servers import Relay, Varnish, metrics, publish
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, free_port, metrics, publish
 from tests.integration.sse import subscribe
 
 TOPIC = "once"

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
+from relay.devstack.servers import RedisServer, Relay, metrics, publish
 from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import Follower
 
 CLIENTS = 200

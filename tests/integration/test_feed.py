@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from relay.devstack.servers import RedisServer
 from relay.node.feed.single import Feed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
 from relay.storage import streams as store
-from tests.integration.servers import RedisServer
 
 BLOCK_MS = 15_000  # a missed wake-up would cost this
 
 
-async def _wait(predicate: Any, timeout: float, what: str) -> None:
+async def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, what
@@ -50,7 +50,7 @@ def test_a_topic_primed_while_an_unblock_is_on_its_way_is_read_at_once(
 async def _steps(redis: Any, hub: Hub, feed: Feed) -> None:
     await feed.prime(hub.get("a"))
     # the feed blocks in an XREAD that includes "a"
-    await _wait(lambda: feed._reading_generation == hub.generation, 5, "blocked on a")
+    await wait_until(lambda: feed._reading_generation == hub.generation, 5, "blocked on a")
     unblock = redis.client_unblock
     late = hub.get("late")
 
@@ -61,13 +61,13 @@ async def _steps(redis: Any, hub: Hub, feed: Feed) -> None:
         answer = await unblock(client_id)
         if not late.primed:
             generation = hub.generation
-            await _wait(lambda: feed._reading_generation == generation, 5, "re-read")
+            await wait_until(lambda: feed._reading_generation == generation, 5, "re-read")
             await feed.prime(late)
         return answer
 
     redis.client_unblock = unblock_then_prime
     await feed.prime(hub.get("b"))
-    await _wait(lambda: late.primed, 5, "late primed")
+    await wait_until(lambda: late.primed, 5, "late primed")
     await redis.xadd(store.stream_key("late"), {"d": "hello"})
     # read within a moment, not after the whole block
-    await _wait(lambda: len(late.ring) == 1, 2, "the late topic's event was not read")
+    await wait_until(lambda: len(late.ring) == 1, 2, "the late topic's event was not read")

@@ -23,9 +23,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.devstack.servers import Relay, metrics
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, metrics
 from tests.integration.sse import collect, subscribe
 
 SECRET = "fuzz-secret-" + "x" * 30

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from relay.devstack.servers import RedisServer, Relay, Varnish, metrics
 from relay.storage import idempotency
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish, metrics
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOLD_MS = 20_000  # how long a relay waits for the frozen replica: longer than any test step

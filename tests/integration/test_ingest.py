@@ -13,9 +13,10 @@ from pathlib import Path
 import redis
 
 from relay.devstack.demo import DemoUpstream
+from relay.devstack.processes import free_port
+from relay.devstack.servers import IngestProcess, RedisServer, Relay
 from relay.protocol.wire import Event
 from relay.web import client
-from tests.integration.servers import IngestProcess, RedisServer, Relay, free_port
 from tests.integration.upstreams import Upstreams, url
 
 Entry = dict[str, str]

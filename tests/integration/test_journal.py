@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from relay.devstack.servers import RedisServer
 from relay.storage import clients
 from relay.storage import streams as store
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position, lease_key
-from tests.integration.servers import RedisServer
 
 
 def entries(*names: str) -> list[Entry]:

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from relay.devstack.processes import free_port
+from relay.devstack.servers import Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey
-from tests.integration.servers import Relay, free_port, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 TOPIC = "private-jwks"

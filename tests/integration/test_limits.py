@@ -9,8 +9,8 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+from relay.devstack.servers import Relay, metrics
 from relay.web import client
-from tests.integration.servers import Relay, metrics
 from tests.integration.sse import refused, subscribe
 
 

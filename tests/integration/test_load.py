@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from loadtests.scenarios import SCENARIOS
+from relay.devstack.processes import spawn, stop_group
+from relay.devstack.servers import RedisServer, Relay, Varnish
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish, _stop_group, spawn
 
 # private-* topics need a subscriber token, minted by ssedge load with this secret
 JWT_SECRET = "load-test-secret-of-at-least-32-bytes!"
@@ -60,7 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(edge, relays)
     finally:
         if collector is not None:
-            _stop_group(collector, signal.SIGTERM)
+            stop_group(collector, signal.SIGTERM)
         for server in reversed(started):
             server.stop()
         redis.stop()

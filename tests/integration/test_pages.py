@@ -24,17 +24,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Route
 
+from relay.devstack.processes import spawn, stop_group
+from relay.devstack.servers import RedisServer, Relay, Varnish, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import (
-    RedisServer,
-    Relay,
-    Varnish,
-    _stop_group,
-    metrics,
-    publish,
-    spawn,
-)
 from tests.integration.sse import subscribe
 
 WAIT_MS = 15_000
@@ -242,4 +235,4 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
         assert page.eval_on_selector('svg[data-spark="streams_open"]',
                                      "s => s.querySelectorAll('polyline').length") >= 2
     finally:
-        _stop_group(collector, signal.SIGTERM)
+        stop_group(collector, signal.SIGTERM)

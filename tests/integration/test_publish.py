@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from relay.devstack.servers import RedisServer, Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay
 from tests.integration.sse import collect, subscribe
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

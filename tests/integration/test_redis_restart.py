@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from relay.devstack.servers import RedisServer, Relay, metrics
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.web import client
 from relay.web.client import EventStream
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, metrics
 from tests.integration.sse import refused, subscribe
 
 CLIENTS = 20

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from relay.devstack.servers import RedisServer, Relay, metrics, publish
 from relay.protocol.wire import Decoder, Event
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.devstack.servers import Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay
 from tests.integration.sse import Crowd, Publisher
 
 CLIENTS = 100

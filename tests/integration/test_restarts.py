@@ -10,8 +10,8 @@ import signal
 import time
 from collections.abc import Callable
 
+from relay.devstack.servers import Relay, Varnish, metrics
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, metrics
 from tests.integration.sse import Crowd, Publisher
 
 CLIENTS = 200

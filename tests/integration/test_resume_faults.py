@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import redis as redis_sync
 
+from relay.devstack.servers import RedisServer, Relay, Varnish, metrics, publish, rss_bytes
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import RedisServer, Relay, Varnish, metrics, publish, rss_bytes
 from tests.integration.sse import collect, subscribe
 
 LARGEST = "18446744073709551615-18446744073709551615"

@@ -8,9 +8,9 @@ import socket
 import time
 from collections.abc import Callable
 
+from relay.devstack.servers import Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, metrics, publish
 from tests.integration.sse import collect, subscribe
 
 

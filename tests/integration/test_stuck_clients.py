@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from relay.devstack.servers import Relay, metrics, publish, rss_bytes
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.settings import Settings
 from relay.web.client import EventStream
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, metrics, publish, rss_bytes
 from tests.integration.sse import subscribe
 
 READERS = 100

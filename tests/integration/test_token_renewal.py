@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import jwt
 
+from relay.devstack.servers import Relay, Varnish, publish
 from relay.protocol.wire import Event
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, publish
 from tests.integration.sse import subscribe
 
 SECRET = "renewal-secret-" + "x" * 30

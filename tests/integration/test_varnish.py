@@ -9,10 +9,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from relay.devstack.servers import Relay, Varnish, metrics, publish
 from relay.protocol.ids import parse
 from relay.web import client
 from tests.integration.conftest import TOKEN
-from tests.integration.servers import Relay, Varnish, metrics, publish
 from tests.integration.sse import Follower, collect, refused, subscribe
 
 

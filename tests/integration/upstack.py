@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.devstack.processes import free_port
 from relay.devstack.supervisor import group_members, kill_group
 from relay.web import client
-from tests.integration.servers import free_port
 
 SSEDGE = [sys.executable, "-m", "relay"]
 BANNER = "Ctrl-C stops everything."

@@ -1,4 +1,5 @@
-"""Real servers for integration tests: redis-server and relay nodes on free loopback ports.
+"""Real servers for the tests and the benchmarks: redis-server, relay nodes, the replay service,
+ingest and varnishd, each on a free loopback port.
 
 Every process is started here and stopped here, by its PID (a relay's Granian workers share
 its process group, which is signalled as a whole).
@@ -7,101 +8,23 @@ its process group, which is signalled as a whole).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from relay.devstack.processes import (
+    free_port,
+    port_open,
+    spawn,
+    stop_group,
+    wait_closed,
+    wait_until,
+)
 from relay.web import client
-
-# Ports for the servers a test starts, each pytest-xdist worker in a range of its own below
-# the kernel's ephemeral range (32768 on): a port picked here is bound later by a child, and
-# two workers asking the kernel for "any free port" could be handed the same one between the
-# pick and the bind; a relay binds with SO_REUSEPORT and would silently share it. In a worker
-# the ports go round their range, so a recently used one (TIME_WAIT, a child still exiting)
-# comes back last.
-_PORTS_PER_WORKER = 4000
-_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_first = 12000 + _PORTS_PER_WORKER * (int(_worker[2:]) if _worker[2:].isdigit() else 0)
-_turn = itertools.count(random.randrange(_PORTS_PER_WORKER))
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, from this worker's range."""
-    for _ in range(_PORTS_PER_WORKER):
-        port = _first + next(_turn) % _PORTS_PER_WORKER
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {_first}-{_first + _PORTS_PER_WORKER - 1}")
-
-
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
-    """A child in its own process group, its output appended to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
-    """Wait until ``predicate``; a process that does not come up is stopped here, so a failed
-    start leaves nothing running."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with {process.returncode}")
-            if predicate():
-                return
-            time.sleep(0.05)
-    except BaseException:
-        # the predicate itself failed (e.g. asyncio.run inside a running loop): the caller
-        # never gets the process to stop, so it is stopped here
-        _stop_group(process, signal.SIGTERM)
-        raise
-    _stop_group(process, signal.SIGTERM)
-    raise RuntimeError(f"{what} not up after {timeout} s")
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def _wait_closed(port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
-    """Before starting again on a port: the last owner's processes may still be exiting
-    (the group was signalled, only its leader awaited)."""
-    deadline = time.monotonic() + timeout
-    while _port_open(port, host):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"something still listens on {host}:{port}")
-        time.sleep(0.05)
-
-
-def _stop_group(process: subprocess.Popen[bytes], sig: int, timeout: float = 10) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 class RedisServer:
@@ -130,11 +53,11 @@ class RedisServer:
              "--save", "", "--protected-mode", "no"],
             self.directory / "redis.log", None,
         )
-        _wait(lambda: _port_open(self.port), 10, "redis-server", self.process)
+        wait_until(lambda: port_open(self.port), 10, "redis-server", self.process)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
-            _stop_group(self.process, sig)
+            stop_group(self.process, sig)
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
@@ -169,12 +92,12 @@ class Relay:
         self.start()
 
     def start(self) -> None:
-        _wait_closed(self.port, self.host)
+        wait_closed(self.port, self.host)
         self.process = spawn([sys.executable, "-m", "relay", self.command], self.log, self.env)
-        _wait(self._ready, 20, f"{self.command} on {self.port}", self.process)
+        wait_until(self._ready, 20, f"{self.command} on {self.port}", self.process)
 
     def _ready(self) -> bool:
-        if not _port_open(self.port, self.host):
+        if not port_open(self.port, self.host):
             return False
         try:
             return asyncio.run(client.request("GET", self.url + "/readyz", timeout=2)).status == 200
@@ -191,7 +114,7 @@ class Relay:
         return [int(pid) for pid in children.split()]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        _stop_group(self.process, sig)
+        stop_group(self.process, sig)
 
 
 def rss_bytes(pid: int) -> int:
@@ -214,10 +137,10 @@ class IngestProcess:
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
         self.log = log_dir / f"ingest-{self.port}.log"
         self.process = spawn([sys.executable, "-m", "relay", "ingest", *args], self.log, env)
-        _wait(self._ready, 20, f"ingest on {self.port}", self.process)
+        wait_until(self._ready, 20, f"ingest on {self.port}", self.process)
 
     def _ready(self) -> bool:
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         try:
             response = asyncio.run(client.request("GET", self.url + "/healthz", timeout=2))
@@ -248,7 +171,7 @@ class IngestProcess:
                    and all(lab.get(k) == want for k, want in labels.items()))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        _stop_group(self.process, sig)
+        stop_group(self.process, sig)
 
 
 class Varnish:
@@ -271,12 +194,12 @@ class Varnish:
 
     def start(self) -> None:
         """Start varnishd (again, after ``stop()``: same port, same VCL)."""
-        _wait_closed(self.port)
+        wait_closed(self.port)
         self.process = spawn(self.argv, self.directory / "varnishd.log", None)
-        _wait(self._ready, 30, "varnishd", self.process)
+        wait_until(self._ready, 30, "varnishd", self.process)
 
     def _ready(self) -> bool:
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         try:
             response = asyncio.run(client.request("GET", self.url + "/v1/handshake", timeout=2))
@@ -309,7 +232,7 @@ class Varnish:
                 if isinstance(c, dict) and "value" in c}
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        _stop_group(self.process, sig)
+        stop_group(self.process, sig)
 
 
 async def metrics(url: str) -> dict[str, float]:
