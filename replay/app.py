@@ -21,13 +21,12 @@ A private topic's pages need a reader's token, as its stream does (``relay.auth`
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from redis.exceptions import RedisError
 
-from relay import __version__
+from relay import __version__, logs
 from relay import settings as settings_mod
-from relay.node.metrics import Metrics
+from relay.prometheus import CONTENT_TYPE, Exposition, ProcessMetrics
 from relay.protocol import ids
 from relay.settings import Settings
 from relay.storage import clients, history
@@ -38,23 +37,25 @@ from relay.web.http import Receive, Request, Responder, Scope, Send, answer, par
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-class ReplayMetrics(Metrics):
+class ReplayMetrics(ProcessMetrics):
+    """The replay service's own numbers (not a relay's: it holds no streams)."""
+
     def __init__(self, node: str) -> None:
         super().__init__(node)
         self.pages = 0
         self.page_events = 0
         self.closed_pages = 0
+        self.invalid_entries = 0
 
-    def render(self) -> bytes:
-        extra = (
-            f"# TYPE ssedge_replay_pages_total counter\n"
-            f'ssedge_replay_pages_total{{node="{self.node}"}} {self.pages}\n'
-            f"# TYPE ssedge_replay_page_events_total counter\n"
-            f'ssedge_replay_page_events_total{{node="{self.node}"}} {self.page_events}\n'
-            f"# TYPE ssedge_replay_closed_pages_total counter\n"
-            f'ssedge_replay_closed_pages_total{{node="{self.node}"}} {self.closed_pages}\n'
-        )
-        return super().render() + extra.encode()
+    def samples(self, out: Exposition) -> None:
+        out.counter("replay_pages_total", "History pages answered.", self.pages)
+        out.counter("replay_page_events_total", "Events in the pages answered.",
+                    self.page_events)
+        out.counter("replay_closed_pages_total",
+                    "Pages answered that can never change (cached for a year).",
+                    self.closed_pages)
+        out.counter("invalid_entries_total", "Stream entries with an unusable field.",
+                    self.invalid_entries)
 
 
 class ReplayApp:
@@ -99,7 +100,7 @@ class ReplayApp:
             return await self.readyz(send)
         if parts == ["metrics"]:
             return await self.responder.body(send, 200, self.metrics.render(), {
-                "content-type": "text/plain; version=0.0.4", "cache-control": "no-store"})
+                "content-type": CONTENT_TYPE, "cache-control": "no-store"})
         raise NotFound(f"no such resource: {request.path}")
 
     async def replay(self, request: Request, topic: str, send: Send) -> None:
@@ -156,6 +157,5 @@ def _id(request: Request, name: str) -> int | None:
 
 def create_app() -> ReplayApp:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
     return ReplayApp(settings_mod.load())

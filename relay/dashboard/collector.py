@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 from redis.exceptions import RedisError
 
+from relay import logs
 from relay.dashboard import stats
 from relay.devstack import supervisor
 from relay.devstack import varnish as edge
@@ -137,8 +138,7 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
 
 
 def run(options: Options) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
 
     async def main() -> None:
         stop = asyncio.Event()

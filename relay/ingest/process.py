@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from relay import logs, prometheus
 from relay.ingest import admin
 from relay.ingest.admin import Answer
 from relay.ingest.config import IngestTopic
@@ -180,14 +181,13 @@ class Ingest:
         return 200, "application/json", b'{"status": "ready"}'
 
     async def _metrics(self) -> Answer:
-        return 200, "text/plain; version=0.0.4", render(self.node, [w.status for w in
+        return 200, prometheus.CONTENT_TYPE, render(self.node, [w.status for w in
                                                                      self.workers])
 
 
 def run(settings: Settings, topics: list[IngestTopic]) -> int:
     """Run in the foreground until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -7,9 +7,10 @@ labels next to ``node`` and ``pid``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from relay.prometheus import Exposition
 
 
 @dataclass
@@ -39,26 +40,22 @@ class Status:
 def render(node: str, statuses: Iterable[Status]) -> bytes:
     """Prometheus text: one sample per upstream of each metric."""
     statuses = list(statuses)
-    base = f'node="{node}",pid="{os.getpid()}"'
-    lines: list[str] = []
+    out = Exposition(node, prefix="ssedge_ingest_")
 
-    def metric(name: str, kind: str, help: str,
-               samples: Iterable[tuple[Status, str, float]]) -> None:
-        lines.append(f"# HELP ssedge_ingest_{name} {help}")
-        lines.append(f"# TYPE ssedge_ingest_{name} {kind}")
-        for st, extra, value in samples:
-            labels = f'{base},topic="{st.topic}",upstream="{st.name}"' + extra
-            lines.append(f"ssedge_ingest_{name}{{{labels}}} {value:.15g}")
+    def labels(st: Status, **more: str) -> dict[str, str]:
+        return {"topic": st.topic, "upstream": st.name, **more}
 
     def each(name: str, kind: str, help: str, value: str) -> None:
-        metric(name, kind, help, [(st, "", float(getattr(st, value))) for st in statuses])
+        out.metric(name, kind, help, [(labels(st), float(getattr(st, value)))
+                                      for st in statuses])
 
     each("active", "gauge", "1 while this process holds the upstream's lease and follows it.",
          "active")
     each("up", "gauge", "1 while an event stream from the upstream is open.", "up")
-    metric("down_since_seconds", "gauge",
-           "Unix time the followed upstream went down; 0 while up or standing by.",
-           [(st, "", st.down_since if st.active and st.down_since else 0) for st in statuses])
+    out.metric("down_since_seconds", "gauge",
+               "Unix time the followed upstream went down; 0 while up or standing by.",
+               [(labels(st), st.down_since if st.active and st.down_since else 0)
+                for st in statuses])
     each("stopped", "gauge", "1 once the upstream answered 204 (not followed any more).",
          "stopped")
     each("last_event_seconds", "gauge", "Unix time of the last event written.",
@@ -71,7 +68,7 @@ def render(node: str, statuses: Iterable[Status]) -> bytes:
     each("reconnects_total", "counter", "Connections to the upstream after the first.",
          "reconnects")
     each("leases_total", "counter", "Times this process took the upstream's lease.", "leases")
-    metric("errors_total", "counter", "Failed connections and writes, by kind.",
-           [(st, f',kind="{kind}"', n) for st in statuses for kind, n in
-            sorted(st.errors.items())])
-    return ("\n".join(lines) + "\n").encode()
+    out.metric("errors_total", "counter", "Failed connections and writes, by kind.",
+               [(labels(st, kind=kind), n) for st in statuses
+                for kind, n in sorted(st.errors.items())])
+    return out.text()

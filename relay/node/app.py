@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__
+from relay import __version__, logs, prometheus
 from relay import settings as settings_mod
 from relay.node import stream
 from relay.node.relay import Relay
@@ -338,7 +338,7 @@ class App:
     async def metrics(self, request: Request, send: Send) -> None:
         await self.relay.responder.body(
             send, 200, self.relay.metrics.render(),
-            {"content-type": "text/plain; version=0.0.4", "cache-control": "no-store"},
+            {"content-type": prometheus.CONTENT_TYPE, "cache-control": "no-store"},
         )
 
     async def preflight(self, request: Request, send: Send) -> None:
@@ -365,5 +365,5 @@ def tune_gc(young: int) -> None:
 
 def create_app() -> App:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
     return App(settings_mod.load(), handle_signals=True)

@@ -6,14 +6,14 @@ Granian worker is its own process with its own numbers, labelled by ``pid``.
 
 from __future__ import annotations
 
-import gc
-import os
-from collections.abc import Callable, Iterable
+from relay.prometheus import Exposition, ProcessMetrics
 
 
-class Metrics:
+class Metrics(ProcessMetrics):
+    """A relay node's numbers (one per worker process)."""
+
     def __init__(self, node: str) -> None:
-        self.node = node
+        super().__init__(node)
         self.streams_open = 0
         self.streams_total = 0
         self.events_in = 0  # entries read from Redis by the feed
@@ -46,36 +46,13 @@ class Metrics:
         # seconds from the newest entry's id time to the feed reading it, at the last read
         # that returned entries; 0 after a read that found nothing new
         self.feed_lag_s = 0.0
-        self.responses: dict[int, int] = {}
-        self.gauges: list[tuple[str, str, Callable[[], float]]] = []
-        self.counters: list[tuple[str, str, Callable[[], float]]] = []
 
     def refused(self, reason: str) -> None:
         self.refused_streams[reason] = self.refused_streams.get(reason, 0) + 1
 
-    def gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
-        """A value computed when scraped (ring fill, topics watched, ...)."""
-        self.gauges.append((name, help, read))
-
-    def counter(self, name: str, help: str, read: Callable[[], float]) -> None:
-        """A count kept by another part (the JWKS's fetches, ...), read when scraped."""
-        self.counters.append((name, help, read))
-
-    def render(self) -> bytes:
-        labels = f'node="{self.node}",pid="{os.getpid()}"'
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help: str, samples: Iterable[tuple[str, float]]) -> None:
-            lines.append(f"# HELP ssedge_{name} {help}")
-            lines.append(f"# TYPE ssedge_{name} {kind}")
-            for extra, value in samples:
-                lab = labels + ("," + extra if extra else "")
-                lines.append(f"ssedge_{name}{{{lab}}} {value:g}")
-
-        def counter(name: str, help: str, value: float) -> None:
-            metric(name, "counter", help, [("", value)])
-
-        metric("streams_open", "gauge", "Event streams open now.", [("", self.streams_open)])
+    def samples(self, out: Exposition) -> None:
+        metric, counter = out.metric, out.counter
+        out.gauge("streams_open", "Event streams open now.", self.streams_open)
         counter("streams_total", "Event streams opened.", self.streams_total)
         counter("events_in_total", "Stream entries read from Redis by the feed.", self.events_in)
         counter("events_out_total", "Events written to clients (per client).", self.events_out)
@@ -88,7 +65,7 @@ class Metrics:
                 self.drained)
         metric("refused_streams_total", "counter",
                "Streams refused for a while (answered 200 with a retry), by reason.",
-               [(f'reason="{r}"', n) for r, n in sorted(self.refused_streams.items())])
+               [({"reason": r}, n) for r, n in sorted(self.refused_streams.items())])
         counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
         counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
@@ -121,16 +98,6 @@ class Metrics:
                 self.catchup_stalls)
         counter("invalid_entries_total", "Stream entries with an unusable field.",
                 self.invalid_entries)
-        metric("feed_lag_seconds", "gauge",
-               "Newest entry read: seconds from its id's time (Redis's clock) to the feed.",
-               [("", self.feed_lag_s)])
-        metric("responses_total", "counter", "HTTP answers by status.",
-               [(f'status="{s}"', n) for s, n in sorted(self.responses.items())])
-        metric("gc_collections_total", "counter",
-               "Garbage-collector passes by generation; each one stalls every stream.",
-               [(f'generation="{i}"', g["collections"]) for i, g in enumerate(gc.get_stats())])
-        for name, help, read in self.gauges:
-            metric(name, "gauge", help, [("", read())])
-        for name, help, read in self.counters:
-            counter(name, help, read())
-        return ("\n".join(lines) + "\n").encode()
+        out.gauge("feed_lag_seconds",
+                  "Newest entry read: seconds from its id's time (Redis's clock) to the feed.",
+                  self.feed_lag_s)

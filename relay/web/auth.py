@@ -24,7 +24,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from relay.node.metrics import Metrics
+from relay.prometheus import ProcessMetrics
 from relay.settings import Settings
 from relay.web import jwks
 from relay.web.errors import Forbidden, Unauthorized
@@ -107,7 +107,7 @@ class Authority:
             raise Unauthorized("wrong publish token")
         return token
 
-    def register_metrics(self, metrics: Metrics) -> None:
+    def register_metrics(self, metrics: ProcessMetrics) -> None:
         if self.verifier.jwks is not None:
             jwks.register(self.verifier.jwks, metrics)
 

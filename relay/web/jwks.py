@@ -37,7 +37,7 @@ from typing import Any
 import jwt
 import msgspec
 
-from relay.node.metrics import Metrics
+from relay.prometheus import ProcessMetrics
 from relay.web import client
 from relay.web.keys import key_algorithms
 
@@ -240,7 +240,7 @@ class Jwks:
         return response.body
 
 
-def register(jwks: Jwks, metrics: Metrics) -> None:
+def register(jwks: Jwks, metrics: ProcessMetrics) -> None:
     """The ``ssedge_jwks_*`` metrics: is the key set fresh, and does fetching it fail?"""
     metrics.counter("jwks_refreshes_total", "Good fetches of the JWKS.", lambda: jwks.refreshes)
     metrics.counter("jwks_refresh_failures_total",
