@@ -34,7 +34,7 @@ from relay.devstack.cluster import LocalCluster
 from relay.devstack.processes import free_port
 from relay.devstack.servers import RedisServer
 from relay.node.feed.cluster import ClusterFeed
-from relay.node.feed.single import Feed
+from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         r = clients.client(single.url)
         results.append(await measure(
             "one redis-server", r,
-            lambda hub, redis, m: Feed(hub, redis, m, url=single.url, block_ms=5000,
+            lambda hub, redis, m: RedisFeed(hub, redis, m, url=single.url, block_ms=5000,
                                        read_count=1000, send_max=256 * 1024),
             single.url, False, topics, args.samples, args.seconds, 0))
         await r.aclose()

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import time
 
+from relay.node.feed.base import FeedBase
 from relay.node.feed.cluster import ClusterFeed
-from relay.node.feed.single import Feed, FeedBase
+from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.topics import Hub, Subscription
@@ -65,7 +66,7 @@ class Relay:
                                     read_count=settings.feed_read_count,
                                     send_max=settings.send_max_bytes)
         else:
-            self.feed = Feed(
+            self.feed = RedisFeed(
                 self.hub, redis, self.metrics, url=settings.redis_url,
                 block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
                 send_max=settings.send_max_bytes,

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from relay.devstack.servers import RedisServer
-from relay.node.feed.single import Feed
+from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
@@ -29,7 +29,7 @@ def test_a_topic_primed_while_an_unblock_is_on_its_way_is_read_at_once(
     async def run() -> None:
         redis = clients.client(redis_server.url)
         hub = Hub(ring_events=100, ring_bytes=1 << 20, max_topics=10, key_of=store.stream_key)
-        feed = Feed(hub, redis, Metrics("t"), url=redis_server.url, block_ms=BLOCK_MS,
+        feed = RedisFeed(hub, redis, Metrics("t"), url=redis_server.url, block_ms=BLOCK_MS,
                     read_count=100, send_max=1 << 16)
         task = asyncio.ensure_future(feed.run())
         try:  # bounded: a hang here must fail the test, not wait out pytest's timeout
@@ -47,7 +47,7 @@ def test_a_topic_primed_while_an_unblock_is_on_its_way_is_read_at_once(
     asyncio.run(run())
 
 
-async def _steps(redis: Any, hub: Hub, feed: Feed) -> None:
+async def _steps(redis: Any, hub: Hub, feed: RedisFeed) -> None:
     await feed.prime(hub.get("a"))
     # the feed blocks in an XREAD that includes "a"
     await wait_until(lambda: feed._reading_generation == hub.generation, 5, "blocked on a")

@@ -20,7 +20,7 @@ node is read anyway (a sweep): it costs one pipelined round trip and finds a slo
 Topology comes from redis-py's cluster client (``nodes_manager``): a reader that fails
 (connection lost, MOVED, ASK, failover) ends, the slot map is refreshed, and readers are
 started for the primaries that now own the watched topics; each topic resumes from the last
-id it saw. Priming and delivery are shared with the single-Redis feed (``relay.feed.FeedBase``).
+id it saw. Priming and delivery are shared with the single-Redis feed (``base.FeedBase``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from relay.node.feed.single import FeedBase, still_wanted
+from relay.node.feed.base import Backoff, FeedBase, still_wanted
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
 from relay.storage import clients
@@ -43,8 +42,6 @@ from relay.storage import streams as store
 
 log = logging.getLogger("ssedge.feed")
 
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 1.0
 _INVALIDATE = b"__redis__:invalidate"
 _PRUNE_S = 30.0
 
@@ -138,7 +135,7 @@ class ClusterFeed(FeedBase):
     async def run(self) -> None:
         """Refresh the slot map and (re)start node readers whenever one fails or a topic
         maps to a node without one."""
-        backoff = _BACKOFF_MIN
+        backoff = Backoff()
         while True:
             try:
                 self._stale.clear()
@@ -157,12 +154,11 @@ class ClusterFeed(FeedBase):
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("cluster slot map not refreshed: %s", self.last_error)
             if self.last_error is None:
-                backoff = _BACKOFF_MIN
+                backoff.reset()
             else:
                 self._metrics.redis_reconnects += 1
             # a failed node is tried again at most 1.5 s apart until its replica takes over
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await backoff.wait()
 
     def _start_readers(self) -> None:
         primaries = {n.name: n for n in self._cluster.nodes_manager.nodes_cache.values()
@@ -183,9 +179,6 @@ class ClusterFeed(FeedBase):
         self.last_error = f"{reader.name}: {exc or type(exc).__name__}"
         log.warning("feed lost cluster node %s: %s; refreshing the slot map", reader.name, exc)
         self._stale.set()
-
-    def deliver(self, reply: Any) -> None:
-        self._deliver(reply)
 
     async def close(self) -> None:
         for reader in self._readers.values():
@@ -237,7 +230,7 @@ class NodeReader:
             listener_id = int(await listener.read_response())
             await listener.send_command("SUBSCRIBE", _INVALIDATE)
             await listener.read_response()
-            reader = self._connection(self.feed._block_ms / 1000 + 10)
+            reader = self._connection(self.feed.block_ms / 1000 + 10)
             await reader.connect()  # type: ignore[no-untyped-call]
             await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
             await reader.read_response()
@@ -273,7 +266,7 @@ class NodeReader:
 
     async def _listen(self, conn: Connection) -> None:
         """The blocking read: invalidated key names, as they come."""
-        by_key = self.feed._hub.by_key
+        by_key = self.feed.hub.by_key
         while True:
             message = await conn.read_response()
             if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
@@ -294,7 +287,7 @@ class NodeReader:
             if not self._dirty:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), feed._block_ms / 1000)
+                    await asyncio.wait_for(self._wake.wait(), feed.block_ms / 1000)
                 except TimeoutError:
                     self.mark(feed.keys_on(self.name))  # the sweep
                     if not self._dirty:
@@ -306,7 +299,7 @@ class NodeReader:
 
     async def _read_keys(self, conn: Connection, keys: set[bytes]) -> None:
         feed = self.feed
-        by_key = feed._hub.by_key
+        by_key = feed.hub.by_key
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:
             topic = by_key.get(key)
@@ -316,7 +309,7 @@ class NodeReader:
             return
         commands: list[tuple[Any, ...]] = []
         for slot_keys in by_slot.values():
-            commands.append(("XREAD", "COUNT", feed._count, "STREAMS", *slot_keys,
+            commands.append(("XREAD", "COUNT", feed.read_count, "STREAMS", *slot_keys,
                              *(by_key[k].read_from for k in slot_keys)))
         await conn.send_packed_command(conn.pack_commands(commands))
         moved: ResponseError | None = None
@@ -326,13 +319,13 @@ class NodeReader:
                 replies.append(await conn.read_response())
             except ResponseError as exc:  # MOVED/ASK (or CLUSTERDOWN): read the rest first
                 moved = moved or exc
-        feed._metrics.feed_reads += len(commands)
+        feed.metrics.feed_reads += len(commands)
         for reply in replies:
             if not reply:
                 continue
             feed.deliver(reply)
             for key, entries in store.entries_of(reply):
-                if len(entries) >= feed._count:
+                if len(entries) >= feed.read_count:
                     self._dirty.add(key)  # more are waiting
         if moved is not None:  # MOVED, ASK, CLUSTERDOWN: this node no longer serves a slot
             raise TopologyChanged(f"{type(moved).__name__}: {moved}")

@@ -1,11 +1,5 @@
-"""The feed: one task per relay process reading every watched topic with one blocking XREAD.
+"""The feed on one Redis: one connection, one blocking XREAD over every watched topic.
 
-Each entry is decoded once and framed once, then appended to its topic's ring, and the new
-frames go out to the topic's parked connections in one pass (``relay.fanout``).
-
-- A new topic is *primed* before any client of it is answered: its newest entries are read
-  (XREVRANGE) into the ring and its last id noted, and the feed reads on from exactly that id.
-  So a stream whose ``retry:`` has been sent misses nothing published after it.
 - Topics are added without waiting out the block: the feed's connection is unblocked with
   ``CLIENT UNBLOCK`` from another connection (no reconnect, no wake-up keys in Redis).
 - The feed owns one connection with a read timeout above the block time (redis-py's 5 s
@@ -18,142 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from relay.node import fanout
+from relay.node.feed.base import Backoff, FeedBase, still_wanted
 from relay.node.metrics import Metrics
-from relay.node.topics import Hub, Topic
-from relay.protocol import ids
-from relay.storage import streams as store
+from relay.node.topics import Hub
 
 log = logging.getLogger("ssedge.feed")
 
-_BACKOFF_MIN = 0.05
-# at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
-# within that of Redis answering again (tests/integration/test_redis_restart.py measures it);
-# one refused connect a second per process costs Redis nothing
-_BACKOFF_MAX = 1.0
 _UNBLOCK_TRIES = 1000  # about 1 ms apart: the XREAD may not have reached Redis yet
 
 
-class FeedBase:
-    """What every feed shares: priming a topic and delivering what was read to its ring.
-
-    ``Feed`` reads one Redis; ``relay.cluster_feed.ClusterFeed`` a Redis Cluster."""
-
-    def __init__(self, hub: Hub, redis: Any, metrics: Metrics, *, block_ms: int,
-                 read_count: int, send_max: int) -> None:
-        self._hub = hub
-        self._redis = redis  # shared client: priming (and CLIENT UNBLOCK on one Redis)
-        self._metrics = metrics
-        self._block_ms = block_ms
-        self._count = read_count
-        self._send_max = send_max
-        self.last_error: str | None = None
-        # set to have the streams checked now (``verify``): after a reconnect, or when a
-        # catch-up found its stream holding less than the ring
-        self.verify_now = asyncio.Event()
-
-    @property
-    def connected(self) -> bool:
-        """Whether the feed is reading (readiness)."""
-        raise NotImplementedError
-
-    def topics_changed(self) -> None:
-        """Make the reads in flight include the topics primed since they started."""
-        raise NotImplementedError
-
-    async def run(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    def _deliver(self, reply: Any) -> None:
-        by_key = self._hub.by_key
-        metrics = self._metrics
-        newest = 0
-        for key, entries in store.entries_of(reply):
-            topic = by_key.get(key)
-            if topic is None or not entries or not topic.primed:
-                continue  # forgotten while the read was in flight
-            ring = topic.ring
-            if ids.from_redis(entries[0][0]) <= ring.last_id:
-                # a topic forgotten and primed again during the read already holds these
-                entries = [e for e in entries if ids.from_redis(e[0]) > ring.last_id]
-                if not entries:
-                    continue
-            keys, frames, bad = store.frames(entries)
-            ring.extend(keys, frames)
-            topic.read_from = entries[-1][0]
-            metrics.events_in += len(entries)
-            metrics.invalid_entries += bad
-            newest = max(newest, ring.last_id)
-            fanout.kick(topic, metrics, self._send_max)
-        if newest:
-            # an entry id's time is Redis's clock when it was added: how long it took to get here
-            metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
-
-    # -- streams that went back -----------------------------------------------------------
-
-    async def verify(self) -> list[Topic]:
-        """Watched topics whose stream went back since this process read it.
-
-        XREAD after an id returns nothing for entries below it, so a stream deleted and made
-        again, set back with XSETID, or failed over to a replica that missed its newest
-        entries would leave this node reading after an id that no longer leads anywhere:
-        heartbeats, no events, no reset. A stream went back when its last generated id is
-        below what the feed had read before asking, or its ``entries-added`` (which only
-        grows) is below what an earlier check saw. "What the feed had read" includes ids that
-        clients came with from nodes whose feeds were ahead (``Topic.ahead``): they wait for
-        this feed to pass them, which a stream that went back never does."""
-        topics = [t for t in self._hub if t.primed]
-        if not topics:
-            return []
-        # what this node knows the stream reached, before asking (no race with new reads)
-        read = [max(ids.from_redis(t.read_from), t.ahead) for t in topics]
-        heads = await store.heads(self._redis, [t.key for t in topics])
-        gone = []
-        for topic, had, (last, added) in zip(topics, read, heads, strict=True):
-            if self._hub.topics.get(topic.name) is not topic:
-                continue  # forgotten meanwhile
-            if last < had or added < topic.entries_added:
-                gone.append(topic)
-            else:
-                topic.entries_added = added
-        return gone
-
-    # -- priming ----------------------------------------------------------------------------
-
-    async def prime(self, topic: Topic) -> None:
-        """Fill a new topic's ring with its newest entries and start reading it; once only,
-        shared by every connection that asks at the same time."""
-        if topic.primed:
-            return
-        if topic.priming is None:
-            topic.priming = asyncio.ensure_future(self._prime(topic))
-        await asyncio.shield(topic.priming)
-
-    async def _prime(self, topic: Topic) -> None:
-        try:
-            ring = topic.ring
-            entries, floor = await store.newest(self._redis, topic.key, ring.max_events)
-            keys, frames, bad = store.frames(entries)
-            self._metrics.invalid_entries += bad
-            ring.prime(keys, frames, floor)
-            topic.read_from = ids.format(ring.last_id).encode()
-            self._hub.mark_primed(topic)
-            self.topics_changed()
-        finally:
-            topic.priming = None
-
-class Feed(FeedBase):
+class RedisFeed(FeedBase):
     """One Redis: one connection, one blocking XREAD over every watched topic."""
 
     def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
@@ -202,18 +75,17 @@ class Feed(FeedBase):
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = _BACKOFF_MIN
+        backoff = Backoff()
         while True:
             try:
                 await self._connect()
-                backoff = _BACKOFF_MIN
+                backoff.reset()
                 await self._read_forever()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:  # gone, timed out, or LOADING its AOF
                 self._lost(exc)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await backoff.wait()
 
     def _lost(self, exc: BaseException) -> None:
         if self._connected:
@@ -278,12 +150,3 @@ class Feed(FeedBase):
         if self._conn is not None:
             await self._conn.disconnect()
         await self._pool.aclose()
-
-
-def still_wanted(task: asyncio.Task[Any]) -> None:
-    """Raise the cancellation a send swallowed. redis-py sends through ``asyncio.wait_for``,
-    which on Python 3.11 drops a cancel that arrives as the send completes: the feed then
-    blocked in its next XREAD, and in every one after, and a relay's shutdown waited for it
-    for ever (found by tests/integration/test_feed.py)."""
-    if task.cancelling():
-        raise asyncio.CancelledError
