@@ -11,7 +11,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-VCL_DIR = Path(__file__).resolve().parents[2] / "varnish"
+# the shipped VCL: the top-level varnish/ folder, linked here so that the wheel carries it
+VCL_DIR = Path(__file__).resolve().parent / "vcl"
 
 def varnishd() -> str | None:
     """Debian installs varnishd in /usr/sbin, which a user's PATH may not hold."""

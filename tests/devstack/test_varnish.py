@@ -29,3 +29,16 @@ def test_params_are_name_value_pairs() -> None:
     assert args[::2] == ["-p"] * (len(args) // 2)
     assert all("=" in value for value in args[1::2])
     assert "thread_pool_max=5000" in args
+
+
+def test_the_vcl_ships_with_the_package() -> None:
+    """varnish/ is linked into relay/devstack/vcl and declared package data: a wheel's
+    ``ssedge up`` finds the same VCL and parameters the checkout uses."""
+    from pathlib import Path
+
+    from relay.devstack import varnish as edge
+
+    assert (edge.VCL_DIR / "default.vcl").is_file() and (edge.VCL_DIR / "params").is_file()
+    root = Path(__file__).resolve().parents[2]
+    assert edge.VCL_DIR.resolve() == (root / "varnish").resolve()
+    assert '"relay.devstack" = ["vcl/*"]' in (root / "pyproject.toml").read_text()
