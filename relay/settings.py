@@ -150,7 +150,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_origin: Annotated[str, Meta(pattern=_ORIGINS)] = "*"
     """CORS: `*` (any origin, no cookies), or listed origins (with cookies); empty: none."""
 
-    # -- private topics and tokens (relay/auth.py) -------------------------------------
+    # -- private topics and tokens (relay/web/auth.py) -------------------------------------
     private_topics: Annotated[str, Meta(pattern=_PATTERNS)] = ""
     """Topic patterns (`*` = any run) that need a subscriber JWT; empty: all public."""
     jwt_secret: str = ""
@@ -180,7 +180,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_cookie_secure: bool = False
     """Mark that cookie Secure (HTTPS only): set it in production behind TLS."""
 
-    # -- vanished peers (relay/listener.py) ------------------------------------------------
+    # -- vanished peers (relay/node/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.
     tcp_user_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     """Data unacknowledged, or a window shut, this long drops a connection; 0: kernel's 15 min."""

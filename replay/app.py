@@ -14,7 +14,7 @@ Headers for relays and operators: ``X-Ssedge-Count`` (entries in the page),
 the page starts with an ``ssedge.reset``. A page that reaches the stream's head can change, and
 a cache may keep it a moment: ``X-Ssedge-Through`` lets a reader tell how far it holds.
 
-A private topic's pages need a reader's token, as its stream does (``relay.auth``), and are
+A private topic's pages need a reader's token, as its stream does (``relay.web.auth``), and are
 ``private, no-store``; relays read private topics' history from Redis themselves.
 """
 

@@ -114,7 +114,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
-    # a JWKS key is chosen by the token's kid (relay/jwks.py)
+    # a JWKS key is chosen by the token's kid (relay/web/jwks.py)
     headers = {"kid": args.kid} if args.kid else None
     print(jwt.encode(claims, key, algorithm=alg, headers=headers))
     return 0

@@ -1,14 +1,14 @@
 """``ssedge ingest``: fan in events from upstream SSE servers, each followed once.
 
 One process follows any number of (topic, upstream) pairs. For each pair it competes for a
-lease in Redis; the holder follows the upstream (``relay.upstream``) and renews the lease
+lease in Redis; the holder follows the upstream (``relay.ingest.follower``) and renews the lease
 every third of its lifetime, the others stand by and poll. So two or more ingest processes
 of the same upstreams give availability while the upstream sees one connection, and a
 crashed holder is replaced about one lease later, resuming from the cursor in Redis.
 
 The lease decides who connects; it is not what makes writes exactly-once. Every write is a
 script that checks the lease and the write counter in the same atomic step as the XADDs
-(``relay.journal``), so a holder that lost its lease without noticing writes nothing.
+(``relay.storage.journal``), so a holder that lost its lease without noticing writes nothing.
 
 The process serves ``/metrics`` (per upstream: following or not, up, down since, events,
 duplicates, rejected, reconnects, errors by kind), ``/healthz`` and ``/readyz`` (Redis

@@ -60,7 +60,7 @@ class Relay:
         )
         self.feed: FeedBase
         if isinstance(redis, clients.Cluster):
-            # one reader per primary node (relay/cluster_feed.py)
+            # one reader per primary node (relay/node/feed/cluster.py)
             self.feed = ClusterFeed(self.hub, redis, self.metrics,
                                     block_ms=settings.feed_block_ms,
                                     read_count=settings.feed_read_count,

@@ -14,7 +14,7 @@ or, with a query-string token, opens a new EventSource (README, "Browser").
 The event has no ``id:``. EventSource keeps its last event id across an event without one
 (WHATWG: only an ``id`` field sets the buffer), and the frame is written on this connection
 only, never into the ring: ring frames and history pages all carry ids, which the resume rules
-(``relay.resume``) compare. One timer per stream, nothing per event.
+(``relay.protocol.resume``) compare. One timer per stream, nothing per event.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """One event stream: register, note the ring position, catch up, then follow the ring.
 
-The order is the whole point (``relay.resume``). The subscription is registered and its
+The order is the whole point (``relay.protocol.resume``). The subscription is registered and its
 cursor fixed in one synchronous step, before the first byte goes out; everything after that
 cursor reaches the client from the ring. Whatever the client asked for before it (an id older
 than the ring, ``since=earliest``) is read as history pages first, up to exactly the ring's
 floor noted at registration, so nothing is missed and nothing is sent twice.
 
 A connection that has sent everything in the ring parks; new frames reach it from the feed
-without waking its task (``relay.fanout``). When it is awake it sends everything pending in one
+without waking its task (``relay.node.fanout``). When it is awake it sends everything pending in one
 write (bounded by ``send_max_bytes``), so the number of syscalls per event falls as load
 rises. A connection that falls behind the ring's tail catches up the same way from the last id
 it sent. One that stays more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is

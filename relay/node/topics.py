@@ -3,7 +3,7 @@
 A connection that has sent everything in its topic's ring *parks*: its task waits on a future
 of its own (cancelling a task cancels the future it awaits, so one shared future would let one
 client's disconnect cancel every other stream of the topic). New frames reach parked
-connections without waking them (``relay.fanout``); ``wake`` resumes every parked task, for
+connections without waking them (``relay.node.fanout``); ``wake`` resumes every parked task, for
 the heartbeat (``tick``) or when a topic is forgotten. Nothing here does I/O.
 """
 

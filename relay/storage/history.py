@@ -15,8 +15,8 @@ largest entry seen so far, so no read asks Redis for much more than ``max_bytes`
 ``through``: every entry after ``after`` up to this id is in the page. A page that stopped at
 a bound goes through its last entry; one that reached the stream's end goes through the
 stream's last generated id at the moment it was read. A relay ends a catch-up only on a page
-that goes through the floor it noted (``relay.resume.CatchUp``), so a page a cache kept from
-before newer events can never end one early.
+that goes through the floor it noted (``relay.protocol.resume.CatchUp``), so a page a cache
+kept from before newer events can never end one early.
 
 The retention check (``ssedge.reset``). XRANGE from an id older than the first entry silently
 starts at the first entry, so a gap is only visible in XINFO STREAM: ``entries-added`` above

@@ -1,4 +1,4 @@
-"""relay/load.py: the ``ssedge load`` command line, built without running Locust."""
+"""relay/cli/load.py: the ``ssedge load`` command line, built without running Locust."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""relay/load_server.py: the collector's snapshots of a load run, summed up."""
+"""relay/cli/load_server.py: the collector's snapshots of a load run, summed up."""
 
 from __future__ import annotations
 

@@ -185,6 +185,6 @@ def test_cookie_token_renewed_across_expiry_and_key_rotation(
     print(f"\ncookie renewal: gaps over 300 ms per EventSource (ms): {gaps}; events every "
           f"100 ms, retry {RETRY_MS} ms, {QUICK_RETRY_MS} ms after an expiry; "
           f"renewals {renewals}")
-    # each reconnect at expiry came after the quick retry, not the usual one
-    assert all(len(g) <= 2 for g in gaps) and max(max(g, default=0) for g in gaps) < \
-        QUICK_RETRY_MS + 1500
+    # each reconnect at expiry came after the quick retry, not the usual one (3 s): no gap
+    # near it (on a loaded machine more short gaps show up; they prove nothing either way)
+    assert max(max(g, default=0) for g in gaps) < QUICK_RETRY_MS + 1500

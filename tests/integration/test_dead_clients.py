@@ -3,7 +3,7 @@
 The clients live in their own network namespace (``netns.Island``); taking its end of the link
 down makes them vanish for real. The relay finds them by a heartbeat that is never
 acknowledged (``TCP_USER_TIMEOUT``) or, for idle keep-alive connections, by TCP keepalive
-(``relay/listener.py``), and releases stream, subscription, task and file descriptor.
+(``relay/node/listener.py``), and releases stream, subscription, task and file descriptor.
 """
 
 from __future__ import annotations

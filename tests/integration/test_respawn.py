@@ -7,7 +7,7 @@ like an EventSource with a short ``retry``; a publisher posts 5 events every 20 
 relay B. One of A's workers is SIGKILLed. Measured: how long until A answers again, how long
 each client went without events, and that every client still has every acknowledged event
 once, in order. With two workers the other one keeps serving: the listener is shared by the
-node's workers (``relay.listener``), so the dead worker's clients reconnect to it at once.
+node's workers (``relay.node.listener``), so the dead worker's clients reconnect to it at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""relay/listener.py: the options set on the listener are the ones accepted sockets have."""
+"""relay/node/listener.py: the options set on the listener are the ones accepted sockets have."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The token-expiring notice (relay/renewal.py): when it is sent, what it says, and that it
+"""The token-expiring notice (relay/node/renewal.py): when it is sent, what it says, and that it
 leaves the client's last event id alone."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tokens and topic patterns (relay/auth.py): every way a token can be wrong, with real keys."""
+"""Tokens and topic patterns (relay/web/auth.py): every way a token can be wrong, with real keys."""
 
 from __future__ import annotations
 

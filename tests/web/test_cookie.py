@@ -1,4 +1,4 @@
-"""``/v1/auth/cookie`` (relay/cookie.py) through the relay app, with fake ASGI closures."""
+"""``/v1/auth/cookie`` (relay/web/cookie.py) through the relay app, with fake ASGI closures."""
 
 from __future__ import annotations
 

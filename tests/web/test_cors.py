@@ -1,4 +1,4 @@
-"""Cross-origin rules (relay/cors.py), alone and on the app's answers."""
+"""Cross-origin rules (relay/web/cors.py), alone and on the app's answers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The JWKS key set (relay/jwks.py) and keys chosen by kid (relay/auth.py), without a network:
-``Jwks._get`` is replaced by a list of answers, so each fetch and its outcome is exact."""
+"""The JWKS key set (relay/web/jwks.py) and keys chosen by kid (relay/web/auth.py), without a
+network: ``Jwks._get`` is replaced by a list of answers, so each fetch and its outcome is exact."""
 
 from __future__ import annotations
 

@@ -283,7 +283,7 @@ class NodeReader:
         task = asyncio.current_task()
         assert task is not None
         while True:
-            still_wanted(task)  # a cancel swallowed by a send (relay.feed.still_wanted)
+            still_wanted(task)  # a cancel swallowed by a send (relay.node.feed.base.still_wanted)
             if not self._dirty:
                 self._wake.clear()
                 try:
