@@ -23,6 +23,9 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
 
 from relay.protocol import ids
 from relay.protocol.wire import encode_data, encode_entry
@@ -196,8 +199,12 @@ async def read_wait(conn: Any, replica_timeout_ms: int) -> Any:
     """WAIT's reply, which Redis sends up to its timeout late: the connection's own read
     timeout (5 s) would cut a longer WAIT, and a write that landed would be answered as if
     Redis were unreachable."""
-    return await conn.read_response(
+    reply = await conn.read_response(
         timeout=(getattr(conn, "socket_timeout", None) or 5.0) + replica_timeout_ms / 1000)
+    if reply is None:  # redis-py's answer to a read that ran out of time: no reply came
+        await conn.disconnect()  # a late reply must not be read as the next command's
+        raise RedisTimeoutError("no answer to WAIT in time: written, not acknowledged")
+    return reply
 
 
 async def info(r: Client, topic: str) -> dict[str, Any] | None:
