@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
+.PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge bench-cluster \
 	bench-durability bench-idempotency \
 	load-report system bench-system venv clean screenshots
 
@@ -17,6 +17,12 @@ up: venv system
 # the same with a local 3-primary Redis Cluster (+3 replicas) and three relay nodes
 up-cluster: venv system
 	$(BIN)/ssedge up --cluster
+
+# the same with a second region: a replica of its Redis (:6391), two relays reading it
+# (:9101, :9102), a replay service (:9201) and an edge (:9080); publishes in either land on
+# the primary (docs/SCALING.md, "Regions")
+up-regions: venv system
+	$(BIN)/ssedge up --regions
 
 # two pytest workers, a test file each at a time (its servers and module fixtures stay in one
 # worker); each worker takes its servers' ports from a range of its own (tests/integration)
