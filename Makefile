@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge bench-cluster \
-	bench-durability bench-idempotency \
+	bench-durability bench-idempotency bench-regions \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -70,6 +70,12 @@ bench-durability: venv system
 # memory per key (about a minute; writes docs/results/idempotency.md)
 bench-idempotency: venv system
 	$(BIN)/python -m bench.idempotency --rounds 2000 --keys 100000
+
+# Publish to reader through region A's relay (the primary) and region B's (a replica), with the
+# replica's link delayed 0, 25 and 75 ms each way (about 2 minutes; writes
+# docs/results/regions.md, see docs/SCALING.md)
+bench-regions: venv system
+	$(BIN)/python -m bench.regions --seconds 15 --rate 50 --link-delay-ms 0,25,75
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.

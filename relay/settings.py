@@ -252,10 +252,10 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     except msgspec.ValidationError as exc:
         raise SettingsError(_one_line(exc, raw)) from None
     if settings.redis_read_url and settings.redis_cluster:
-        # a cluster's replicas are found by the cluster client, not named one by one
+        # one replica of one primary: a cluster's replicas (one per shard) are not read yet
         raise SettingsError(f"bad setting {env_name('redis_read_url')}="
                             f"{settings.redis_read_url!r}: not with "
-                            f"{env_name('redis_cluster')} (a cluster's replicas are its own)")
+                            f"{env_name('redis_cluster')} (a cluster's replicas are not read)")
     return settings
 
 

@@ -226,6 +226,8 @@ def test_a_relay_steps_out_when_its_replica_is_cut_from_a_primary_that_answers(
             while not es.ended:
                 await asyncio.wait_for(es.read_chunk(), 10)
         ended = time.monotonic() - cut
+        print(f"cut from a primary that answers: streams ended {ended:.1f} s after the cut "
+              "(grace 2 s)")
         assert 2.0 <= ended <= 5.0, ended
         assert b"retry: " in bytes(es.raw)[-40:]
         answer = await client.request("GET", b.url + "/readyz")
