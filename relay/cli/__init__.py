@@ -238,6 +238,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0:
             print(f"ssedge up: --{flag.replace('_', '-')} must be above 0", file=sys.stderr)
             return 2
+    if args.cluster and args.regions:
+        print("ssedge up: --cluster and --regions cannot go together (a cluster's replicas "
+              "are not read by region)", file=sys.stderr)
+        return 2
     policy = RestartPolicy(burst=args.restart_burst, window_s=args.restart_window,
                            max_delay_s=args.backoff_max,
                            first_delay_s=min(RestartPolicy().first_delay_s, args.backoff_max))
