@@ -181,6 +181,10 @@ def test_a_client_ahead_of_the_replica_waits_for_it_and_only_an_unknown_id_is_re
         assert mb["ssedge_resets_total"] == 1 and mb["ssedge_rewinds_total"] == 0
         await _until(lambda: _gauge_is(b.url, "replica_link_up", 1), 10, "link seen up")
         assert await _gauge(b.url, "replica_lag_seconds") >= 0
+        ready = (await client.request("GET", b.url + "/readyz")).json()
+        assert ready["replica"].startswith("link up, lag "), ready
+        await _until(lambda: _gauge_is(replay.url, "replica_link_up", 1), 10,
+                     "the replay service sees the link")
 
         # the wait is bounded: with the link cut for longer, the stream ends with a retry
         regions.cut()
