@@ -7,8 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up up-cluster test lint unit integration bench bench-reconnect bench-edge bench-cluster \
-	bench-durability bench-idempotency \
+.PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge bench-cluster \
+	bench-durability bench-idempotency bench-regions \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -17,6 +17,12 @@ up: venv system
 # the same with a local 3-primary Redis Cluster (+3 replicas) and three relay nodes
 up-cluster: venv system
 	$(BIN)/ssedge up --cluster
+
+# the same with a second region: a replica of its Redis (:6391), two relays reading it
+# (:9101, :9102), a replay service (:9201) and an edge (:9080); publishes in either land on
+# the primary (docs/SCALING.md, "Regions")
+up-regions: venv system
+	$(BIN)/ssedge up --regions
 
 # two pytest workers, a test file each at a time (its servers and module fixtures stay in one
 # worker); each worker takes its servers' ports from a range of its own (tests/integration)
@@ -64,6 +70,12 @@ bench-durability: venv system
 # memory per key (about a minute; writes docs/results/idempotency.md)
 bench-idempotency: venv system
 	$(BIN)/python -m bench.idempotency --rounds 2000 --keys 100000
+
+# Publish to reader through region A's relay (the primary) and region B's (a replica), with the
+# replica's link delayed 0, 25 and 75 ms each way (about 2 minutes; writes
+# docs/results/regions.md, see docs/SCALING.md)
+bench-regions: venv system
+	$(BIN)/python -m bench.regions --seconds 15 --rate 50 --link-delay-ms 0,25,75
 
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.

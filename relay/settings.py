@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Redis holding the streams (redis://, rediss:// or unix://)."""
     redis_cluster: Annotated[str, Meta(pattern=_SEEDS)] = ""
     """Redis Cluster seed nodes (host:port,host:port); when set, used instead of redis_url."""
+    redis_read_url: Annotated[str, Meta(pattern=r"^((redis|rediss|unix)://.*)?$")] = ""
+    """A replica of redis_url to read streams from (feed, metadata, history); empty: redis_url."""
     publish_token: str = ""
     """Static bearer token that may publish to every topic; empty: only JWT publish tokens."""
     host: str = "127.0.0.1"
@@ -61,6 +63,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A stream refused for a while is a 200 asking to come back after this (x0.5-1.5)."""
     redis_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 15.0
     """Redis lost this long: the relay steps out (not ready, streams ended); less: rings serve."""
+    replica_wait_s: Annotated[float, Meta(ge=0, le=600)] = 5.0
+    """A stream whose Last-Event-ID the replica lacks waits this long for it, then is ended."""
 
     # -- the stream ------------------------------------------------------------------------
     retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
@@ -194,6 +198,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.node_name or f"{self.host}:{self.port}"
 
     @property
+    def read_url(self) -> str:
+        """Where streams are read: the replica when one is named, else the primary."""
+        return self.redis_read_url or self.redis_url
+
+    @property
     def replicas(self) -> int:
         """Replicas a publish waits for (``publish_replicas`` with -1 resolved)."""
         if self.publish_replicas >= 0:
@@ -239,9 +248,15 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         if value is not None:
             raw[name] = value
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_one_line(exc, raw)) from None
+    if settings.redis_read_url and settings.redis_cluster:
+        # one replica of one primary: a cluster's replicas (one per shard) are not read yet
+        raise SettingsError(f"bad setting {env_name('redis_read_url')}="
+                            f"{settings.redis_read_url!r}: not with "
+                            f"{env_name('redis_cluster')} (a cluster's replicas are not read)")
+    return settings
 
 
 def _one_line(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:

@@ -16,11 +16,17 @@ a cache may keep it a moment: ``X-Ssedge-Through`` lets a reader tell how far it
 
 A private topic's pages need a reader's token, as its stream does (``relay.web.auth``), and are
 ``private, no-store``; relays read private topics' history from Redis themselves.
+
+With ``SSEDGE_REDIS_READ_URL`` pages are read from a replica. An ``after`` the replica has not
+reached yet but the primary holds (a reader from another region) is no unknown id: the page
+waits for the replica (``SSEDGE_REPLICA_WAIT_S``, asking again every ``_REPLICA_POLL_S``),
+then, if it is still behind, the answer is 503 with ``Retry-After``, never a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from redis.exceptions import RedisError
 
@@ -29,12 +35,15 @@ from relay import settings as settings_mod
 from relay.prometheus import CONTENT_TYPE, Exposition, ProcessMetrics
 from relay.protocol import ids
 from relay.settings import Settings
-from relay.storage import clients, history
+from relay.storage import clients, history, replica
 from relay.web import auth
 from relay.web.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable
 from relay.web.http import Receive, Request, Responder, Scope, Send, answer, parse_topic
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+# how often a page waiting for the replica asks it again: a few cheap XINFOs per second, and
+# Varnish collapses the readers who wait for the same page into one
+_REPLICA_POLL_S = 0.05
 
 
 class ReplayMetrics(ProcessMetrics):
@@ -64,9 +73,13 @@ class ReplayApp:
         node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
         self.metrics = ReplayMetrics(node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        self.redis = clients.connect(settings)
+        self.redis = clients.connect_pair(settings)
         self.auth = auth.Authority(settings)
         self.auth.register_metrics(self.metrics)
+        self.replica = replica.Watch(self.redis) if self.redis.replica else None
+        self._watching: asyncio.Task[None] | None = None
+        if self.replica is not None:
+            self.replica.register(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -74,9 +87,13 @@ class ReplayApp:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     await self.auth.start()
+                    if self.replica is not None:
+                        self._watching = asyncio.ensure_future(self.replica.run())
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await self.auth.stop()
+                    if self._watching is not None:
+                        self._watching.cancel()
                     await self.redis.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
@@ -117,8 +134,11 @@ class ReplayApp:
         if until is not None and until < after:
             raise BadRequest("until is before after")
         try:
-            page, bad = await history.read_page(self.redis, topic, after, int(raw_limit), until,
-                                                s.replay_page_bytes)
+            page, bad = await history.read_page(self.redis.read, topic, after, int(raw_limit),
+                                                until, s.replay_page_bytes)
+            if page.reset and page.count == 0 and page.through < after and self.redis.replica:
+                # an unknown id to the replica: the primary may have it (another region's)
+                page, bad = await self._after_replica(topic, after, int(raw_limit), until)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
         m = self.metrics
@@ -137,9 +157,27 @@ class ReplayApp:
             cache = "private, no-store"  # its readers' alone: no shared cache may keep it
         await self.responder.cached(send, request, page.body, cache, headers)
 
+    async def _after_replica(self, topic: str, after: int, limit: int,
+                             until: int | None) -> tuple[history.Page, int]:
+        """The page after an id the replica does not hold: an ``unknown`` reset only when the
+        primary does not hold it either; else the page once the replica has it, read again
+        after each poll; still behind after ``replica_wait_s``: a 503 to retry."""
+        s = self.settings
+        deadline = time.monotonic() + s.replica_wait_s
+        while True:
+            where, _ = await replica.locate(self.redis, topic, after)
+            if where is not replica.Where.BEHIND:
+                # HERE: it arrived meanwhile; UNKNOWN: the reset is the answer
+                return await history.read_page(self.redis.read, topic, after, limit, until,
+                                               s.replay_page_bytes)
+            if time.monotonic() >= deadline:
+                raise Unavailable("this region's replica has not reached this id yet; "
+                                  "retry", 1)
+            await asyncio.sleep(_REPLICA_POLL_S)
+
     async def readyz(self, send: Send) -> None:
         try:
-            await asyncio.wait_for(clients.ping(self.redis), 1.0)
+            await asyncio.wait_for(clients.ping(self.redis.read), 1.0)
         except (RedisError, OSError, TimeoutError):
             raise Unavailable("not ready: Redis is not reachable", 1) from None
         await self.responder.json(send, 200, {"status": "ready"}, {"cache-control": "no-store"})

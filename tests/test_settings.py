@@ -24,6 +24,10 @@ def test_flags_override_environment_and_none_means_unset() -> None:
     ({"SSEDGE_REDIS_CLUSTER": "redis://10.0.0.1:7000"}, "SSEDGE_REDIS_CLUSTER"),
     ({"SSEDGE_REDIS_CLUSTER": "10.0.0.1"}, "SSEDGE_REDIS_CLUSTER"),
     ({"SSEDGE_PUBLISH_REPLICAS": "-2"}, "SSEDGE_PUBLISH_REPLICAS"),
+    ({"SSEDGE_REDIS_READ_URL": "10.0.0.2:6379"}, "SSEDGE_REDIS_READ_URL"),
+    ({"SSEDGE_REDIS_READ_URL": "redis://10.0.0.2:6379", "SSEDGE_REDIS_CLUSTER": "10.0.0.1:7000"},
+     "SSEDGE_REDIS_READ_URL"),
+    ({"SSEDGE_REPLICA_WAIT_S": "-1"}, "SSEDGE_REPLICA_WAIT_S"),
 ])
 def test_bad_value_is_one_line_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError) as info:
@@ -52,3 +56,9 @@ def test_a_cluster_waits_for_one_replica_by_default_one_redis_for_none() -> None
     assert cluster.replicas == 1
     assert load({"SSEDGE_REDIS_CLUSTER": "h:7000", "SSEDGE_PUBLISH_REPLICAS": "0"}).replicas == 0
     assert load({"SSEDGE_PUBLISH_REPLICAS": "2"}).replicas == 2
+
+
+def test_streams_are_read_from_the_replica_when_one_is_named() -> None:
+    assert load({"SSEDGE_REDIS_URL": "redis://a:1/0"}).read_url == "redis://a:1/0"
+    s = load({"SSEDGE_REDIS_URL": "redis://a:1/0", "SSEDGE_REDIS_READ_URL": "redis://b:2/0"})
+    assert s.read_url == "redis://b:2/0" and s.redis_url == "redis://a:1/0"

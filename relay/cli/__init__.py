@@ -16,8 +16,9 @@ STACK_DIR = Path(".ssedge")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-# where the streams are: one Redis or a cluster's seeds, taken from one place, never mixed
-_REDIS_LOCATION = ("SSEDGE_REDIS_URL", "SSEDGE_REDIS_CLUSTER")
+# where the streams are: one Redis (and a replica of it) or a cluster's seeds, taken from one
+# place, never mixed
+_REDIS_LOCATION = ("SSEDGE_REDIS_URL", "SSEDGE_REDIS_CLUSTER", "SSEDGE_REDIS_READ_URL")
 
 
 def read_stack_env(directory: Path = STACK_DIR) -> None:
@@ -237,6 +238,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0:
             print(f"ssedge up: --{flag.replace('_', '-')} must be above 0", file=sys.stderr)
             return 2
+    if args.cluster and args.regions:
+        print("ssedge up: --cluster and --regions cannot go together (a cluster's replicas "
+              "are not read by region)", file=sys.stderr)
+        return 2
     policy = RestartPolicy(burst=args.restart_burst, window_s=args.restart_window,
                            max_delay_s=args.backoff_max,
                            first_delay_s=min(RestartPolicy().first_delay_s, args.backoff_max))
@@ -247,9 +252,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                                  relay_ports=args.relay_port or cluster_stack.RELAY_PORTS,
                                  policy=policy)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
+    region_b = None
+    if args.regions:
+        from relay.devstack.regions import RegionB
+        region_b = RegionB(args.b_redis_port, tuple(args.b_relay_port or (9101, 9102)),
+                           args.b_replay_port, args.b_edge_port)
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
                      args.edge_port, args.upstream_port, args.ingest_port, policy,
-                     fsync=args.fsync)
+                     fsync=args.fsync, region_b=region_b)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -329,6 +339,17 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cluster", action="store_true",
                     help="a local 3-primary Redis Cluster (ports 7001-7006) and three relays "
                          "(8101-8103) instead of one redis-server and two relays")
+    up.add_argument("--regions", action="store_true",
+                    help="a second region beside the stack: a replica of its Redis, two "
+                         "relays reading it, a replay service and an edge (docs/SCALING.md)")
+    up.add_argument("--b-redis-port", type=int, default=6391,
+                    help="with --regions: the replica's port (6391)")
+    up.add_argument("--b-relay-port", type=int, action="append",
+                    help="with --regions: a region B relay's port; repeat (9101 and 9102)")
+    up.add_argument("--b-replay-port", type=int, default=9201,
+                    help="with --regions: region B's replay service port (9201)")
+    up.add_argument("--b-edge-port", type=int, default=9080,
+                    help="with --regions: region B's edge port (9080)")
     up.set_defaults(func=cmd_up)
 
     pub = sub.add_parser("publish", help="publish one event")

@@ -20,6 +20,7 @@ from pathlib import Path
 from relay.devstack import demo
 from relay.devstack.demo import DEMO_TOPIC
 from relay.devstack.processes import port_open
+from relay.devstack.regions import RegionB
 from relay.devstack.supervisor import RestartPolicy, Supervisor
 
 REDIS_PORT = 6390
@@ -57,33 +58,42 @@ class Processes(Supervisor):
     then stops each child in order), supervised (``relay.supervisor``), logs under the stack's
     directory."""
 
-    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int) -> None:
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int, *,
+                  region: str = "", env: dict[str, str] | None = None) -> None:
         """The replay service, the relays, varnishd in front of them, and the dashboard's
-        collector of every relay's and the edge's numbers (topic ssedge.stats)."""
+        collector of every relay's and the edge's numbers (topic ssedge.stats).
+
+        ``region`` names a second tier beside the first (``devstack.regions``): its children
+        are ``<region>-relay-1``, …, its collector publishes to ``ssedge.stats.<region>``, and
+        ``env`` holds its own settings (the replica it reads, its replay service)."""
         from relay.devstack import varnish as edge
-        self.start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
+        prefix = f"{region}-" if region else ""
+        self.start(f"{prefix}replay", replay_port, [sys.executable, "-m", "relay", "replay"],
+                   env)
         for i, port in enumerate(relay_ports, 1):
-            self.start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
-                                            str(port), "--node-name", f"relay-{i}"])
-        varnish_dir = self.directory / "varnish"
+            self.start(f"{prefix}relay-{i}", port, [
+                sys.executable, "-m", "relay", "relay", "--port", str(port),
+                "--node-name", f"{prefix}relay-{i}"], env)
+        varnish_dir = self.directory / f"{prefix}varnish"
         varnish_dir.mkdir(exist_ok=True)
         (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
             [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
         work = (varnish_dir / "work").resolve()
-        self.start("varnish", edge_port, edge.command(work, f"127.0.0.1:{edge_port}",
-                                                      varnish_dir.resolve()))
-        self.start("stats", 0, [sys.executable, "-m", "relay", "stats",
-                                *(a for p in relay_ports
-                                  for a in ("--relay", f"http://127.0.0.1:{p}")),
-                                "--varnish-name", str(work),
-                                "--supervisor", str(self.status_path.resolve())])
+        self.start(f"{prefix}varnish", edge_port, edge.command(
+            work, f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
+        self.start(f"{prefix}stats", 0, [
+            sys.executable, "-m", "relay", "stats",
+            *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
+            "--varnish-name", str(work), "--supervisor", str(self.status_path.resolve()),
+            *(["--topic", f"ssedge.stats.{region}"] if region else [])], env)
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
         ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None,
-        fsync: str = "everysec") -> int:
+        fsync: str = "everysec", region_b: RegionB | None = None) -> int:
+    """The stack; with ``region_b``, a second region reading a replica (``--regions``)."""
     from relay.devstack import varnish as edge
     redis_server = shutil.which("redis-server")
     for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish")):
@@ -93,7 +103,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             return 1
     assert redis_server is not None
     if not ports_free((redis_port, replay_port, edge_port, upstream_port, ingest_port,
-                       *relay_ports)):
+                       *relay_ports, *(region_b.ports if region_b else ()))):
         return 1
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
@@ -127,8 +137,13 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             # everysec: a process crash loses nothing acknowledged, a machine crash up to a
             # second; always: neither (docs/RELIABILITY.md, make bench-durability)
             "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
+            # a replica that must sync in full (restarted, or cut too long) starts at once,
+            # not after Redis's 5 s wait for more replicas to share the transfer
+            *(["--repl-diskless-sync-delay", "0"] if region_b else []),
         ])
         children.edge_tier(relay_ports, replay_port, edge_port)
+        if region_b is not None:
+            region_b.start(children, redis_server, redis_port, fsync)
         # an origin that drops its clients now and then: the ingest resumes it by id
         start("upstream", upstream_port, [sys.executable, "-m", "relay", "demo-upstream",
                                           "--port", str(upstream_port), "--drop-every", "30"])
@@ -151,7 +166,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   publish      token in {directory}/publish-token
   private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
-  try          .venv/bin/ssedge tail {DEMO_TOPIC}
+  try          .venv/bin/ssedge tail {DEMO_TOPIC}{region_b.banner() if region_b else ""}
 A child that exits is restarted (state in {directory}/supervisor.json).
 Ctrl-C stops everything.""", flush=True)
 

@@ -75,6 +75,8 @@ class Child:
     name: str
     port: int  # 0: listens on none (up as soon as it runs)
     argv: list[str]
+    #: its own settings over the stack's (a second region's relays read another Redis)
+    env: dict[str, str] = field(default_factory=dict)
     state: State = "starting"
     pid: int | None = None
     restarts: int = 0
@@ -156,9 +158,11 @@ class Supervisor:
 
     # -- start ------------------------------------------------------------------------------
 
-    def start(self, name: str, port: int, argv: list[str]) -> None:
-        """Start a child and wait for its port; StartFailed if it does not come up."""
-        child = Child(name, port, argv)
+    def start(self, name: str, port: int, argv: list[str],
+              env: dict[str, str] | None = None) -> None:
+        """Start a child (``env`` over the stack's) and wait for its port; StartFailed if it
+        does not come up."""
+        child = Child(name, port, argv, dict(env or {}))
         self.children.append(child)
         self._spawn(child, restart=False)
         deadline = time.monotonic() + self.policy.start_timeout_s
@@ -182,7 +186,7 @@ class Supervisor:
     def _spawn(self, child: Child, *, restart: bool) -> None:
         log = open(self._log(child.name), "ab")  # noqa: SIM115 - lives as the child
         try:
-            process = subprocess.Popen(child.argv, env=self.env, stdout=log,
+            process = subprocess.Popen(child.argv, env={**self.env, **child.env}, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()  # the child holds its own copy

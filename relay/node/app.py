@@ -239,7 +239,7 @@ class App:
     async def _publish(self, topic: str, events: list[tuple[bytes, str | None]]) -> list[str]:
         s = self.settings
         try:
-            assigned = await store.publish(self.relay.redis, topic, events,
+            assigned = await store.publish(self.relay.redis.primary, topic, events,
                                            maxlen=s.retention_maxlen,
                                            max_age_s=s.retention_max_age_s,
                                            replicas=s.replicas,
@@ -257,7 +257,8 @@ class App:
         s = self.settings
         try:
             outcome = await idempotency.publish(
-                self.relay.redis, topic, events, many, key, ttl_s=s.idempotency_ttl_s,
+                self.relay.redis.primary, topic, events, many, key,
+                ttl_s=s.idempotency_ttl_s,
                 maxlen=s.retention_maxlen, max_age_s=s.retention_max_age_s,
                 replicas=s.replicas, replica_timeout_ms=s.publish_replica_timeout_ms)
         except idempotency.KeyReused:
@@ -281,7 +282,7 @@ class App:
                        send: Send) -> None:
         s = self.settings
         try:
-            info = await store.info(self.relay.redis, topic)
+            info = await store.info(self.relay.redis.read, topic)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
         first = last = None
@@ -329,9 +330,14 @@ class App:
         else:
             since = f" {time.monotonic() - down:.1f} s ago" if down is not None else ""
             redis = f"lost{since}: {feed.last_error or 'not connected'}"
+        answer = {"status": "ready", "redis": redis}
+        if relay.replica is not None:
+            answer["replica"] = relay.replica.describe()
         if relay.ready:
-            await relay.responder.json(send, 200, {"status": "ready", "redis": redis},
-                                       {"cache-control": "no-store"})
+            await relay.responder.json(send, 200, answer, {"cache-control": "no-store"})
+        elif relay.stepped_out == "replica":
+            raise Unavailable(f"not ready: the replica is cut from its primary "
+                              f"({answer['replica']})", 1)
         else:
             raise Unavailable(f"not ready: Redis {redis}", 1)
 

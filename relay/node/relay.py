@@ -1,4 +1,4 @@
-"""What one relay process holds: settings, Redis pool, topics, the feed and the metrics."""
+"""What one relay process holds: settings, Redis clients, topics, the feed and the metrics."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
+from relay.node.replica import Waits
 from relay.node.topics import Hub, Subscription
 from relay.settings import Settings
-from relay.storage import clients
+from relay.storage import clients, replica
 from relay.storage import streams as store
 from relay.web import auth
 from relay.web.http import Responder
@@ -50,8 +51,11 @@ class Relay:
         self.settings = settings
         self.metrics = Metrics(settings.node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses)
-        redis = clients.connect(settings)
-        self.redis: clients.Client = redis
+        # writes go to the primary; the feed, priming, metadata and history read ``redis.read``
+        # (a replica when SSEDGE_REDIS_READ_URL names one), and every comparison of ids that
+        # decides a client's fate (rule 2, verify) takes them from there
+        self.redis = clients.connect_pair(settings)
+        redis = self.redis.read
         self.hub = Hub(
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
@@ -67,12 +71,12 @@ class Relay:
                                     send_max=settings.send_max_bytes)
         else:
             self.feed = RedisFeed(
-                self.hub, redis, self.metrics, url=settings.redis_url,
+                self.hub, redis, self.metrics, url=settings.read_url,
                 block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
                 send_max=settings.send_max_bytes,
             )
         self.replayer = Replayer(
-            settings.replay_url, self.redis, self.metrics,
+            settings.replay_url, redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
             cache_bytes=settings.replay_cache_bytes, open_ttl=settings.replay_open_max_age_s,
             page_bytes=settings.replay_page_bytes,
@@ -85,6 +89,9 @@ class Relay:
         # streams hold out ``redis_grace_s`` past it
         self.redis_down_since: float | None = None
         self._redis_seen = False
+        # the replica's link and lag, and streams waiting for it to reach their id
+        self.replica: replica.Watch | None = None
+        self.replica_waits = Waits(settings.replica_wait_s)
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
         m.gauge("ring_events", "Events held in all rings.",
@@ -103,6 +110,14 @@ class Relay:
             feed = self.feed
             m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
                     lambda: feed.nodes_connected)
+        if self.redis.replica:
+            self.replica = replica.Watch(self.redis)
+            self.replica.register(m)
+            waits = self.replica_waits
+            m.counter("replica_waits_total", "Streams that came with an id the replica had not "
+                      "reached yet, and waited for it.", lambda: waits.started)
+            m.counter("replica_wait_timeouts_total", "Of those, ended when the replica had not "
+                      "reached it within SSEDGE_REPLICA_WAIT_S.", lambda: waits.timed_out)
 
     async def start(self) -> None:
         self._tasks = [
@@ -112,6 +127,8 @@ class Relay:
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
+        if self.replica is not None:
+            self._tasks.append(asyncio.ensure_future(self._guard("replica", self.replica.run())))
 
     @property
     def takes_streams(self) -> bool:
@@ -122,12 +139,25 @@ class Relay:
         served (they resume the moment the feed reads again). A relay that stays without
         Redis longer steps out: not ready, its streams ended so that they reconnect to a relay
         that has Redis, new ones refused."""
+        return self.stepped_out is None
+
+    @property
+    def stepped_out(self) -> str | None:
+        """Why this relay does not take streams now (``takes_streams``): ``redis``, or
+        ``replica`` when the replica it reads has been cut from a primary that answers for
+        ``redis_grace_s`` (it serves stale events while the others go on). A replica cut
+        from a primary that is out of reach too is served as it is: nothing newer can be had
+        (docs/SCALING.md, "Regions")."""
+        grace = self.settings.redis_grace_s
+        if self.replica is not None and self.replica.stale(grace):
+            return "replica"
         if self.feed.connected:
             self._redis_seen = True
-            return True
+            return None
         down = self.redis_down_since  # None: lost since the last sweep, under a second ago
-        return self._redis_seen and (
-            down is None or time.monotonic() - down < self.settings.redis_grace_s)
+        if self._redis_seen and (down is None or time.monotonic() - down < grace):
+            return None
+        return "redis"
 
     @property
     def ready(self) -> bool:
@@ -242,13 +272,18 @@ class Relay:
         while True:
             await asyncio.sleep(_SWEEP_S)
             self._watch_redis()
-            if not self.takes_streams and self.metrics.streams_open:
-                log.warning("Redis out of reach for %.0f s: ending %d streams so they "
-                            "reconnect to a relay that has it", self.settings.redis_grace_s,
+            out = self.stepped_out
+            if out is not None and self.metrics.streams_open:
+                what = ("Redis out of reach" if out == "redis"
+                        else "the replica cut from its primary")
+                log.warning("%s for %.0f s: ending %d streams so they reconnect to a relay "
+                            "that has it", what, self.settings.redis_grace_s,
                             self.metrics.streams_open)
                 for topic in self.hub:
                     for sub in list(topic.subscribers):
                         sub.close("redis lost")
+            for sub in self.replica_waits.expired(time.monotonic()):
+                sub.close("replica behind")
             for topic in self.hub:
                 ring = topic.ring
                 for sub in list(topic.subscribers):

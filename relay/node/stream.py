@@ -30,7 +30,7 @@ from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics
 from relay.protocol import ids, resume
 from relay.protocol.wire import encode_comment, encode_retry
-from relay.storage import streams as store
+from relay.storage import replica
 from relay.web.errors import BadRequest
 from relay.web.http import Receive, Request, Send
 
@@ -85,8 +85,9 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     if relay.metrics.streams_open >= settings.max_streams:
         return await refuse(relay, send, "capacity",
                             f"this relay serves its maximum of {settings.max_streams} streams")
-    if not relay.takes_streams:
-        return await refuse(relay, send, "redis", "this relay has lost Redis")
+    out = relay.stepped_out
+    if out is not None:
+        return await refuse(relay, send, out, _STEPPED_OUT[out])
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
@@ -94,12 +95,15 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         return await refuse(relay, send, "topics", "this relay watches as many topics as it may")
     after = start.after
     first_frames = b""
+    wait_for_replica = False
     try:
         await relay.feed.prime(topic)
         if after is not None and after > topic.ring.last_id:
             # newer than anything this node has read: the stream may just be ahead of this
-            # feed (the client came from a faster node), or the id never existed here
-            after, first_frames = await _check_future(relay, topic_name, after)
+            # feed (the client came from a faster node), or of this region's replica, or the
+            # id never existed here
+            after, first_frames, wait_for_replica = await _check_future(relay, topic_name,
+                                                                        after)
     except (RedisError, OSError):
         if not topic.subscribers:
             topic.idle_since = time.monotonic()
@@ -111,6 +115,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     if plan.history_after is not None:
         sub.catch_up = resume.CatchUp(plan.history_after, plan.history_until, plan.resume_from)
     hub.subscribe(topic, sub)
+    if wait_for_replica:
+        relay.replica_waits.add(sub, plan.last_id, time.monotonic())
     metrics = relay.metrics
     metrics.streams_open += 1
     metrics.streams_total += 1
@@ -152,7 +158,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         last = b""
         if sub.closed_because in ("drain", "token expired"):
             last = encode_retry(settings.drain_retry_ms)
-        elif sub.closed_because == "redis lost":
+        elif sub.closed_because in ("redis lost", "replica behind"):
             last = encode_retry(max(1, round(settings.refused_retry_ms
                                              * (0.5 + random.random()))))
         with contextlib.suppress(Exception):  # the client may be gone too
@@ -162,7 +168,10 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
 # what each temporary refusal asks the browser to wait before it comes back, before jitter
 _REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
                   "topics": "refused_retry_ms", "redis": "refused_retry_ms",
-                  "keys": "refused_retry_ms"}
+                  "replica": "refused_retry_ms", "keys": "refused_retry_ms"}
+# why a relay that stepped out (``Relay.stepped_out``) refuses streams
+_STEPPED_OUT = {"redis": "this relay has lost Redis",
+                "replica": "this relay's Redis replica is cut from its primary"}
 
 
 async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
@@ -187,20 +196,26 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
                 "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
 
 
-async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:
-    """An id past what this node has read. Within the stream (the client came from a node
-    whose feed is ahead of this one), it stays the client's: the frames this feed appends up
-    to it are skipped (``resume.Reader``), never sent again. Past the stream's last id it never
-    existed here: a reset, and the stream goes on live from the last id."""
-    info = await store.info(relay.redis, name)
-    last = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
-    if after <= last:
+async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes, bool]:
+    """An id past what this node has read: where to start, the frames to send first, and
+    whether the stream waits for the replica (``relay.node.replica``).
+
+    Within the stream as the feed's Redis has it (the client came from a node whose feed is
+    ahead of this one), it stays the client's: the frames this feed appends up to it are
+    skipped (``resume.Reader``), never sent again. Held by the primary but not yet by the
+    replica this node reads (the client came from another region), the same, bounded by
+    ``replica_wait_s``. Held by neither, it never existed here: a reset, and the stream goes
+    on live from the last id the feed's Redis has."""
+    where, last = await replica.locate(relay.redis, name, after)
+    if where is replica.Where.HERE:
         topic = relay.hub.topics.get(name)
         if topic is not None:
             topic.ahead = max(topic.ahead, after)
-        return after, b""
+        return after, b"", False
+    if where is replica.Where.BEHIND:
+        return after, b"", True
     relay.metrics.resets += 1
-    return last, resume.reset_frame("unknown", after, None, last)
+    return last, resume.reset_frame("unknown", after, None, last), False
 
 
 class _DisconnectWatch:

@@ -4,6 +4,12 @@ Every command ssedge sends touches one topic's keys, so one slot: the same code 
 one Redis and a cluster. Stream replies come back raw (hiredis lists, not dicts per entry),
 and the cluster client's own exceptions are turned into ``ConnectionError`` so that callers
 answer 503 (or retry) for every ``RedisError``.
+
+A relay and the replay service hold a ``Redis``: the primary, where every write goes
+(publishes, the idempotency script; ``ssedge ingest`` holds the primary alone), and the
+connection streams are read from (feed, priming, metadata, history pages), which is a replica
+when ``SSEDGE_REDIS_READ_URL`` names one. Replication keeps entry ids, so an id means the same
+event on both; only how far each has got differs (``relay.storage.replica``).
 """
 
 from __future__ import annotations
@@ -102,6 +108,39 @@ def connect(settings: Any, *, socket_timeout: float | None = 5.0, max_connection
                               max_connections=max_connections, retries=retries)
     return client(settings.redis_url, socket_timeout=socket_timeout,
                   max_connections=max_connections, retries=retries)
+
+
+class Redis:
+    """Where a process writes (``primary``) and where it reads streams (``read``: a replica,
+    or the primary itself). Whoever compares ids read from Redis takes them all from one of
+    the two: a replica behind the primary must never look like a stream that went back."""
+
+    def __init__(self, primary: aioredis.Redis | Cluster,
+                 read: aioredis.Redis | Cluster | None = None) -> None:
+        self.primary = primary
+        self.read = primary if read is None else read
+
+    @property
+    def replica(self) -> bool:
+        """Whether streams are read from a replica (``read`` is not the primary)."""
+        return self.read is not self.primary
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+        if self.replica:
+            await self.read.aclose()
+
+
+def connect_pair(settings: Any, *, socket_timeout: float | None = 5.0,
+                 max_connections: int = 50, retries: int = 1) -> Redis:
+    """The primary of ``connect``, and a client of ``redis_read_url`` when it is set."""
+    primary = connect(settings, socket_timeout=socket_timeout,
+                      max_connections=max_connections, retries=retries)
+    read = None
+    if getattr(settings, "redis_read_url", ""):
+        read = client(settings.redis_read_url, socket_timeout=socket_timeout,
+                      max_connections=max_connections, retries=retries)
+    return Redis(primary, read)
 
 
 async def ping(r: Client) -> None:

@@ -45,3 +45,18 @@ def test_a_redis_named_in_the_environment_is_not_joined_by_the_stacks_cluster(
     # a relay a test starts on its own Redis stays on it, after `make up-cluster` in the checkout
     assert os.environ == {"SSEDGE_REDIS_URL": "redis://127.0.0.1:6999/0",
                           "SSEDGE_PUBLISH_TOKEN": "from-the-stack"}
+
+
+def test_up_takes_regions_or_a_cluster_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["up", "--cluster", "--regions"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_up_regions_hands_region_b_its_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(stack, "run", lambda *_, **kw: seen.update(kw) or 0)
+    assert cli.main(["up", "--regions", "--b-relay-port", "9301", "--b-edge-port", "9380"]) == 0
+    region = seen["region_b"]
+    assert (region.redis_port, region.relay_ports, region.replay_port, region.edge_port) == (
+        6391, (9301,), 9201, 9380)
+    assert cli.main(["up"]) == 0 and seen["region_b"] is None

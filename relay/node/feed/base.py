@@ -57,7 +57,9 @@ class FeedBase(ABC):
     def __init__(self, hub: Hub, redis: Any, metrics: Metrics, *, block_ms: int,
                  read_count: int, send_max: int) -> None:
         self._hub = hub
-        self._redis = redis  # shared client: priming (and CLIENT UNBLOCK on one Redis)
+        # the client of the Redis this feed reads (a replica, or the primary): priming, verify
+        # (and CLIENT UNBLOCK on one Redis)
+        self._redis = redis
         self._metrics = metrics
         self._block_ms = block_ms
         self._count = read_count
@@ -147,7 +149,12 @@ class FeedBase(ABC):
         below what the feed had read before asking, or its ``entries-added`` (which only
         grows) is below what an earlier check saw. "What the feed had read" includes ids that
         clients came with from nodes whose feeds were ahead (``Topic.ahead``): they wait for
-        this feed to pass them, which a stream that went back never does."""
+        this feed to pass them, which a stream that went back never does.
+
+        Every id compared here comes from the Redis this feed reads (a replica, when the relay
+        reads one): ``Topic.ahead`` only takes ids that Redis was seen to hold, never one only
+        the primary has (``relay.node.replica``), so a replica behind its primary is never
+        taken for a stream that went back."""
         topics = [t for t in self._hub if t.primed]
         if not topics:
             return []
