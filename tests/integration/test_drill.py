@@ -33,7 +33,9 @@ def _drill(*args: str, report: Path, timeout: float = 120) -> tuple[int, str, di
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[UpStack]:
-    up = UpStack(tmp_path / "state")
+    # Redis SIGKILLed among the faults: every acknowledged event must be on disk (everysec may
+    # lose up to 2 s of them when the disk is slow; docs/RELIABILITY.md)
+    up = UpStack(tmp_path / "state", "--fsync", "always")
     try:
         up.wait_up()
         yield up

@@ -172,15 +172,16 @@ def test_redis_restart_loses_no_acknowledged_event_and_drops_no_client(
     assert asyncio.run(client.request("GET", relay.url + "/readyz")).status == 200
 
 
-@pytest.mark.parametrize("fsync", ["everysec", "off"])
+@pytest.mark.parametrize("fsync", ["always", "off"])
 def test_a_redis_process_crash_keeps_every_acknowledged_event_with_aof(
     fsync: str, start_relay: Callable[..., Relay], tmp_path: Path,
 ) -> None:
-    """The durability promise for a process crash (docs/RELIABILITY.md): with AOF, even at
-    ``appendfsync everysec``, Redis writes each command to the file before it replies, so a
-    SIGKILL loses no acknowledged event (a machine crash may lose the last second: that takes
-    ``appendfsync always`` or a replica). Without persistence the same crash loses them all:
-    the check can fail."""
+    """The durability promise for a process crash (docs/RELIABILITY.md): with
+    ``appendfsync always`` every acknowledged event is on disk, and a SIGKILL loses none.
+    (``everysec`` writes each command to the file before it replies too, unless an fsync is
+    still running: then Redis holds writes back for up to 2 s while it acknowledges them, and
+    a SIGKILL loses them; seen here under heavy load, so it is not asserted.) Without
+    persistence the same crash loses them all: the check can fail."""
     redis = RedisServer(tmp_path / f"crash-{fsync}", fsync)
     try:
         relay = Relay(tmp_path, redis, TOKEN)

@@ -28,7 +28,9 @@ TOPIC = "survive"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[UpStack]:
-    up = UpStack(tmp_path / "state")
+    # every write on disk before its 201: with everysec a slow disk makes Redis hold writes
+    # back (up to 2 s) while it acknowledges them, and a SIGKILL then loses them
+    up = UpStack(tmp_path / "state", "--fsync", "always")
     try:
         up.wait_up()
         yield up
