@@ -187,7 +187,7 @@ class Ingest:
 
 def run(settings: Settings, topics: list[IngestTopic]) -> int:
     """Run in the foreground until SIGINT or SIGTERM."""
-    logs.setup()
+    logs.setup(settings.log_level, settings.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()

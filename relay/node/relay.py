@@ -49,7 +49,8 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(settings.node)
-        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses,
+                                   settings.access_log)
         redis = clients.connect(settings)
         self.redis: clients.Client = redis
         self.hub = Hub(

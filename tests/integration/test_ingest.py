@@ -198,7 +198,7 @@ def test_bad_upstreams_are_logged_counted_and_never_crash(
     assert b"Last-Event-ID: g4" in servers["garbage"].requests[1]
     # down and since when, for the one that never answered
     assert ingest.metric("up", "refused") == 0
-    assert ingest.metric("down_since_seconds", "refused") > time.time() - 60
+    assert ingest.metric("down_since_timestamp_seconds", "refused") > time.time() - 60
     response = asyncio.run(client.request("GET", ingest.url + "/readyz"))
     assert response.status == 200
     log = ingest.log.read_text()
