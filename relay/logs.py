@@ -54,6 +54,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx writes every request's URL at info, query string and all (an upstream's may hold
+    # a key): its warnings only
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 def granian_config(fmt: str) -> dict[str, Any]:

@@ -150,8 +150,12 @@ GARBAGE = (
 )
 ANSWERS = {
     "nocontent": [b"HTTP/1.1 204 No Content\r\n\r\n"],
-    "html": [b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"],
-    "flaky": [b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"] * 2 + [
+    # a canned server answers one request per connection: it says so (Connection: close), or
+    # a client keeping the connection alive would wait on it for the next answer
+    "html": [b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n"
+             b"Connection: close\r\n\r\nhi"],
+    "flaky": [b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n"
+              b"Connection: close\r\n\r\nbusy"] * 2 + [
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
         b"id: f1\ndata: after two 503s\n\n"],
     "garbage": [GARBAGE, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"],
