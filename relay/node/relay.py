@@ -100,6 +100,13 @@ class Relay:
                 lambda: len(asyncio.all_tasks()))
         m.gauge("redis_connected", "1 while the feed is connected to Redis.",
                 lambda: float(self.feed.connected))
+        # what /readyz says, and the bounds, so that alerts can say how near they are
+        m.gauge("ready", "1 while this process takes streams (what /readyz answers).",
+                lambda: float(self.ready))
+        m.gauge("streams_limit", "Streams this process serves at most (SSEDGE_MAX_STREAMS).",
+                lambda: settings.max_streams)
+        m.gauge("topics_limit", "Topics this process watches at most (SSEDGE_MAX_TOPICS).",
+                lambda: settings.max_topics)
         if isinstance(self.feed, ClusterFeed):
             feed = self.feed
             m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
