@@ -62,11 +62,19 @@ def test_every_scrape_of_a_two_worker_relay_holds_both_workers(
                 es.close()
 
     async def check(streams: list[EventStream]) -> None:
+        # the harness saw one worker ready; the other may still be connecting its feed (and
+        # would refuse streams meanwhile): wait for both
+        deadline = time.monotonic() + 20
+        while sum((await scrape(relay.url))[1]["ssedge_ready"].values()) < 2:
+            assert time.monotonic() < deadline, "both workers never became ready"
+            await asyncio.sleep(0.1)
         # the workers share one accept queue: which one takes a stream is the kernel's call,
         # so streams are opened until each worker holds some
         while True:
             assert len(streams) < 200, "200 streams and still one worker holds none"
-            streams.append(await subscribe(f"{relay.url}/v1/streams/m/events"))
+            es = await subscribe(f"{relay.url}/v1/streams/m/events")
+            streams.append(es)
+            assert "x-ssedge-refused" not in es.response.headers, es.response.headers
             if len(streams) % 10 == 0:
                 per_worker = (await scrape(relay.url))[1]["ssedge_streams_open"]
                 if len(per_worker) == 2 and min(per_worker.values()) > 0:
