@@ -7,8 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge bench-cluster \
-	bench-durability bench-idempotency bench-regions \
+.PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
+	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -41,7 +41,8 @@ integration: venv system
 
 # Fan-out of one topic at 1,000 and 10,000 connections and several rates: ssedge (1 and 2
 # workers, and through Varnish) next to nginx+Nchan and sse-starlette, with the C load client;
-# about 10-15 minutes; writes docs/results/fanout.md and docs/results/fanout-profile.txt
+# about 7 minutes on the 2-core machine; writes docs/results/fanout.md and
+# docs/results/fanout-profile.txt
 bench: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.fanout --profile
 
@@ -77,6 +78,11 @@ bench-idempotency: venv system
 bench-regions: venv system
 	$(BIN)/python -m bench.regions --seconds 15 --rate 50 --link-delay-ms 0,25,75
 
+# What one /metrics scrape of a relay costs with 1, 2 and 4 workers (every worker's numbers
+# gathered into one answer; docs/results/metrics-scrape.md)
+bench-metrics: venv system
+	$(BIN)/python -m bench.metrics_scrape --workers 1 2 4 --streams 200 --scrapes 200
+
 # One run of each Locust scenario against the running stack (`make up` in another shell),
 # sized for a 2-core machine; writes docs/results/load/ and prints the table for docs/LOAD.md.
 LOAD := $(BIN)/ssedge load --results docs/results/load --duration 60s
@@ -103,13 +109,16 @@ $(STAMP): pyproject.toml
 screenshots: venv system
 	$(BIN)/python docs/screenshots.py --out docs/img
 
-# Debian packages the stack runs, and chromium for the pages' browser tests: installed with
-# apt-get when run as root, else one line saying what to install.
+# Debian packages the stack runs; chromium for the pages' browser tests; promtool (package
+# prometheus) and systemd-analyze for the checks of docs/deploy/: installed with apt-get when
+# run as root, else one line saying what to install.
 system:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v varnishd >/dev/null 2>&1 || test -x /usr/sbin/varnishd || missing="$$missing varnish"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium fonts-dejavu-core"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import typing
 from collections.abc import Mapping
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -193,6 +195,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tcp_send_buffer_bytes: Annotated[int, Meta(ge=0, le=64 * 1024 * 1024)] = 128 * 1024
     """Kernel send buffer per connection (SO_SNDBUF; Linux doubles it); 0: autotuned to 4 MiB."""
 
+    # -- logs (relay/logs.py) ----------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe log lines written: debug, info, warning or error."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text, or as one JSON object per line (for journald, Loki, Elasticsearch)."""
+    access_log: bool = False
+    """One log line per HTTP request: method, path (never the query), status, duration, client."""
+
     @property
     def node(self) -> str:
         return self.node_name or f"{self.host}:{self.port}"
@@ -218,6 +228,26 @@ def env_name(field: str) -> str:
     return PREFIX + field.upper()
 
 
+#: ``SSEDGE_<NAME>_FILE`` holds the path of a file whose content is the setting (Docker and
+#: Kubernetes secrets, systemd credentials): secrets stay out of the environment and of ps
+FILE_SUFFIX = "_FILE"
+
+
+def file_variables() -> list[str]:
+    """The ``*_FILE`` variable of every setting."""
+    return [env_name(f.name) + FILE_SUFFIX for f in msgspec.structs.fields(Settings)]
+
+
+def _from_file(variable: str, path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"bad setting {variable}={path!r}: cannot read it: {reason}") from None
+    # a file written by an editor or `echo` ends with a newline that is not part of a secret
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def fields() -> list[tuple[str, Any, str]]:
     """(name, default, description) of every setting, in order."""
     import ast
@@ -240,6 +270,12 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     known = {f.name for f in msgspec.structs.fields(Settings)}
     for name in known:
         value = environ.get(env_name(name))
+        path = environ.get(env_name(name) + FILE_SUFFIX)
+        if path is not None:
+            if value is not None:
+                raise SettingsError(f"set {env_name(name)} or {env_name(name)}{FILE_SUFFIX}, "
+                                    "not both")
+            value = _from_file(env_name(name) + FILE_SUFFIX, path)
         if value is not None:
             raw[name] = value
     for name, value in overrides.items():
@@ -267,6 +303,9 @@ def _one_line(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
     if field is None:
         return f"bad settings: {message}"
     reason = message.split(" - at `", 1)[0]
+    choices = typing.get_args(typing.get_type_hints(Settings).get(field))
+    if reason.startswith("Invalid enum value") and choices:
+        reason += f" (one of: {', '.join(map(str, choices))})"
     return f"bad setting {env_name(field)}={raw.get(field)!r}: {reason}"
 
 

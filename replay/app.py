@@ -30,9 +30,9 @@ import time
 
 from redis.exceptions import RedisError
 
-from relay import __version__, logs
+from relay import __version__, logs, scrape
 from relay import settings as settings_mod
-from relay.prometheus import CONTENT_TYPE, Exposition, ProcessMetrics
+from relay.prometheus import CONTENT_TYPE, Exposition, Histogram, ProcessMetrics
 from relay.protocol import ids
 from relay.settings import Settings
 from relay.storage import clients, history, replica
@@ -44,6 +44,8 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # how often a page waiting for the replica asks it again: a few cheap XINFOs per second, and
 # Varnish collapses the readers who wait for the same page into one
 _REPLICA_POLL_S = 0.05
+# a page is one pipelined XINFO + XRANGE: milliseconds, more for large pages
+PAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class ReplayMetrics(ProcessMetrics):
@@ -55,6 +57,7 @@ class ReplayMetrics(ProcessMetrics):
         self.page_events = 0
         self.closed_pages = 0
         self.invalid_entries = 0
+        self.page_seconds = Histogram(PAGE_BUCKETS)
 
     def samples(self, out: Exposition) -> None:
         out.counter("replay_pages_total", "History pages answered.", self.pages)
@@ -65,6 +68,9 @@ class ReplayMetrics(ProcessMetrics):
                     self.closed_pages)
         out.counter("invalid_entries_total", "Stream entries with an unusable field.",
                     self.invalid_entries)
+        out.histogram("replay_page_duration_seconds",
+                      "History pages answered: seconds from the request to the answer.",
+                      self.page_seconds)
 
 
 class ReplayApp:
@@ -72,7 +78,8 @@ class ReplayApp:
         self.settings = settings
         node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
         self.metrics = ReplayMetrics(node)
-        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses,
+                                   settings.access_log)
         self.redis = clients.connect_pair(settings)
         self.auth = auth.Authority(settings)
         self.auth.register_metrics(self.metrics)
@@ -80,6 +87,7 @@ class ReplayApp:
         self._watching: asyncio.Task[None] | None = None
         if self.replica is not None:
             self.replica.register(self.metrics)
+        self.workers = scrape.Workers(self.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -87,10 +95,12 @@ class ReplayApp:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     await self.auth.start()
+                    await self.workers.start()
                     if self.replica is not None:
                         self._watching = asyncio.ensure_future(self.replica.run())
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
+                    await self.workers.stop()
                     await self.auth.stop()
                     if self._watching is not None:
                         self._watching.cancel()
@@ -116,7 +126,7 @@ class ReplayApp:
         if parts == ["readyz"]:
             return await self.readyz(send)
         if parts == ["metrics"]:
-            return await self.responder.body(send, 200, self.metrics.render(), {
+            return await self.responder.body(send, 200, await self.workers.gather(), {
                 "content-type": CONTENT_TYPE, "cache-control": "no-store"})
         raise NotFound(f"no such resource: {request.path}")
 
@@ -155,6 +165,7 @@ class ReplayApp:
         cache = IMMUTABLE if page.closed else f"public, max-age={s.replay_open_max_age_s}"
         if access.private:
             cache = "private, no-store"  # its readers' alone: no shared cache may keep it
+        m.page_seconds.observe(time.monotonic() - request.started)
         await self.responder.cached(send, request, page.body, cache, headers)
 
     async def _after_replica(self, topic: str, after: int, limit: int,
@@ -195,5 +206,6 @@ def _id(request: Request, name: str) -> int | None:
 
 def create_app() -> ReplayApp:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
-    logs.setup()
-    return ReplayApp(settings_mod.load())
+    settings = settings_mod.load()
+    logs.setup(settings.log_level, settings.log_format)
+    return ReplayApp(settings)

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from relay.settings import Settings, SettingsError, fields, load, to_environ
+from relay.settings import (
+    Settings,
+    SettingsError,
+    fields,
+    file_variables,
+    load,
+    to_environ,
+)
 
 
 def test_defaults_and_environment() -> None:
@@ -62,3 +71,28 @@ def test_streams_are_read_from_the_replica_when_one_is_named() -> None:
     assert load({"SSEDGE_REDIS_URL": "redis://a:1/0"}).read_url == "redis://a:1/0"
     s = load({"SSEDGE_REDIS_URL": "redis://a:1/0", "SSEDGE_REDIS_READ_URL": "redis://b:2/0"})
     assert s.read_url == "redis://b:2/0" and s.redis_url == "redis://a:1/0"
+
+
+def test_a_setting_read_from_its_file_holds_the_file_without_its_last_newline(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "jwt-secret"
+    secret.write_text("s3cret with spaces\n")
+    token = tmp_path / "token"
+    token.write_text("t\r\n")
+    s = load({"SSEDGE_JWT_SECRET_FILE": str(secret), "SSEDGE_PUBLISH_TOKEN_FILE": str(token)})
+    assert s.jwt_secret == "s3cret with spaces" and s.publish_token == "t"
+    assert "SSEDGE_JWT_SECRET_FILE" in file_variables()
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"SSEDGE_JWT_SECRET_FILE": "/nonexistent/secret"}, "SSEDGE_JWT_SECRET_FILE"),
+    ({"SSEDGE_JWT_SECRET_FILE": "/etc/hostname", "SSEDGE_JWT_SECRET": "x"},
+     "SSEDGE_JWT_SECRET_FILE"),
+    ({"SSEDGE_LOG_FORMAT": "xml"}, "one of: text, json"),
+    ({"SSEDGE_LOG_LEVEL": "loud"}, "SSEDGE_LOG_LEVEL"),
+])
+def test_a_bad_file_or_choice_is_one_line_naming_it(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(env)
+    assert named in str(info.value) and "\n" not in str(info.value)

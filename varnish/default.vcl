@@ -18,6 +18,7 @@ include "backends.vcl";
 # Client side
 
 sub vcl_recv {
+    call ssedge_internal_only;
     call ssedge_normalize;
     if (req.method == "OPTIONS") {
         call ssedge_preflight;
@@ -40,9 +41,20 @@ sub vcl_recv {
     if (req.url ~ "^/(dashboard|static/[^/?]+)?(\?|$)") {
         call ssedge_page;
     }
-    # health and metrics of a relay node: never cached
+    # a relay's liveness (/healthz) and anything else: never cached
     set req.backend_hint = relays.backend();
     return (pass);
+}
+
+sub ssedge_internal_only {
+    # a node's /metrics and /readyz are for Prometheus and the balancers, which reach the
+    # nodes directly: through the edge they would tell anyone the load, the workers and
+    # whether Redis is reachable. Not found here (the edge's probes go to the backends
+    # directly, not through vcl_recv). Matched as the relays read a path: extra slashes and
+    # percent-encoded letters name the same resource there.
+    if (req.url ~ "(?i)^/+((m|%6d)(e|%65)(t|%74)(r|%72)(i|%69)(c|%63)(s|%73)|(r|%72)(e|%65)(a|%61)(d|%64)(y|%79)(z|%7a))/*(\?|$)") {
+        return (synth(404, "Not Found"));
+    }
 }
 
 sub ssedge_normalize {

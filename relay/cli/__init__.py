@@ -7,10 +7,13 @@ import asyncio
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
+from relay import __version__
 from relay import settings as settings_mod
+from relay.cli import flags
 
 STACK_DIR = Path(".ssedge")
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -42,16 +45,17 @@ def _base_url(args: argparse.Namespace) -> str:
     return (args.url or os.environ.get("SSEDGE_URL") or DEFAULT_URL).rstrip("/")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    for name, default, doc in settings_mod.fields():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                            help=f"{doc} [{settings_mod.env_name(name)}, default {default!r}]")
+class _Parser(argparse.ArgumentParser):
+    """argparse's own, but a mistake is one line (the usage is a --help away), exit 2, like
+    a bad setting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from relay.node import server
-    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
-    settings = settings_mod.load(**overrides)
+    settings = flags.load(args, "relay")
     _check_auth(settings)
     server.run(settings)
     return 0
@@ -59,8 +63,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from relay.node import server
-    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
-    settings = settings_mod.load(**overrides)
+    settings = flags.load(args, "replay")
     _check_auth(settings)
     server.run(settings, "replay.app:create_app", host=settings.replay_host,
                port=settings.replay_port)
@@ -124,8 +127,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from relay.ingest import config as ingest_config
     from relay.ingest import process as ingest
-    overrides = {name: getattr(args, name) for name, _, _ in settings_mod.fields()}
-    settings = settings_mod.load(**overrides)
+    settings = flags.load(args, "ingest")
     topics = []
     if settings.ingest_file:
         topics += ingest_config.load_file(Path(settings.ingest_file))
@@ -264,13 +266,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from relay.dashboard import collector
-    settings = settings_mod.load()
+    settings = flags.load(args, "stats")
     return collector.run(collector.Options(
         relays=tuple(u.rstrip("/") for u in args.relay or ["http://127.0.0.1:8101"]),
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
         varnish_name=args.varnish_name,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
         supervisor=args.supervisor,
+        log_level=settings.log_level, log_format=settings.log_format,
     ))
 
 
@@ -285,15 +288,16 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssedge", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="ssedge", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ssedge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     relay = sub.add_parser("relay", help="run one relay node on Granian")
-    _add_setting_flags(relay)
+    flags.add(relay, "relay")
     relay.set_defaults(func=cmd_relay)
 
     replay = sub.add_parser("replay", help="run the replay service on Granian")
-    _add_setting_flags(replay)
+    flags.add(replay, "replay")
     replay.set_defaults(func=cmd_replay)
 
     ing = sub.add_parser("ingest", help="follow upstream SSE servers into topics")
@@ -303,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
                           "URL's host:port/path)")
     ing.add_argument("--envelope", action="store_true",
                      help="store each event's data as JSON naming its upstream and id")
-    _add_setting_flags(ing)
+    flags.add(ing, "ingest")
     ing.set_defaults(func=cmd_ingest)
 
     demo = sub.add_parser("demo-upstream", help="a demo upstream SSE server (for ingest)")
@@ -400,6 +404,7 @@ def parser() -> argparse.ArgumentParser:
     sta.add_argument("--supervisor", metavar="FILE",
                      help="ssedge up's supervisor.json: each child's state and restarts go "
                           "into the snapshots")
+    flags.add(sta, "stats")
     sta.set_defaults(func=cmd_stats)
 
     load_p = sub.add_parser("load", help="run a Locust scenario and judge it by its objectives")
@@ -436,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     except settings_mod.SettingsError as exc:
         print(f"ssedge: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a port in use, a directory it may not write: said in one line
+        print(f"ssedge {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -49,6 +49,8 @@ class Options:
     topic: str = stats.TOPIC
     keep: int = 3600  # snapshots kept in the stream (XADD MAXLEN ~): an hour at 1 s
     supervisor: str | None = None  # ``ssedge up``'s supervisor.json; None: not under it
+    log_level: str = "info"
+    log_format: str = "text"
 
 
 class EdgeLog:
@@ -138,7 +140,7 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
 
 
 def run(options: Options) -> int:
-    logs.setup()
+    logs.setup(options.log_level, options.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -65,6 +65,10 @@ class RedisServer:
         return out.stdout.decode().strip()
 
 
+# proxies the outside HTTP client would take from the environment (relay.web.outside)
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
 class Relay:
     """A relay node (``ssedge relay``), or with ``command="replay"`` the replay service.
 
@@ -77,7 +81,9 @@ class Relay:
         self.host = host
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
+        # no proxy from the test's own environment either: a JWKS server is on loopback
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SSEDGE_") and k.lower() not in _PROXY_VARIABLES}
         env.update({
             "SSEDGE_REDIS_URL": redis.url,
             "SSEDGE_PUBLISH_TOKEN": token,
@@ -129,12 +135,16 @@ class IngestProcess:
     """``ssedge ingest ARGS``, its ``/metrics`` on a free port; ready when ``/healthz`` is."""
 
     def __init__(self, log_dir: Path, redis: RedisServer, args: list[str],
-                 **settings: Any) -> None:
+                 environ: dict[str, str] | None = None, **settings: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
+        # no proxy from the test's own environment: the upstreams are on loopback (a test
+        # that wants one says so in ``environ``)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SSEDGE_") and k.lower() not in _PROXY_VARIABLES}
         env.update({"SSEDGE_REDIS_URL": redis.url, "SSEDGE_INGEST_PORT": str(self.port)})
         env.update({"SSEDGE_" + k.upper(): str(v) for k, v in settings.items()})
+        env.update(environ or {})
         self.log = log_dir / f"ingest-{self.port}.log"
         self.process = spawn([sys.executable, "-m", "relay", "ingest", *args], self.log, env)
         wait_until(self._ready, 20, f"ingest on {self.port}", self.process)

@@ -1,10 +1,11 @@
 """Following one upstream SSE endpoint into a topic, the way an EventSource would.
 
-One connection at a time. Each connection starts from the cursor stored in Redis (so it is
-exact even after another process or a crash), sends it as ``Last-Event-ID``, and decodes
-with the project's wire decoder. Every chunk's events are appended with the journal's one
-atomic script, which also moves the cursor: what is in the stream and where the next
-connection resumes never disagree.
+One connection at a time, through httpx as a browser would (``relay.web.outside``: redirects,
+proxies from the environment, the system's trust store, keep-alive). Each connection starts
+from the cursor stored in Redis (so it is exact even after another process or a crash),
+sends it as ``Last-Event-ID``, and decodes with the project's wire decoder. Every chunk's
+events are appended with the journal's one atomic script, which also moves the cursor: what
+is in the stream and where the next connection resumes never disagree.
 
 Per the WHATWG rules, with one deliberate difference:
 
@@ -30,24 +31,26 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+import httpx
 import msgspec
 from redis.exceptions import RedisError
 
 from relay.ingest.config import Upstream
 from relay.ingest.status import Status
 from relay.protocol import names
-from relay.protocol.wire import Event, Oversize
+from relay.protocol.wire import Decoder, Event, Item, Oversize
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position
-from relay.web import client
-from relay.web.client import EventStream, ProtocolError
+from relay.web import outside
 
 log = logging.getLogger("ssedge.ingest")
 
 BATCH = 256  # events per script call: a script blocks Redis while it runs
 _FLOOR_S = 0.05  # shortest wait between two connections
+_ERROR_BODY_MAX = 64 * 1024  # of an error answer, what the log may quote from
+_ERROR_BODY_WAIT_S = 2.0  # an error answer that never ends says enough early
 _json = msgspec.json.Encoder()
 
 
@@ -103,6 +106,29 @@ def is_event_stream(content_type: str) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
+class Body:
+    """An answer's event stream as the follower reads it: decoded chunk by chunk."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.ended = False
+        self._chunks = chunks
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "aclose", None)  # httpx's is an async generator
+        if close is not None:
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                await close()
+
+    async def read_chunk(self) -> list[Item]:
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            self.ended = True
+            return []
+        return self.decoder.feed(chunk)
+
+
 class Failed(Exception):
     """A connection attempt or stream that failed, with the kind counted in metrics."""
 
@@ -113,13 +139,15 @@ class Failed(Exception):
 
 class Follower:
     def __init__(self, upstream: Upstream, journal: Journal, policy: Policy,
-                 status: Status) -> None:
+                 status: Status, http: httpx.AsyncClient | None = None) -> None:
         self.upstream = upstream
+        # shared by an ingest process's followers: one pool of kept-alive connections
+        self._http = http
         self._journal = journal
         self._policy = policy
         self.status = status
         self._backoff = Backoff(policy.retry_ms, policy.backoff_max_s)
-        self._headers = dict(upstream.headers)
+        self._headers = {"Accept": "text/event-stream", **dict(upstream.headers)}
         self._headers.setdefault("Cache-Control", "no-cache")
 
     async def run(self) -> Ending:
@@ -148,8 +176,7 @@ class Follower:
             except Failed as exc:
                 st.error(exc.kind)
                 failure = str(exc)
-            except (RedisError, OSError, asyncio.IncompleteReadError, ProtocolError,
-                    TimeoutError) as exc:
+            except (RedisError, OSError, httpx.HTTPError, httpx.InvalidURL, TimeoutError) as exc:
                 kind = _kind_of(exc)
                 st.error(kind)
                 failure = f"{kind}: {exc or type(exc).__name__}"
@@ -174,31 +201,49 @@ class Follower:
 
     async def _connection(self, position: Position) -> Ending | None:
         p = self._policy
-        es = await asyncio.wait_for(client.stream(
-            self.upstream.url, last_event_id=position.cursor or None, headers=self._headers,
-            max_data=p.max_event_bytes), p.connect_timeout_s)
-        with contextlib.closing(es):
-            response = es.response
-            if response.status == 204:
+        assert self._http is not None
+        headers = dict(self._headers)
+        if position.cursor:
+            headers["Last-Event-ID"] = position.cursor
+        request = self._http.build_request("GET", self.upstream.url, headers=headers)
+        # connecting, redirects and the answer's head, all within the connect timeout
+        response = await asyncio.wait_for(self._http.send(request, stream=True),
+                                          p.connect_timeout_s)
+        try:
+            if response.status_code == 204:
                 self.status.error("no_content")
                 self.status.stopped = True
                 log.warning("%s: answered 204 No Content, the spec's 'stop reconnecting': "
                             "not following it any more", self._who())
                 return Ending.STOPPED
-            if response.status != 200:
-                raise Failed("status", f"HTTP {response.status} "
-                             f"{response.body[:200].decode('utf-8', 'replace')!r}")
+            if response.status_code != 200:
+                body = b""
+                with contextlib.suppress(httpx.HTTPError, TimeoutError):
+                    body = await asyncio.wait_for(
+                        outside.read_bounded(response, _ERROR_BODY_MAX), _ERROR_BODY_WAIT_S)
+                raise Failed("status", f"HTTP {response.status_code} "
+                             f"{body[:200].decode('utf-8', 'replace')!r}")
             content_type = response.headers.get("content-type", "")
             if not is_event_stream(content_type):
                 raise Failed("content_type", f"Content-Type {content_type!r}, "
                              "not text/event-stream")
             self._went_up(position.cursor)
-            # a stream cut short ends like any other: the cursor is exact either way
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                await self._follow(es, position)
+            body_stream = Body(response.aiter_bytes(),
+                               Decoder(max_data=p.max_event_bytes,
+                                       last_event_id=position.cursor))
+            try:
+                await self._follow(body_stream, position)
+            except httpx.TimeoutException:
+                raise Failed("idle", f"nothing for {p.idle_timeout_s:g} s") from None
+            except httpx.TransportError:
+                pass  # a stream cut short ends like any other: the cursor is exact either way
+            finally:
+                await body_stream.aclose()
+        finally:
+            await response.aclose()
         return None
 
-    async def _follow(self, es: EventStream, position: Position) -> None:
+    async def _follow(self, es: Body, position: Position) -> None:
         writes, cursor = position.writes, position.cursor
         # an upstream that resends the event named in Last-Event-ID (an inclusive resume)
         # sends it first: that one is already in the stream
@@ -278,11 +323,13 @@ class Follower:
 def _kind_of(exc: BaseException) -> str:
     if isinstance(exc, RedisError):
         return "redis"
-    if isinstance(exc, ProtocolError):
-        return "protocol"
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "status"
+    if isinstance(exc, httpx.ProtocolError | httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return "protocol"  # not HTTP, a head over the limit, a redirect to a bad URL
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timeout"
-    return "connect"
+    return "connect"  # refused, reset, a proxy that failed
 
 
 def _iso(t: float) -> str:

@@ -38,6 +38,7 @@ from relay.ingest.status import Status, render
 from relay.settings import Settings
 from relay.storage import clients
 from relay.storage.journal import Journal
+from relay.web import outside
 
 log = logging.getLogger("ssedge.ingest")
 
@@ -59,6 +60,9 @@ class Ingest:
         # no retries: a write whose reply was lost must be re-read, never sent again
         self.redis = clients.connect(s, retries=0)
         self.lease_ms = s.ingest_lease_ms
+        # one pool of kept-alive connections for every upstream; a read waits at most the
+        # idle timeout (the follower's own, a little shorter, is the one that fires)
+        self.http = outside.client(s.ingest_connect_timeout_s, s.ingest_idle_timeout_s + 5)
         self.workers: list[Worker] = []
         for t in topics:
             policy = Policy(
@@ -71,8 +75,8 @@ class Ingest:
                 journal = Journal(self.redis, t.topic, u.name, self.token,
                                   maxlen=s.retention_maxlen, max_age_s=s.retention_max_age_s)
                 status = Status(t.topic, u.name)
-                self.workers.append(Worker(Follower(u, journal, policy, status), journal,
-                                           status))
+                self.workers.append(Worker(Follower(u, journal, policy, status, self.http),
+                                           journal, status))
 
     async def run(self, stop: asyncio.Event) -> None:
         server = await admin.serve(self.settings.ingest_host, self.settings.ingest_port, {
@@ -93,6 +97,7 @@ class Ingest:
                 await asyncio.wait_for(
                     asyncio.gather(*(w.journal.release() for w in self.workers)), 2)
             server.close()
+            await self.http.aclose()
             await self.redis.aclose()
             log.info("ingest %s stopped; its leases are released", self.token)
 
@@ -187,7 +192,7 @@ class Ingest:
 
 def run(settings: Settings, topics: list[IngestTopic]) -> int:
     """Run in the foreground until SIGINT or SIGTERM."""
-    logs.setup()
+    logs.setup(settings.log_level, settings.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -2,7 +2,7 @@
 
 One ``Status`` per (topic, upstream), plain attributes updated by its follower and worker (one
 event loop: no locks), rendered in the Prometheus text format with ``topic`` and ``upstream``
-labels next to ``node`` and ``pid``.
+labels next to ``node`` and ``worker``.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ def render(node: str, statuses: Iterable[Status]) -> bytes:
     each("active", "gauge", "1 while this process holds the upstream's lease and follows it.",
          "active")
     each("up", "gauge", "1 while an event stream from the upstream is open.", "up")
-    out.metric("down_since_seconds", "gauge",
+    out.metric("down_since_timestamp_seconds", "gauge",
                "Unix time the followed upstream went down; 0 while up or standing by.",
                [(labels(st), st.down_since if st.active and st.down_since else 0)
                 for st in statuses])
     each("stopped", "gauge", "1 once the upstream answered 204 (not followed any more).",
          "stopped")
-    each("last_event_seconds", "gauge", "Unix time of the last event written.",
+    each("last_event_timestamp_seconds", "gauge", "Unix time of the last event written.",
          "last_event_at")
     each("events_total", "counter", "Upstream events written to the topic.", "events")
     each("duplicates_total", "counter", "Upstream events skipped as already written.",
@@ -71,4 +71,5 @@ def render(node: str, statuses: Iterable[Status]) -> bytes:
     out.metric("errors_total", "counter", "Failed connections and writes, by kind.",
                [(labels(st, kind=kind), n) for st in statuses
                 for kind, n in sorted(st.errors.items())])
+    out.process()
     return out.text()

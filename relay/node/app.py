@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 from redis.exceptions import RedisError
 
-from relay import __version__, logs, prometheus
+from relay import __version__, logs, prometheus, scrape
 from relay import settings as settings_mod
 from relay.node import stream
 from relay.node.relay import Relay
@@ -89,6 +89,8 @@ class App:
         self.auth.register_metrics(self.relay.metrics)
         self.handle_signals = handle_signals
         self.pages = pages.Pages()
+        # this worker's slot among the node's, and /metrics of them all (relay.scrape)
+        self.workers = scrape.Workers(self.relay.metrics)
         self._stopping: asyncio.Task[None] | None = None
         self.handshake = {
             "protocol": PROTOCOL,
@@ -127,11 +129,13 @@ class App:
             if message["type"] == "lifespan.startup":
                 await self.relay.start()
                 await self.auth.start()
+                await self.workers.start()
                 if self.handle_signals:  # a server's worker process, not a test's app
                     self._take_stop_signals()
                     tune_gc(self.settings.gc_young_objects)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.workers.stop()
                 await self.auth.stop()
                 await self.relay.stop()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -234,6 +238,7 @@ class App:
             if outcome.replayed:
                 headers["idempotent-replayed"] = "true"
         answer = {"ids": assigned} if many else {"id": assigned[0]}
+        self.relay.metrics.publish_seconds.observe(time.monotonic() - request.started)
         await self.relay.responder.json(send, 201, answer, headers)
 
     async def _publish(self, topic: str, events: list[tuple[bytes, str | None]]) -> list[str]:
@@ -343,7 +348,7 @@ class App:
 
     async def metrics(self, request: Request, send: Send) -> None:
         await self.relay.responder.body(
-            send, 200, self.relay.metrics.render(),
+            send, 200, await self.workers.gather(),
             {"content-type": prometheus.CONTENT_TYPE, "cache-control": "no-store"},
         )
 
@@ -371,5 +376,6 @@ def tune_gc(young: int) -> None:
 
 def create_app() -> App:
     """Granian's factory: settings come from the ``SSEDGE_*`` environment."""
-    logs.setup()
-    return App(settings_mod.load(), handle_signals=True)
+    settings = settings_mod.load()
+    logs.setup(settings.log_level, settings.log_format)
+    return App(settings, handle_signals=True)

@@ -1,12 +1,25 @@
 """Process-wide counters and gauges, rendered in the Prometheus text format.
 
 Plain attributes incremented on the hot paths (no locks: one event loop per process). Each
-Granian worker is its own process with its own numbers, labelled by ``pid``.
+Granian worker is its own process with its own numbers, labelled by its ``worker`` slot;
+``relay.scrape`` answers a scrape with all of a node's workers.
+
+Latencies that users feel are histograms (buckets in seconds): a publish's answer, a stream's
+first bytes, a catch-up from history. Each is observed once per request or catch-up, never
+per event.
 """
 
 from __future__ import annotations
 
-from relay.prometheus import Exposition, ProcessMetrics
+from relay.prometheus import Exposition, Histogram, ProcessMetrics
+
+# a publish is a Redis round trip (plus WAIT on a cluster, up to its timeout, 1 s by default)
+PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# a stream's first bytes wait for its topic's priming (a new topic: one XREVRANGE)
+FIRST_BYTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                      5)
+# a catch-up reads history pages until it reaches the ring: one page or thousands
+CATCHUP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics(ProcessMetrics):
@@ -46,6 +59,9 @@ class Metrics(ProcessMetrics):
         # seconds from the newest entry's id time to the feed reading it, at the last read
         # that returned entries; 0 after a read that found nothing new
         self.feed_lag_s = 0.0
+        self.publish_seconds = Histogram(PUBLISH_BUCKETS)
+        self.first_byte_seconds = Histogram(FIRST_BYTE_BUCKETS)
+        self.catchup_seconds = Histogram(CATCHUP_BUCKETS)
 
     def refused(self, reason: str) -> None:
         self.refused_streams[reason] = self.refused_streams.get(reason, 0) + 1
@@ -101,3 +117,12 @@ class Metrics(ProcessMetrics):
         out.gauge("feed_lag_seconds",
                   "Newest entry read: seconds from its id's time (Redis's clock) to the feed.",
                   self.feed_lag_s)
+        out.histogram("publish_duration_seconds",
+                      "Publishes answered 201: seconds from the request to the answer.",
+                      self.publish_seconds)
+        out.histogram("stream_first_byte_seconds",
+                      "Event streams served: seconds from the request to their first bytes.",
+                      self.first_byte_seconds)
+        out.histogram("catchup_duration_seconds",
+                      "Catch-ups from history pages: seconds until the stream reached the ring.",
+                      self.catchup_seconds)

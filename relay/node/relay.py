@@ -50,7 +50,8 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(settings.node)
-        self.responder = Responder(settings.cors_origin, self.metrics.responses)
+        self.responder = Responder(settings.cors_origin, self.metrics.responses,
+                                   settings.access_log)
         # writes go to the primary; the feed, priming, metadata and history read ``redis.read``
         # (a replica when SSEDGE_REDIS_READ_URL names one), and every comparison of ids that
         # decides a client's fate (rule 2, verify) takes them from there
@@ -106,6 +107,13 @@ class Relay:
                 lambda: len(asyncio.all_tasks()))
         m.gauge("redis_connected", "1 while the feed is connected to Redis.",
                 lambda: float(self.feed.connected))
+        # what /readyz says, and the bounds, so that alerts can say how near they are
+        m.gauge("ready", "1 while this process takes streams (what /readyz answers).",
+                lambda: float(self.ready))
+        m.gauge("streams_limit", "Streams this process serves at most (SSEDGE_MAX_STREAMS).",
+                lambda: settings.max_streams)
+        m.gauge("topics_limit", "Topics this process watches at most (SSEDGE_MAX_TOPICS).",
+                lambda: settings.max_topics)
         if isinstance(self.feed, ClusterFeed):
             feed = self.feed
             m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",

@@ -133,6 +133,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         if fanout.done_at_once(first):
             sub.send = send  # the feed may send to it while it is parked
         await first
+        metrics.first_byte_seconds.observe(time.monotonic() - request.started)
         if sub.catch_up is not None:
             metrics.catchups += 1
         await _follow(relay, sub, send)
@@ -269,6 +270,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
     assert catch_up is not None
     metrics = relay.metrics
     send_max = relay.settings.send_max_bytes
+    began = time.monotonic()
     while sub.catch_up is not None:
         fresh = catch_up.fresh
         try:
@@ -293,6 +295,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
             sub.closed_because = "rewound"
             relay.verify_soon()
             return
+    metrics.catchup_seconds.observe(time.monotonic() - began)
 
 
 def _pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:

@@ -1,10 +1,21 @@
 """A small asyncio HTTP/1.1 client for ssedge's own needs: event streams and JSON calls.
 
-Used by ``ssedge tail``, ``ssedge publish`` and ``ssedge ingest`` (which follows upstream
-servers over http:// or https://), and by the tests to hold hundreds of streams at once. One
-request per connection; responses are read as they arrive (chunked or not) and event streams
-are decoded with the wire module. ``publish`` is the publisher's side of exactly once: an
-Idempotency-Key, and retries with it.
+One request per connection; responses are read as they arrive (chunked or not) and event
+streams are decoded with the wire module; no redirects, no proxies. ``publish`` is the
+publisher's side of exactly once: an Idempotency-Key, and retries with it.
+
+It stays where the raw bytes on the wire, and nothing between, are the point:
+
+- the tests and the benchmarks, which hold hundreds of streams at once and check the exact
+  bytes and chunks a relay or the edge sent (``keep_raw``), and ``ssedge drill`` and
+  ``ssedge load``'s server-side report, which judge a deployment by what reaches a reader;
+- ``ssedge tail`` and ``ssedge publish``, which talk to ssedge's own edge or relays;
+- a relay's history pages (``relay.node.replayer``), whose bytes it sends on unchanged, from
+  its own replay service or edge; the devstack's readiness checks and the dashboard's
+  collector, which scrape ssedge's own processes.
+
+Servers outside the deployment (the upstreams ``ssedge ingest`` follows, an issuer's JWKS) are
+reached through httpx instead, as a browser would reach them: ``relay.web.outside``.
 """
 
 from __future__ import annotations

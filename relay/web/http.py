@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
+from relay import logs
 from relay.protocol import names
 from relay.web.cors import Cors, Headers
 from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
@@ -32,6 +34,8 @@ Send = Callable[[Message], Awaitable[None]]
 _json = msgspec.json.Encoder()
 # the CORS headers of the request being answered (set by ``answer``)
 _request_headers: ContextVar[Headers] = ContextVar("ssedge_request_headers", default=())
+# with the access log on: the status of the answer being written (set by ``Responder.start``)
+_status: ContextVar[list[int] | None] = ContextVar("ssedge_status", default=None)
 
 
 def parse_topic(raw: str) -> str:
@@ -42,9 +46,10 @@ def parse_topic(raw: str) -> str:
 
 
 class Request:
-    __slots__ = ("headers", "method", "parts", "path", "query", "scope")
+    __slots__ = ("headers", "method", "parts", "path", "query", "scope", "started")
 
     def __init__(self, scope: Scope) -> None:
+        self.started = time.monotonic()  # for the latency histograms and the access log
         self.scope = scope
         self.method: str = scope["method"]
         self.path: str = scope["path"]
@@ -63,15 +68,19 @@ class Request:
 class Responder:
     """Writes whole answers; adds the request's CORS headers to each and counts them."""
 
-    def __init__(self, cors_origin: str, counts: dict[int, int]) -> None:
+    def __init__(self, cors_origin: str, counts: dict[int, int], access_log: bool = False) -> None:
         self.cors = Cors(cors_origin)
         self._counts = counts
+        self.access_log = access_log
 
     def headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
         return [*_request_headers.get(), *((k.encode(), v.encode()) for k, v in extra.items())]
 
     async def start(self, send: Send, status: int, headers: dict[str, str]) -> None:
         self._counts[status] = self._counts.get(status, 0) + 1
+        noted = _status.get()
+        if noted is not None:
+            noted[0] = status
         await send({"type": "http.response.start", "status": status,
                     "headers": self.headers(headers)})
 
@@ -115,6 +124,7 @@ async def answer(responder: Responder, request: Request, send: Send,
                  handle: Awaitable[None]) -> None:
     """Run a handler; every error leaves as its JSON answer, never as a traceback."""
     context = _request_headers.set(responder.cors.headers(request.headers.get("origin")))
+    noted = _status.set([0]) if responder.access_log else None
     try:
         await handle
     except HTTPError as exc:
@@ -126,6 +136,13 @@ async def answer(responder: Responder, request: Request, send: Send,
                                          "message": "unexpected error; see the server log"})
     finally:
         _request_headers.reset(context)
+        if noted is not None:
+            status = _status.get() or [0]
+            _status.reset(noted)
+            client = request.scope.get("client") or ("-", 0)
+            # the path only: the query may hold a reader's token (access_token)
+            logs.access(request.method, request.path, status[0],
+                        time.monotonic() - request.started, str(client[0]))
 
 
 def _etags(header: str) -> set[str]:

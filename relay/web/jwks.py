@@ -15,7 +15,9 @@ the old tokens have expired. The relay follows without a restart:
   a JWK Set, or one with no usable key changes nothing; the metrics and the log say so.
 
 Fetching never blocks the event loop: PyJWT's ``PyJWKClient`` reads with urllib synchronously,
-so the set is fetched with the relay's own asyncio client and parsed with PyJWT's ``PyJWK``.
+so the set is fetched with httpx, as a browser reaches an outside server (redirects, the
+environment's proxies, the system's trust store: ``relay.web.outside``), and parsed with
+PyJWT's ``PyJWK``.
 
 Which keys are usable (``parse``): RSA and EC public keys that have a ``kid`` and are not
 marked for encryption. A symmetric (``oct``) key is never taken from a URL: HMAC tokens verify
@@ -34,11 +36,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import httpx
 import jwt
 import msgspec
 
 from relay.prometheus import ProcessMetrics
-from relay.web import client
+from relay.web import outside
 from relay.web.keys import key_algorithms
 
 log = logging.getLogger("ssedge.jwks")
@@ -137,6 +140,7 @@ class Jwks:
         self._demanded: float | None = None  # ... of the last fetch for an unknown kid
         self._fetching: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
 
     def __contains__(self, kid: str) -> bool:
         return kid in self.keys
@@ -163,6 +167,9 @@ class Jwks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def _every(self) -> None:
         while True:
@@ -233,11 +240,21 @@ class Jwks:
             self._fetching = None
 
     async def _get(self) -> bytes:
-        response = await client.request("GET", self.url, headers={"Accept": "application/json"},
-                                         timeout=self.timeout_s, max_body=MAX_BYTES)
-        if response.status != 200:
-            raise JwksError(f"HTTP {response.status}")
-        return response.body
+        if self._http is None:  # made in the loop that uses it, kept for the next fetches
+            self._http = outside.client(self.timeout_s, self.timeout_s)
+        http = self._http
+
+        async def get() -> bytes:
+            async with http.stream("GET", self.url,
+                                   headers={"Accept": "application/json"}) as response:
+                if response.status_code != 200:
+                    raise JwksError(f"HTTP {response.status_code}")
+                body = await outside.read_bounded(response, MAX_BYTES + 1)
+            if len(body) > MAX_BYTES:
+                raise JwksError(f"over {MAX_BYTES} bytes")
+            return body
+
+        return await asyncio.wait_for(get(), self.timeout_s)
 
 
 def register(jwks: Jwks, metrics: ProcessMetrics) -> None:

@@ -9,16 +9,16 @@ from relay.dashboard import stats
 SCRAPE = """\
 # HELP ssedge_streams_open Event streams open now.
 # TYPE ssedge_streams_open gauge
-ssedge_streams_open{node="relay-1",pid="10"} 3
-ssedge_streams_open{node="relay-1",pid="11"} 4
-ssedge_events_in_total{node="relay-1",pid="10"} 100
-ssedge_events_in_total{node="relay-1",pid="11"} 100
-ssedge_events_out_total{node="relay-1",pid="10"} 1000
-ssedge_ring_fill_ratio{node="relay-1",pid="10"} 0.25
-ssedge_ring_fill_ratio{node="relay-1",pid="11"} 0.5
-ssedge_feed_lag_seconds{node="relay-1",pid="10"} 0.002
-ssedge_redis_connected{node="relay-1",pid="10"} 1
-ssedge_responses_total{node="relay-1",pid="10",status="200"} 7
+ssedge_streams_open{node="relay-1",worker="0"} 3
+ssedge_streams_open{node="relay-1",worker="1"} 4
+ssedge_events_in_total{node="relay-1",worker="0"} 100
+ssedge_events_in_total{node="relay-1",worker="1"} 100
+ssedge_events_out_total{node="relay-1",worker="0"} 1000
+ssedge_ring_fill_ratio{node="relay-1",worker="0"} 0.25
+ssedge_ring_fill_ratio{node="relay-1",worker="1"} 0.5
+ssedge_feed_lag_seconds{node="relay-1",worker="0"} 0.002
+ssedge_redis_connected{node="relay-1",worker="0"} 1
+ssedge_responses_total{node="relay-1",worker="0",status="200"} 7
 """
 
 

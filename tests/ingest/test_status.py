@@ -21,8 +21,8 @@ def test_metrics_say_which_upstream_is_down_and_since_when() -> None:
         raise AssertionError(f"no {name} for {upstream}")
 
     assert value("active", "a") == "1" and value("up", "a") == "0"
-    assert value("down_since_seconds", "a") == "1800000000.5"  # not rounded to 1.8e+09
-    assert value("down_since_seconds", "b") == "0"  # standing by is not down
+    assert value("down_since_timestamp_seconds", "a") == "1800000000.5"  # not rounded to 1.8e+09
+    assert value("down_since_timestamp_seconds", "b") == "0"  # standing by is not down
     assert value("errors_total", "a", ',kind="connect"') == "2"
     assert value("reconnects_total", "a") == "3"
     assert "# TYPE ssedge_ingest_events_total counter" in text

@@ -85,8 +85,9 @@ def start_ingest(tmp_path: Path, redis_server: RedisServer
     """Starts ``ssedge ingest`` processes, all stopped (by PID) when the test ends."""
     started: list[IngestProcess] = []
 
-    def start(*args: str, **settings: Any) -> IngestProcess:
-        process = IngestProcess(tmp_path, redis_server, list(args), **settings)
+    def start(*args: str, environ: dict[str, str] | None = None,
+              **settings: Any) -> IngestProcess:
+        process = IngestProcess(tmp_path, redis_server, list(args), environ, **settings)
         started.append(process)
         return process
 

@@ -36,17 +36,21 @@ def _workers(relay: Relay) -> list[int]:
 
 
 async def _streams_open(url: str, workers: int) -> dict[int, int]:
-    """Streams open on each of the node's workers: each answers /metrics with its own numbers
-    (labelled by pid), so ask until every worker has answered."""
-    seen: dict[str, float] = {}
-    for _ in range(50 * workers):
+    """Streams open on each of the node's workers, by pid: one scrape holds every worker's
+    numbers (``relay.scrape``), each worker's pid in ``ssedge_process_pid``."""
+    for _ in range(50):
         body = (await client.request("GET", url + "/metrics")).body.decode()
+        streams: dict[str, int] = {}
+        pids: dict[str, int] = {}
         for line in body.splitlines():
-            if line.startswith("ssedge_streams_open{"):
-                seen[line.split('pid="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
-        if len(seen) == workers:
-            break
-    return {int(pid): int(n) for pid, n in seen.items()}
+            for name, into in (("ssedge_streams_open{", streams), ("ssedge_process_pid{", pids)):
+                if line.startswith(name):
+                    worker = line.split('worker="', 1)[1].split('"', 1)[0]
+                    into[worker] = int(float(line.rsplit(" ", 1)[1]))
+        if len(streams) == workers:
+            return {pids[w]: n for w, n in streams.items()}
+        await asyncio.sleep(0.1)  # a worker still starting
+    raise AssertionError(f"not every one of {workers} workers answered in the scrape")
 
 
 async def _ready(url: str) -> bool:
