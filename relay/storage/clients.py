@@ -31,11 +31,26 @@ def _raw(response: Any, **_: Any) -> Any:
     return response
 
 
+class Connection(aioredis.Connection):
+    """redis-py's TCP connection, with a write to a socket the peer closed raised as the
+    ``ConnectionError`` it is. Under uvloop that write raises ``RuntimeError`` ("the handler
+    is closed"), which nothing expects from Redis: a publish to a primary that had just died
+    was answered 500, and a feed could have stopped for good."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            await self.disconnect(nowait=True)
+            raise ConnectionError(f"Error writing to {self._host_error()}: {exc}") from exc
+
+
 def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
            retries: int = 1) -> aioredis.Redis:
     """A client whose stream replies come back raw (hiredis lists), not as dicts per entry."""
     r = aioredis.Redis.from_url(
         url,
+        connection_class=Connection,  # unix:// and rediss:// URLs choose their own
         socket_timeout=socket_timeout,
         socket_connect_timeout=2.0,
         max_connections=max_connections,
@@ -51,6 +66,15 @@ class Cluster(RedisCluster):
     """redis-py's cluster client (MOVED/ASK, failover, topology refresh), with its own
     exceptions that are not ``RedisError`` (a slot not covered while a primary fails over)
     turned into ``ConnectionError``: callers answer 503 for every ``RedisError``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # every node's connections are ours (``Connection``): redis-py's cluster client takes
+        # no connection class, but each node it meets is made from this dict, which its node
+        # manager shares
+        self.connection_kwargs["connection_class"] = Connection
+        for node in [*self.startup_nodes, *self.nodes_manager.startup_nodes.values()]:
+            node.connection_class = Connection
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:

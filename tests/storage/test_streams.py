@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from relay.protocol.wire import Decoder, Event
@@ -44,3 +46,25 @@ def test_publish_commands_are_xadds_then_the_age_trim() -> None:
     assert commands[2][:4] == ("XTRIM", "ssedge:{t}", "MINID", "~")
     assert store._publish_commands("k", [(b"1", None)], maxlen=0, max_age_s=0) == [
         ("XADD", "k", "*", "d", b"1")]
+
+
+def test_a_write_to_a_closed_socket_is_a_connection_error(monkeypatch: Any) -> None:
+    """uvloop raises RuntimeError for a write on a transport the peer closed; ssedge's
+    connections say ConnectionError, which every caller answers (503, a feed reconnect)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def closed(self: Any, command: Any, check_health: bool = True) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    monkeypatch.setattr(aioredis.Connection, "send_packed_command", closed)
+    conn = clients.Connection(host="127.0.0.1", port=1)
+    with pytest.raises(RedisConnectionError, match="closed=True"):
+        asyncio.run(conn.send_packed_command(b"PING"))
+    single = clients.client("redis://127.0.0.1:1/0")
+    assert single.connection_pool.connection_class is clients.Connection
+    cluster = clients.cluster_client("127.0.0.1:1")
+    assert cluster.connection_kwargs["connection_class"] is clients.Connection
+    assert all(n.connection_class is clients.Connection for n in cluster.startup_nodes)

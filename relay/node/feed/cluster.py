@@ -215,7 +215,7 @@ class NodeReader:
         self._wake.set()
 
     def _connection(self, socket_timeout: float | None) -> Connection:
-        conn = Connection(host=self.host, port=self.port, protocol=2,
+        conn = clients.Connection(host=self.host, port=self.port, protocol=2,
                           socket_timeout=socket_timeout, socket_connect_timeout=2.0)
         self._conns.append(conn)
         return conn

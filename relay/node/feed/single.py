@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from relay.node.feed.base import Backoff, FeedBase, still_wanted
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
+from relay.storage import clients
 
 log = logging.getLogger("ssedge.feed")
 
@@ -34,7 +35,8 @@ class RedisFeed(FeedBase):
         super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
                          send_max=send_max)
         self._pool = ConnectionPool.from_url(
-            url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0
+            url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0,
+            connection_class=clients.Connection,
         )
         self._conn: AbstractConnection | None = None
         self._client_id: int | None = None
