@@ -250,13 +250,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         from relay import cluster_stack
 
         return cluster_stack.run(Path(args.dir), replay_port=args.replay_port,
-                                 edge_port=args.edge_port,
+                                 edge_port=args.edge_port, tls_port=args.tls_port,
                                  relay_ports=args.relay_port or cluster_stack.RELAY_PORTS,
                                  policy=policy)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
                      args.edge_port, args.upstream_port, args.ingest_port, policy,
-                     fsync=args.fsync)
+                     fsync=args.fsync, tls_port=args.tls_port)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -318,7 +318,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
     up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
-    up.add_argument("--edge-port", type=int, default=8080, help="Varnish port (8080)")
+    up.add_argument("--edge-port", type=int, default=8080, help="the edge's HTTP port (8080)")
+    up.add_argument("--tls-port", type=int, default=8443,
+                    help="the edge's TLS port, HTTP/2 for browsers (8443; 0: none)")
     up.add_argument("--upstream-port", type=int, default=8401,
                     help="demo upstream SSE server port (8401)")
     up.add_argument("--ingest-port", type=int, default=8301,

@@ -1,11 +1,12 @@
 """``ssedge up``: the local stack in the foreground, supervised, stopped as a whole by Ctrl-C.
 
 Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
-nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``), a
-demo publisher, and a demo upstream SSE server with an ``ssedge ingest`` of it into the
-``ingest-demo`` topic. The publish token and the stack's settings are written under
-``.ssedge/`` so that ``ssedge`` commands run in the checkout find them. A child that exits is
-restarted on its port (``relay.supervisor``); one in a crash loop stops the stack, exit 1.
+nodes, the edge in front of them (HAProxy on :8080 and, TLS with HTTP/2, :8443; varnishd
+behind it for the cacheable answers: ``relay.edge_stack``), a demo publisher, and a demo
+upstream SSE server with an ``ssedge ingest`` of it into the ``ingest-demo`` topic. The
+publish token and the stack's settings are written under ``.ssedge/`` so that ``ssedge``
+commands run in the checkout find them. A child that exits is restarted on its port
+(``relay.supervisor``); one in a crash loop stops the stack, exit 1.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay import edge_stack
 from relay.supervisor import RestartPolicy, Supervisor, port_open
 
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
 REPLAY_PORT = 8201
 EDGE_PORT = 8080
+TLS_PORT = 8443
 UPSTREAM_PORT = 8401
 INGEST_PORT = 8301
 DEMO_TOPIC = "demo"
@@ -70,45 +73,41 @@ class Processes(Supervisor):
     then stops each child in order), supervised (``relay.supervisor``), logs under the stack's
     directory."""
 
-    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int) -> None:
-        """The replay service, the relays, varnishd in front of them, and the dashboard's
-        collector of every relay's and the edge's numbers (topic ssedge.stats)."""
-        from relay import edge
-
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int,
+                  tls_port: int = TLS_PORT) -> edge_stack.EdgeTier:
+        """The replay service, the relays, the edge in front of them (HAProxy on the edge's
+        ports, varnishd behind it: ``relay.edge_stack``), and the dashboard's collector of
+        every relay's and the edge's numbers (topic ssedge.stats)."""
         self.start("replay", replay_port, [sys.executable, "-m", "relay", "replay"])
         for i, port in enumerate(relay_ports, 1):
             self.start(f"relay-{i}", port, [sys.executable, "-m", "relay", "relay", "--port",
                                             str(port), "--node-name", f"relay-{i}"])
-        varnish_dir = self.directory / "varnish"
-        varnish_dir.mkdir(exist_ok=True)
-        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
-            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
-        work = (varnish_dir / "work").resolve()
-        self.start("varnish", edge_port, edge.command(work, f"127.0.0.1:{edge_port}",
-                                                      varnish_dir.resolve()))
+        tier = edge_stack.start(self, relay_ports, replay_port, edge_port, tls_port)
         self.start("stats", 0, [sys.executable, "-m", "relay", "stats",
                                 *(a for p in relay_ports
                                   for a in ("--relay", f"http://127.0.0.1:{p}")),
-                                "--varnish-name", str(work),
+                                "--varnish-name", str(tier.varnish_workdir),
                                 "--supervisor", str(self.status_path.resolve())])
+        return tier
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
         ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None,
-        fsync: str = "everysec") -> int:
-    from relay import edge
+        fsync: str = "everysec", tls_port: int = TLS_PORT) -> int:
+    from relay import edge, edge_haproxy
 
     redis_server = shutil.which("redis-server")
-    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish")):
+    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish"),
+                             (edge_haproxy.haproxy(), "haproxy")):
         if program is None:
             print(f"ssedge up: {package} is not installed (apt-get install {package})",
                   file=sys.stderr)
             return 1
     assert redis_server is not None
     if not ports_free((redis_port, replay_port, edge_port, upstream_port, ingest_port,
-                       *relay_ports)):
+                       *relay_ports, *([tls_port] if tls_port else []))):
         return 1
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
@@ -130,6 +129,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here
         "SSEDGE_DRAIN_S": "2",
+        # clients (ssedge tail, load) trust the stack's own CA for https://127.0.0.1:8443
+        **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
@@ -143,7 +144,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             # second; always: neither (docs/RELIABILITY.md, make bench-durability)
             "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
         ])
-        children.edge_tier(relay_ports, replay_port, edge_port)
+        tier = children.edge_tier(relay_ports, replay_port, edge_port, tls_port)
         # an origin that drops its clients now and then: the ingest resumes it by id
         start("upstream", upstream_port, [sys.executable, "-m", "relay", "demo-upstream",
                                           "--port", str(upstream_port), "--drop-every", "30"])
@@ -155,7 +156,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         threading.Thread(target=_demo_publisher, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge stack is up (logs in {directory}/):
-  edge         {base_url}   <- the one address you need (Varnish)
+  edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
+{edge_stack.banner(tier)}
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
   ingested     {base_url}/v1/streams/{INGEST_TOPIC}/events  (from the demo upstream)
   upstream     http://127.0.0.1:{upstream_port}/events  (a demo origin server)
