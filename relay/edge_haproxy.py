@@ -102,7 +102,7 @@ def command(config: Path) -> list[str]:
 
 def check_command(config: Path) -> list[str]:
     """The command that checks a config without running it."""
-    return [haproxy() or "haproxy", "-c", "-q", "-f", str(config)]
+    return [haproxy() or "haproxy", "-c", "-f", str(config)]
 
 
 class Admin:

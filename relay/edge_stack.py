@@ -59,9 +59,11 @@ def check(config: Path) -> None:
     result = subprocess.run(edge_haproxy.check_command(config), capture_output=True, text=True,
                             timeout=30, check=False)
     if result.returncode != 0:
-        alerts = [line for line in (result.stdout + result.stderr).splitlines()
-                  if "ALERT" in line] or [(result.stdout + result.stderr).strip()]
-        raise StartFailed(f"haproxy refuses {config}: {alerts[0].strip()}")
+        said = (result.stdout + result.stderr).splitlines()
+        # "[ALERT]    (123) : config : parsing [file:96] : what is wrong"
+        alerts = [line.split(" : ", 2)[-1] for line in said if "ALERT" in line]
+        raise StartFailed(f"haproxy refuses {config}: "
+                          f"{(alerts or said or ['no reason given'])[0].strip()}")
 
 
 def start(supervisor: Supervisor, relay_ports: Sequence[int], replay_port: int,

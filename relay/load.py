@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
     ca = ca_file(args.ca, args.host)
     if ca:
-        env["SSEDGE_CA_FILE"] = ca
+        # Locust's clients, and this process's own reads of the stats topic through the edge
+        env["SSEDGE_CA_FILE"] = os.environ["SSEDGE_CA_FILE"] = ca
     if "PrivateReader" in SCENARIOS[args.scenario].user_classes:
         try:
             env["SSEDGE_SUBSCRIBE_TOKEN"] = subscribe_token(args.subscribe_token,
