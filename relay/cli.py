@@ -266,7 +266,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return collector.run(collector.Options(
         relays=tuple(u.rstrip("/") for u in args.relay or ["http://127.0.0.1:8101"]),
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
-        varnish_name=args.varnish_name,
+        varnish_name=args.varnish_name, haproxy_socket=args.haproxy_socket,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
         supervisor=args.supervisor,
     ))
@@ -385,6 +385,8 @@ def parser() -> argparse.ArgumentParser:
                      help="a relay node's base URL; repeat for every node (http://127.0.0.1:8101)")
     sta.add_argument("--varnish-name", metavar="DIR",
                      help="varnishd's working directory (-n), for the edge's hit ratios")
+    sta.add_argument("--haproxy-socket", metavar="PATH",
+                     help="the edge proxy's runtime API socket, for its streams per relay")
     sta.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (1)")
     sta.add_argument("--topic", default="ssedge.stats", help="topic of the snapshots")
     sta.add_argument("--keep", type=int, default=3600, help="snapshots kept in Redis (3600)")

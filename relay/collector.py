@@ -1,7 +1,8 @@
 """``ssedge stats``: the dashboard's collector, one small process next to the stack.
 
 Every interval it scrapes each relay node's ``/metrics`` (all at once, each bounded by the
-interval), takes the edge's request counts from a ``varnishncsa`` it keeps running, and
+interval), takes the edge's request counts from a ``varnishncsa`` it keeps running (and,
+given HAProxy's socket, the streams the edge proxy carries per relay: ``relay.edge_stats``), and
 publishes one snapshot (``relay.stats``) to the stats topic by XADD, with a retention of its
 own. The dashboard is then an EventSource on that topic through Varnish like any other
 reader: the ring's history gives it the last minutes at once (``backfill``), and one
@@ -24,7 +25,7 @@ from pathlib import Path
 import msgspec
 from redis.exceptions import RedisError
 
-from relay import client, edge, stats, store, supervisor
+from relay import client, edge, edge_haproxy, edge_stats, stats, store, supervisor
 
 log = logging.getLogger("ssedge.stats")
 
@@ -43,6 +44,7 @@ class Options:
     topic: str = stats.TOPIC
     keep: int = 3600  # snapshots kept in the stream (XADD MAXLEN ~): an hour at 1 s
     supervisor: str | None = None  # ``ssedge up``'s supervisor.json; None: not under it
+    haproxy_socket: str | None = None  # the edge proxy's runtime API; None: no proxy numbers
 
 
 class EdgeLog:
@@ -114,6 +116,8 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
                      if options.supervisor else None)
             snap = stats.snapshot(started, options.interval_s, nodes, edge_part,
                                   edge_log.error if edge_log else "no edge configured", stack)
+            if options.haproxy_socket:
+                snap["edge"]["proxy"] = await _proxy(options.haproxy_socket, options.interval_s)
             try:
                 await store.publish(redis, options.topic, [(_json.encode(snap), stats.EVENT)],
                                     maxlen=options.keep, max_age_s=0)
@@ -129,6 +133,16 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         await redis.aclose()
+
+
+async def _proxy(path: str, timeout: float) -> dict[str, object]:
+    """The edge proxy's streams per relay (``relay.edge_stats``), or why not."""
+    admin = edge_haproxy.Admin(Path(path), timeout=timeout)
+    try:
+        rows = await asyncio.wait_for(asyncio.to_thread(admin.stat), timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return {"up": False, "error": f"haproxy {path}: {exc}"}
+    return {"up": True, **edge_stats.proxy_snapshot(rows)}
 
 
 def run(options: Options) -> int:

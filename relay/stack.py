@@ -87,6 +87,7 @@ class Processes(Supervisor):
                                 *(a for p in relay_ports
                                   for a in ("--relay", f"http://127.0.0.1:{p}")),
                                 "--varnish-name", str(tier.varnish_workdir),
+                                "--haproxy-socket", str(tier.admin_socket),
                                 "--supervisor", str(self.status_path.resolve())])
         return tier
 

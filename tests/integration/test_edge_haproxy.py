@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from relay import client
+from relay import client, edge_stats
 from tests.integration.conftest import TOKEN
 from tests.integration.edge import Edge
 from tests.integration.servers import Relay, metrics, publish
@@ -161,6 +161,11 @@ def test_a_full_relay_refuses_and_the_edge_retries_another_least_connections_fir
         ma, mb = await metrics(a.url), await metrics(b.url)
         assert (ma["ssedge_streams_open"], mb["ssedge_streams_open"]) == (1, 5)
         assert ma["ssedge_refused_streams_total"] >= 1, "a was asked and refused"
+        # the dashboard's view of the edge proxy (ssedge stats --haproxy-socket)
+        proxy = edge_stats.proxy_snapshot(edge.admin.stat())
+        assert proxy["streams"] == 6 and proxy["retries"] >= 1
+        assert [(r["name"], r["status"][:2], r["streams"]) for r in proxy["relays"]] == [
+            ("relay_1", "UP", 1), ("relay_2", "UP", 5)]  # ("UP 1/2": a check is late)
         # the refusal that is the last word still reaches a browser as a 200 retry stream
         # (test_varnish: no relay); here b takes the rest: everyone gets the events
         ids = await publish(edge.url, TOKEN, TOPIC, [{"data": "x"}])
