@@ -2,17 +2,20 @@
 to what the edge did with varnishd alone. A departed client is let go at once (over HTTP/1.1,
 TLS and HTTP/2), a stream outlives the stream timeout only while its relay heartbeats, TLS
 offers HTTP/2 and HTTP/1.1, a relay's refusal is retried on another relay, and streams are
-balanced by least connections."""
+balanced by least connections; a reload keeps open streams."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +90,7 @@ def test_a_stream_outlives_the_stream_timeout_while_its_relay_heartbeats(
     start_relay: Callable[..., Relay], start_edge: Callable[..., Edge],
 ) -> None:
     # HAProxy's inactivity timeout on both sides shrunk to 2 s: a relay heartbeating every
-    # 0.5 s keeps its stream for 6 s; one heartbeating every 10 s is cut at 2 s (so the
+    # 0.5 s keeps its stream for 4.5 s; one heartbeating every 10 s is cut at 2 s (so the
     # timeout is real, and the shipped 60 s must stay above the relays' heartbeat)
     lively = start_relay(heartbeat_s=0.5)
     quiet = start_relay(heartbeat_s=10)
@@ -97,7 +100,7 @@ def test_a_stream_outlives_the_stream_timeout_while_its_relay_heartbeats(
     async def run() -> None:
         async with await client.stream(f"{fast.url}/v1/streams/{TOPIC}/events",
                                        comments=True) as es:
-            deadline = time.monotonic() + 6
+            deadline = time.monotonic() + 4.5
             while time.monotonic() < deadline:
                 await asyncio.wait_for(es.read_chunk(), 3)
                 assert not es.ended, "the edge cut a heartbeating stream"
@@ -187,3 +190,36 @@ def test_a_full_relay_refuses_and_the_edge_retries_another_least_connections_fir
         return counts
 
     assert asyncio.run(split()) == (1, 1)
+
+
+def test_a_reload_keeps_open_streams_and_serves_new_ones(
+    start_relay: Callable[..., Relay], start_edge: Callable[..., Edge],
+) -> None:
+    """SIGUSR2 to HAProxy's master (what `systemctl reload` does): a new worker takes the
+    listeners, the old one keeps its streams (until hard-stop-after), nothing is dropped."""
+    relay = start_relay()
+    edge = start_edge([relay], None)
+    assert edge.process is not None
+    master = edge.process.pid
+
+    def workers() -> set[int]:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return {int(pid) for pid in children}
+
+    async def run() -> None:
+        old = await subscribe(f"{edge.url}/v1/streams/{TOPIC}/events")
+        before = workers()
+        os.kill(master, signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while len(workers() - before) < 1:
+            assert time.monotonic() < deadline, "no new worker"
+            await asyncio.sleep(0.1)
+        new = await subscribe(f"{edge.url}/v1/streams/{TOPIC}/events")
+        ids = await publish(relay.url, TOKEN, TOPIC, [{"data": "after the reload"}])
+        for es in (old, new):
+            assert [e.id for e in await collect(es, 1, timeout=5)] == ids
+        assert before & workers(), "the old worker still serves its stream"
+        old.close()
+        new.close()
+
+    asyncio.run(run())
