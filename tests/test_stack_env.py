@@ -23,7 +23,7 @@ def test_up_does_not_inherit_the_previous_stacks_settings(
                                         if not k.startswith("SSEDGE_")})
     seen: dict[str, Any] = {}
 
-    def run(*_: object) -> int:
+    def run(*_: object, **__: object) -> int:
         seen["cluster"] = os.environ.get("SSEDGE_REDIS_CLUSTER")
         return 0
 

@@ -114,7 +114,8 @@ def test_every_scenario_meets_its_objectives_through_the_edge(
 
 def test_readers_and_publishers_through_the_tls_edge(stack: Stack, tmp_path: Path) -> None:
     """Readers (gevent sockets wrapped in TLS), the publisher (FastHttpUser) and the stats
-    read-back, all over https://, the certificate checked against the edge's CA."""
+    read-back, all over https://, the certificate checked against the edge's CA (without it
+    the certificate is refused: test_edge_haproxy)."""
     assert stack.edge.https_url is not None
     code, summary, output = run_load(stack.edge.https_url, "fanout", tmp_path,
                                      "--ca", str(stack.edge.ca))
@@ -122,9 +123,6 @@ def test_readers_and_publishers_through_the_tls_edge(stack: Stack, tmp_path: Pat
     assert summary["readers"] >= 19 and summary["delivered"] > 0
     assert summary["lost_total"] == summary["failures"] == 0
     assert summary["server"]["snapshots"] >= 5
-    # without the CA the certificate is refused: nothing was read or published
-    code, summary, _ = run_load(stack.edge.https_url, "fanout", tmp_path / "no-ca")
-    assert code == 1 and summary["delivered"] == 0
 
 
 def test_a_missed_objective_fails_the_run(stack: Stack, tmp_path: Path) -> None:
