@@ -203,6 +203,8 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
         "SSEDGE_DRAIN_S": "2",
+        # clients (ssedge tail, load) trust the stack's own CA for its TLS edge
+        **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
