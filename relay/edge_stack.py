@@ -23,7 +23,9 @@ from relay.supervisor import StartFailed, Supervisor
 #: varnishd behind HAProxy has one client, HAProxy, which keeps connections to it and reuses
 #: them. An idle one that varnishd closed (timeout_idle, 5 s by default) just as HAProxy sent
 #: a request on it would fail that request; HAProxy closes its own idle connections first.
-CACHE_PARAMS = ("timeout_idle=3600",)
+#: And it holds no stream: varnish/params pre-starts 2 x 2,500 threads for streams (two
+#: each), a cache of short answers starts with 2 x 100 and grows to the same maximum.
+CACHE_PARAMS = ("timeout_idle=3600", "thread_pool_min=100")
 #: a unix socket's path must fit in 108 bytes
 _SOCKET_PATH_MAX = 100
 

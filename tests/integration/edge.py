@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from relay import client, edge_haproxy, edge_tls
+from relay import client, edge_haproxy, edge_stack, edge_tls
 from tests.integration.servers import (
     Relay,
     Varnish,
@@ -46,7 +46,8 @@ class Edge:
         self.certificates = edge_tls.ensure(directory / "tls") if tls else None
         self.stats_port = free_port()
         self.relays = relays
-        self.cache = Varnish(directory / "varnish", relays, replay, extra_params)
+        self.cache = Varnish(directory / "varnish", relays, replay,
+                             (*edge_stack.CACHE_PARAMS, *extra_params))
         # a unix socket's path must fit in 108 bytes: pytest's directories may not
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ssedge-edge-"))
         self.admin = edge_haproxy.Admin(self._socket_dir / "admin.sock")

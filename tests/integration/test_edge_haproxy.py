@@ -94,26 +94,40 @@ def test_a_stream_outlives_the_stream_timeout_while_its_relay_heartbeats(
     # timeout is real, and the shipped 60 s must stay above the relays' heartbeat)
     lively = start_relay(heartbeat_s=0.5)
     quiet = start_relay(heartbeat_s=10)
-    fast = start_edge([lively], None, stream_timeout="2s")
-    slow = start_edge([quiet], None, stream_timeout="2s")
+    edge = start_edge([lively, quiet], None, stream_timeout="2s")
+    url = f"{edge.url}/v1/streams/{TOPIC}/events"
 
     async def run() -> None:
-        async with await client.stream(f"{fast.url}/v1/streams/{TOPIC}/events",
-                                       comments=True) as es:
-            deadline = time.monotonic() + 4.5
-            while time.monotonic() < deadline:
-                await asyncio.wait_for(es.read_chunk(), 3)
-                assert not es.ended, "the edge cut a heartbeating stream"
-            ids = await publish(lively.url, TOKEN, TOPIC, [{"data": "still here"}])
-            assert [e.id for e in await collect(es, 1, timeout=5)] == ids
-        async with await client.stream(f"{slow.url}/v1/streams/{TOPIC}/events") as es:
-            started = time.monotonic()
-            while not es.ended:
-                try:
-                    await asyncio.wait_for(es.read_chunk(), 8)
-                except OSError:
-                    break
-            assert 1.5 < time.monotonic() - started < 5
+        # each stream to its relay: the other one out of the edge while it opens (streams
+        # already open on a relay in maintenance stay)
+        edge.admin.set_state("relay_2", "maint")
+        alive = await client.stream(url, comments=True)
+        edge.admin.set_state("relay_2", "ready")
+        edge.admin.set_state("relay_1", "maint")
+        cut = await client.stream(url)
+        opened = time.monotonic()
+        assert [(await metrics(r.url))["ssedge_streams_open"] for r in (lively, quiet)] == [1, 1]
+
+        async def lives() -> None:
+            async with alive:
+                deadline = time.monotonic() + 4.5
+                while time.monotonic() < deadline:
+                    await asyncio.wait_for(alive.read_chunk(), 3)
+                    assert not alive.ended, "the edge cut a heartbeating stream"
+                ids = await publish(lively.url, TOKEN, TOPIC, [{"data": "still here"}])
+                assert [e.id for e in await collect(alive, 1, timeout=5)] == ids
+
+        async def is_cut() -> float:
+            async with cut:
+                while not cut.ended:
+                    try:
+                        await asyncio.wait_for(cut.read_chunk(), 8)
+                    except OSError:
+                        break
+            return time.monotonic() - opened
+
+        _, silent_for = await asyncio.gather(lives(), is_cut())
+        assert 1.5 < silent_for < 5
 
     asyncio.run(run())
 
