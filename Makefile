@@ -1,6 +1,6 @@
 # The two commands: `make up` (the local stack) and `make test` (the suite).
-# Both create .venv with the pinned dependencies and install Debian's redis-server and varnish
-# when missing.
+# Both create .venv with the pinned dependencies and install Debian's redis-server, varnish and
+# haproxy when missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -53,9 +53,14 @@ bench/sseload: bench/sseload.c
 bench-reconnect: venv system
 	$(BIN)/python -m bench.reconnect_storm --clients 5000 --behind 1000
 
-# 1,000 and 4,000 concurrent streams through one varnishd, next to the same on a relay
-bench-edge: venv system
-	$(BIN)/python -m bench.edge_streams --streams 1000 4000
+# The edge's cost per stream: 1,000 and 9,000 streams through the edge (HAProxy, as make up
+# runs it) next to the same straight to a relay, and through nginx as a plain streaming proxy
+# for comparison, at 10 and 100 events/s, with the C client; then HAProxy's memory per idle
+# stream over TLS (HTTP/1.1 and HTTP/2). About 6 minutes; writes docs/results/edge-tier.md
+# (docs/PERFORMANCE.md, docs/SCALING.md). The varnishd-only edge of before:
+# python -m bench.edge_streams --streams 1000 4000
+bench-edge: venv system bench-system bench/sseload
+	$(BIN)/python -m bench.edge_tier --streams 1000 9000 --rates 10 100 --paths direct edge nginx
 
 # The feed and publishing on a local 3-primary Redis Cluster next to one redis-server, 100
 # topics (about a minute; writes docs/results/cluster-feed.md, see docs/SCALING.md)
@@ -116,6 +121,7 @@ system:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v varnishd >/dev/null 2>&1 || test -x /usr/sbin/varnishd || missing="$$missing varnish"; \
+	command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium fonts-dejavu-core"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \

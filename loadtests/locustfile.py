@@ -36,7 +36,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.scenarios import tags_of
-from loadtests.sse import TALLIES, SSEUser
+from loadtests.sse import TALLIES, SSEUser, tls_context
 from relay.protocol import tally
 
 log = logging.getLogger("ssedge.load")
@@ -239,6 +239,10 @@ class PublisherUser(FastHttpUser):
     """One publisher for the run: numbers its events per topic and stamps their send time."""
 
     abstract = True
+    # an https:// edge's certificate is checked, as the readers check it (Locust's default
+    # is not to)
+    insecure = False
+    ssl_context_factory = staticmethod(tls_context)
     fixed_count = 1
     batch_limit = 100
 
@@ -352,6 +356,9 @@ class BurstPublisher(PublisherUser):
 
 class EdgeClient(FastHttpUser):
     """Handshake and metadata traffic, as page loads cause it; counts Varnish's X-Cache."""
+
+    insecure = False
+    ssl_context_factory = staticmethod(tls_context)
 
     wait_time = between(0.01, 0.05)
 

@@ -4,13 +4,17 @@ As Locust's own custom-client examples do, the client times each call and fires 
 ``request`` event: ``connect`` and ``reconnect`` (time to the response head), and one ``event``
 per event received, whose "response time" is the publish-to-receive latency (the publisher
 writes its clock into the data; see ``tally``). Plain sockets, which Locust's gevent patches
-make cooperative; bytes are decoded with ssedge's own wire module.
+make cooperative (TLS too: ``https://`` hosts, HTTP/1.1 over TLS, the certificate checked
+against the system's CAs or ``SSEDGE_CA_FILE``); bytes are decoded with ssedge's own wire
+module.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +31,13 @@ REQUEST_TYPE = "SSE"
 HEAD_LIMIT = 64 * 1024
 
 
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """How every load client checks an https:// edge: against ``SSEDGE_CA_FILE`` when set
+    (``ssedge load --ca``; the local stack's is ``.ssedge/tls/ca.pem``), else ``cafile``, else
+    the system's CAs. (Locust's FastHttpUser calls it with its own ``cafile``.)"""
+    return ssl.create_default_context(cafile=os.environ.get("SSEDGE_CA_FILE") or cafile)
+
+
 class StreamError(Exception):
     """A stream could not be opened or broke; the message says how."""
 
@@ -34,7 +45,8 @@ class StreamError(Exception):
 class Stream:
     """One open event stream: ``read()`` blocks for the next bytes and returns the events."""
 
-    def __init__(self, sock: socket.socket, headers: dict[str, str], rest: bytes) -> None:
+    def __init__(self, sock: socket.socket | ssl.SSLSocket, headers: dict[str, str],
+                 rest: bytes) -> None:
         self.sock = sock
         self.headers = headers
         self.decoder = Decoder()
@@ -69,10 +81,14 @@ class SSEClient:
 
     def __init__(self, base_url: str, environment: Environment) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"the SSE client speaks plain http:// only, not {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the SSE client speaks http:// and https://, not {base_url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.tls = tls_context() if parts.scheme == "https" else None
+        if self.tls is not None:
+            # one stream per connection, as a browser over HTTP/1.1 holds it
+            self.tls.set_alpn_protocols(["http/1.1"])
+        self.port = parts.port or (443 if self.tls else 80)
         self.prefix = parts.path.rstrip("/")
         self.environment = environment
 
@@ -89,13 +105,15 @@ class SSEClient:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         started = time.perf_counter()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock: socket.socket | ssl.SSLSocket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if rcvbuf:
                 # Set before connecting so the advertised window is small from the start.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.settimeout(timeout)
             sock.connect((self.host, self.port))
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             sock.sendall(request)
             status, headers_in, rest = _read_head(sock)
             if status != 200:
@@ -119,7 +137,7 @@ class SSEClient:
             exception=exception, context={})
 
 
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def _read_head(sock: socket.socket | ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)

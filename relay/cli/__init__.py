@@ -250,7 +250,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.cluster:
         from relay.devstack import cluster as cluster_stack
         return cluster_stack.run(Path(args.dir), replay_port=args.replay_port,
-                                 edge_port=args.edge_port,
+                                 edge_port=args.edge_port, tls_port=args.tls_port,
                                  relay_ports=args.relay_port or cluster_stack.RELAY_PORTS,
                                  policy=policy)
     relay_ports = tuple(args.relay_port) if args.relay_port else stack.RELAY_PORTS
@@ -258,10 +258,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.regions:
         from relay.devstack.regions import RegionB
         region_b = RegionB(args.b_redis_port, tuple(args.b_relay_port or (9101, 9102)),
-                           args.b_replay_port, args.b_edge_port)
+                           args.b_replay_port, args.b_edge_port, args.b_tls_port)
     return stack.run(Path(args.dir), args.redis_port, relay_ports, args.replay_port,
                      args.edge_port, args.upstream_port, args.ingest_port, policy,
-                     fsync=args.fsync, region_b=region_b)
+                     fsync=args.fsync, tls_port=args.tls_port, region_b=region_b)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -270,7 +270,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return collector.run(collector.Options(
         relays=tuple(u.rstrip("/") for u in args.relay or ["http://127.0.0.1:8101"]),
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
-        varnish_name=args.varnish_name,
+        varnish_name=args.varnish_name, haproxy_socket=args.haproxy_socket,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
         supervisor=args.supervisor,
         log_level=settings.log_level, log_format=settings.log_format,
@@ -322,7 +322,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", default=str(STACK_DIR), help="state directory (default .ssedge)")
     up.add_argument("--redis-port", type=int, default=6390, help="redis-server port (6390)")
     up.add_argument("--replay-port", type=int, default=8201, help="replay service port (8201)")
-    up.add_argument("--edge-port", type=int, default=8080, help="Varnish port (8080)")
+    up.add_argument("--edge-port", type=int, default=8080, help="the edge's HTTP port (8080)")
+    up.add_argument("--tls-port", type=int, default=8443,
+                    help="the edge's TLS port, HTTP/2 for browsers (8443; 0: none)")
     up.add_argument("--upstream-port", type=int, default=8401,
                     help="demo upstream SSE server port (8401)")
     up.add_argument("--ingest-port", type=int, default=8301,
@@ -354,6 +356,8 @@ def parser() -> argparse.ArgumentParser:
                     help="with --regions: region B's replay service port (9201)")
     up.add_argument("--b-edge-port", type=int, default=9080,
                     help="with --regions: region B's edge port (9080)")
+    up.add_argument("--b-tls-port", type=int, default=9443,
+                    help="with --regions: region B's edge TLS port (9443)")
     up.set_defaults(func=cmd_up)
 
     pub = sub.add_parser("publish", help="publish one event")
@@ -398,6 +402,8 @@ def parser() -> argparse.ArgumentParser:
                      help="a relay node's base URL; repeat for every node (http://127.0.0.1:8101)")
     sta.add_argument("--varnish-name", metavar="DIR",
                      help="varnishd's working directory (-n), for the edge's hit ratios")
+    sta.add_argument("--haproxy-socket", metavar="PATH",
+                     help="the edge proxy's runtime API socket, for its streams per relay")
     sta.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (1)")
     sta.add_argument("--topic", default="ssedge.stats", help="topic of the snapshots")
     sta.add_argument("--keep", type=int, default=3600, help="snapshots kept in Redis (3600)")

@@ -46,6 +46,7 @@ SCENARIOS = _scenarios()
 LOCUSTFILE = _loadtests() / "locustfile.py"
 SHAPES = ("ramp", "step", "soak")
 TOKEN_FILE = Path(".ssedge/publish-token")
+LOCAL_CA = Path(".ssedge/tls/ca.pem")
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
 
@@ -72,7 +73,12 @@ def token(explicit: str | None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", choices=sorted(SCENARIOS), help="what to run")
     p.add_argument("--host", default="http://127.0.0.1:8080",
-                   help="base URL of the deployment (default the local stack's edge)")
+                   help="base URL of the deployment (default the local stack's edge; its TLS "
+                        "listener is https://127.0.0.1:8443)")
+    p.add_argument("--ca",
+                   help="CA certificate file an https:// host's certificate is checked against "
+                        "[SSEDGE_CA_FILE; for https://127.0.0.1 the local stack's "
+                        ".ssedge/tls/ca.pem; else the system's CAs]")
     p.add_argument("--users", type=int, default=100, help="concurrent users (default 100)")
     p.add_argument("--spawn-rate", type=float, default=50, help="users started per second")
     p.add_argument("--duration", default="60s", help="run time, e.g. 60s, 5m (default 60s)")
@@ -171,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
     summary.unlink(missing_ok=True)
     # Tokens travel in the environment, not argv, where `ps` would show them.
     env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
+    ca = ca_file(args.ca, args.host)
+    if ca:
+        # Locust's clients, and this process's own reads of the stats topic through the edge
+        env["SSEDGE_CA_FILE"] = os.environ["SSEDGE_CA_FILE"] = ca
     if "PrivateReader" in SCENARIOS[args.scenario].user_classes:
         try:
             env["SSEDGE_SUBSCRIBE_TOKEN"] = subscribe_token(args.subscribe_token,
@@ -208,6 +218,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"reports: {results}/{args.scenario}.html, {results}/{args.scenario}_stats.csv, "
           f"{results}/{args.scenario}-server.json")
     return code
+
+
+def ca_file(explicit: str | None, host: str) -> str | None:
+    """--ca, else SSEDGE_CA_FILE, else the local stack's CA for its own TLS edge."""
+    if explicit or os.environ.get("SSEDGE_CA_FILE"):
+        return explicit or os.environ["SSEDGE_CA_FILE"]
+    local = host.startswith(("https://127.0.0.1", "https://localhost"))
+    return str(LOCAL_CA) if local and LOCAL_CA.is_file() else None
 
 
 def subscribe_token(explicit: str | None, duration_s: float) -> str:

@@ -1,14 +1,15 @@
 """``ssedge stats``: the dashboard's collector, one small process next to the stack.
 
 Every interval it scrapes each relay node's ``/metrics`` (all at once, each bounded by the
-interval), takes the edge's request counts from a ``varnishncsa`` it keeps running, and
-publishes one snapshot (``relay.stats``) to the stats topic by XADD, with a retention of its
-own. The dashboard is then an EventSource on that topic through Varnish like any other
-reader: the ring's history gives it the last minutes at once (``backfill``), and one
-collector serves every operator watching. A node that does not answer is shown as down; an
-edge log that stops is restarted; Redis away skips a snapshot. Nothing here is on the path of
-an event. Under ``ssedge up`` each snapshot also carries the stack's children (state,
-restarts, last exit) from the supervisor's status file.
+interval), takes the edge's request counts from a ``varnishncsa`` it keeps running (and, given
+HAProxy's socket, the streams the edge proxy carries per relay: ``relay.dashboard.proxy``), and
+publishes one snapshot (``relay.dashboard.stats``) to the stats topic by XADD, with a retention
+of its own. The dashboard is then an EventSource on that topic through the edge like any other
+reader: the ring's history gives it the last minutes at once (``backfill``), and one collector
+serves every operator watching. A node that does not answer is shown as down; an edge log that
+stops is restarted; Redis away skips a snapshot. Nothing here is on the path of an event. Under
+``ssedge up`` each snapshot also carries the stack's children (state, restarts, last exit) from
+the supervisor's status file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from relay import logs
+from relay.dashboard import proxy as edge_stats
 from relay.dashboard import stats
+from relay.devstack import haproxy as edge_haproxy
 from relay.devstack import supervisor
 from relay.devstack import varnish as edge
 from relay.storage import clients
@@ -51,6 +54,7 @@ class Options:
     supervisor: str | None = None  # ``ssedge up``'s supervisor.json; None: not under it
     log_level: str = "info"
     log_format: str = "text"
+    haproxy_socket: str | None = None  # the edge proxy's runtime API; None: no proxy numbers
 
 
 class EdgeLog:
@@ -122,6 +126,8 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
                      if options.supervisor else None)
             snap = stats.snapshot(started, options.interval_s, nodes, edge_part,
                                   edge_log.error if edge_log else "no edge configured", stack)
+            if options.haproxy_socket:
+                snap["edge"]["proxy"] = await _proxy(options.haproxy_socket, options.interval_s)
             try:
                 await store.publish(redis, options.topic, [(_json.encode(snap), stats.EVENT)],
                                     maxlen=options.keep, max_age_s=0)
@@ -137,6 +143,16 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         await redis.aclose()
+
+
+async def _proxy(path: str, timeout: float) -> dict[str, object]:
+    """The edge proxy's streams per relay (``relay.dashboard.proxy``), or why not."""
+    admin = edge_haproxy.Admin(Path(path), timeout=timeout)
+    try:
+        rows = await asyncio.wait_for(asyncio.to_thread(admin.stat), timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return {"up": False, "error": f"haproxy {path}: {exc}"}
+    return {"up": True, **edge_stats.proxy_snapshot(rows)}
 
 
 def run(options: Options) -> int:

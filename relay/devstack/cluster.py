@@ -3,7 +3,8 @@
 ``LocalCluster`` starts 3 primaries and (by default) one replica each on loopback, joins them
 with ``redis-cli --cluster create`` and waits until every node reports ``cluster_state:ok``.
 The tests use it on free ports; ``ssedge up --cluster`` on ports 7001-7006 under
-``.ssedge/cluster``, with the replay service, three relay nodes and varnishd on :8080.
+``.ssedge/cluster``, with the replay service, three relay nodes and the edge (HAProxy on :8080
+and :8443, varnishd behind it).
 
 Settings that matter for a relay tier (docs/SCALING.md):
 
@@ -168,20 +169,25 @@ class LocalCluster:
 
 def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         relay_ports: Sequence[int] = RELAY_PORTS, replay_port: int = 8201,
-        edge_port: int = 8080, policy: RestartPolicy | None = None) -> int:
-    """``ssedge up --cluster``: the cluster, the replay service, three relays and varnishd in
+        edge_port: int = 8080, policy: RestartPolicy | None = None,
+        tls_port: int = 8443) -> int:
+    """``ssedge up --cluster``: the cluster, the replay service, three relays and the edge in
     the foreground; Ctrl-C (or SIGTERM) stops them all. The relays, the replay service,
     varnishd and the collector are supervised (restarted when they exit); the cluster's nodes
     are not: a primary that dies is failed over to its replica, which is the point of one."""
     from relay.devstack import demo
+    from relay.devstack import edge as edge_stack
+    from relay.devstack import haproxy as edge_haproxy
     from relay.devstack import varnish as edge
     from relay.devstack.single import Processes, ports_free, secret
 
-    if shutil.which("redis-server") is None or edge.varnishd() is None:
-        print("ssedge up: redis-server and varnish are needed (apt-get install redis-server "
-              "varnish)", file=sys.stderr)
+    if (shutil.which("redis-server") is None or edge.varnishd() is None
+            or edge_haproxy.haproxy() is None):
+        print("ssedge up: redis-server, varnish and haproxy are needed (apt-get install "
+              "redis-server varnish haproxy)", file=sys.stderr)
         return 1
-    if not ports_free((*cluster_ports, *relay_ports, replay_port, edge_port)):
+    if not ports_free((*cluster_ports, *relay_ports, replay_port, edge_port,
+                       *([tls_port] if tls_port else []))):
         return 1
     directory.mkdir(exist_ok=True)
     token = secret(directory)
@@ -194,17 +200,20 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
         "SSEDGE_DRAIN_S": "2",
+        # clients (ssedge tail, load) trust the stack's own CA for its TLS edge
+        **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
 
     def up() -> None:
         cluster.start()
-        children.edge_tier(relay_ports, replay_port, edge_port)
+        tier = children.edge_tier(relay_ports, replay_port, edge_port, tls_port)
         threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge cluster stack is up (logs in {directory}/):
-  edge         {base_url}   <- the one address you need (Varnish)
+  edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
+{edge_stack.banner(tier)}
   demo topic   {base_url}/v1/streams/demo/events  (a tick every second)
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   relay nodes  {", ".join(f"http://127.0.0.1:{p}" for p in relay_ports)}

@@ -30,10 +30,12 @@ class RegionB:
     relay_ports: tuple[int, ...] = (9101, 9102)
     replay_port: int = 9201
     edge_port: int = 9080
+    tls_port: int = 9443
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.redis_port, *self.relay_ports, self.replay_port, self.edge_port)
+        return (self.redis_port, *self.relay_ports, self.replay_port, self.edge_port,
+                self.tls_port)
 
     @property
     def edge_url(self) -> str:
@@ -56,7 +58,8 @@ class RegionB:
             "--appendonly", "yes", "--appendfsync", fsync, "--save", "",
             "--protected-mode", "no",
         ])
-        children.edge_tier(self.relay_ports, self.replay_port, self.edge_port, region=NAME,
+        children.edge_tier(self.relay_ports, self.replay_port, self.edge_port, self.tls_port,
+                           region=NAME,
                            env={
                                "SSEDGE_REDIS_READ_URL": self.replica_url,
                                # history through this region's edge, from this region's replica
@@ -70,6 +73,7 @@ class RegionB:
         return f"""
 region B (reads the replica; publishes land on the primary):
   edge         {self.edge_url}   <- region B's address
+  edge (TLS)   https://127.0.0.1:{self.tls_port}   HTTP/2, the same CA as region A's
   demo topic   {self.edge_url}/v1/streams/demo/events  (same ids as region A's)
   relay nodes  {relays}
   replay       http://127.0.0.1:{self.replay_port}/v1/replay/demo?after=0-0

@@ -1,11 +1,12 @@
 """``ssedge up``: the local stack in the foreground, supervised, stopped as a whole by Ctrl-C.
 
 Its own redis-server (AOF on, data under ``.ssedge/redis``), the replay service, two relay
-nodes, varnishd in front of them on :8080 (working directory under ``.ssedge/varnish``), a
-demo publisher, and a demo upstream SSE server with an ``ssedge ingest`` of it into the
-``ingest-demo`` topic. The publish token and the stack's settings are written under
-``.ssedge/`` so that ``ssedge`` commands run in the checkout find them. A child that exits is
-restarted on its port (``relay.supervisor``); one in a crash loop stops the stack, exit 1.
+nodes, the edge in front of them (HAProxy on :8080 and, TLS with HTTP/2, :8443; varnishd
+behind it for the cacheable answers: ``relay.devstack.edge``), a demo publisher, and a demo
+upstream SSE server with an ``ssedge ingest`` of it into the ``ingest-demo`` topic. The
+publish token and the stack's settings are written under ``.ssedge/`` so that ``ssedge``
+commands run in the checkout find them. A child that exits is restarted on its port
+(``relay.supervisor``); one in a crash loop stops the stack, exit 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relay.devstack import demo
+from relay.devstack import edge as edge_stack
 from relay.devstack.demo import DEMO_TOPIC
 from relay.devstack.processes import port_open
 from relay.devstack.regions import RegionB
@@ -27,6 +29,7 @@ REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
 REPLAY_PORT = 8201
 EDGE_PORT = 8080
+TLS_PORT = 8443
 UPSTREAM_PORT = 8401
 INGEST_PORT = 8301
 INGEST_TOPIC = "ingest-demo"
@@ -55,18 +58,19 @@ def ports_free(ports: Sequence[int]) -> bool:
 
 class Processes(Supervisor):
     """A stack's children, each in a process group of its own (Ctrl-C reaches the stack, which
-    then stops each child in order), supervised (``relay.supervisor``), logs under the stack's
-    directory."""
+    then stops each child in order), supervised (``relay.devstack.supervisor``), logs under the
+    stack's directory."""
 
-    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int, *,
-                  region: str = "", env: dict[str, str] | None = None) -> None:
-        """The replay service, the relays, varnishd in front of them, and the dashboard's
-        collector of every relay's and the edge's numbers (topic ssedge.stats).
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int,
+                  tls_port: int = TLS_PORT, *, region: str = "",
+                  env: dict[str, str] | None = None) -> edge_stack.EdgeTier:
+        """The replay service, the relays, the edge in front of them (HAProxy on the edge's
+        ports, varnishd behind it: ``relay.devstack.edge``), and the dashboard's collector of
+        every relay's and the edge's numbers (topic ssedge.stats).
 
         ``region`` names a second tier beside the first (``devstack.regions``): its children
         are ``<region>-relay-1``, …, its collector publishes to ``ssedge.stats.<region>``, and
         ``env`` holds its own settings (the replica it reads, its replay service)."""
-        from relay.devstack import varnish as edge
         prefix = f"{region}-" if region else ""
         self.start(f"{prefix}replay", replay_port, [sys.executable, "-m", "relay", "replay"],
                    env)
@@ -74,36 +78,39 @@ class Processes(Supervisor):
             self.start(f"{prefix}relay-{i}", port, [
                 sys.executable, "-m", "relay", "relay", "--port", str(port),
                 "--node-name", f"{prefix}relay-{i}"], env)
-        varnish_dir = self.directory / f"{prefix}varnish"
-        varnish_dir.mkdir(exist_ok=True)
-        (varnish_dir / "backends.vcl").write_text(edge.backends_vcl(
-            [("127.0.0.1", p) for p in relay_ports], ("127.0.0.1", replay_port)))
-        work = (varnish_dir / "work").resolve()
-        self.start(f"{prefix}varnish", edge_port, edge.command(
-            work, f"127.0.0.1:{edge_port}", varnish_dir.resolve()))
+        tier = edge_stack.start(self, relay_ports, replay_port, edge_port, tls_port,
+                                prefix=prefix)
         self.start(f"{prefix}stats", 0, [
             sys.executable, "-m", "relay", "stats",
             *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
-            "--varnish-name", str(work), "--supervisor", str(self.status_path.resolve()),
+            "--varnish-name", str(tier.varnish_workdir),
+            "--haproxy-socket", str(tier.admin_socket),
+            "--supervisor", str(self.status_path.resolve()),
             *(["--topic", f"ssedge.stats.{region}"] if region else [])], env)
+        return tier
 
 
 def run(directory: Path, redis_port: int = REDIS_PORT,
         relay_ports: tuple[int, ...] = RELAY_PORTS, replay_port: int = REPLAY_PORT,
         edge_port: int = EDGE_PORT, upstream_port: int = UPSTREAM_PORT,
         ingest_port: int = INGEST_PORT, policy: RestartPolicy | None = None,
-        fsync: str = "everysec", region_b: RegionB | None = None) -> int:
+        fsync: str = "everysec", tls_port: int = TLS_PORT,
+        region_b: RegionB | None = None) -> int:
     """The stack; with ``region_b``, a second region reading a replica (``--regions``)."""
+    from relay.devstack import haproxy as edge_haproxy
     from relay.devstack import varnish as edge
+
     redis_server = shutil.which("redis-server")
-    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish")):
+    for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish"),
+                             (edge_haproxy.haproxy(), "haproxy")):
         if program is None:
             print(f"ssedge up: {package} is not installed (apt-get install {package})",
                   file=sys.stderr)
             return 1
     assert redis_server is not None
     if not ports_free((redis_port, replay_port, edge_port, upstream_port, ingest_port,
-                       *relay_ports, *(region_b.ports if region_b else ()))):
+                       *relay_ports, *([tls_port] if tls_port else []),
+                       *(region_b.ports if region_b else ()))):
         return 1
     directory.mkdir(exist_ok=True)
     (directory / "redis").mkdir(exist_ok=True)
@@ -125,6 +132,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here
         "SSEDGE_DRAIN_S": "2",
+        # clients (ssedge tail, load) trust the stack's own CA for https://127.0.0.1:8443
+        **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
@@ -141,7 +150,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             # not after Redis's 5 s wait for more replicas to share the transfer
             *(["--repl-diskless-sync-delay", "0"] if region_b else []),
         ])
-        children.edge_tier(relay_ports, replay_port, edge_port)
+        tier = children.edge_tier(relay_ports, replay_port, edge_port, tls_port)
         if region_b is not None:
             region_b.start(children, redis_server, redis_port, fsync)
         # an origin that drops its clients now and then: the ingest resumes it by id
@@ -155,7 +164,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
         print(f"""ssedge stack is up (logs in {directory}/):
-  edge         {base_url}   <- the one address you need (Varnish)
+  edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
+{edge_stack.banner(tier)}
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
   ingested     {base_url}/v1/streams/{INGEST_TOPIC}/events  (from the demo upstream)
   upstream     http://127.0.0.1:{upstream_port}/events  (a demo origin server)

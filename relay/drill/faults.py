@@ -173,7 +173,8 @@ class LocalStack:
         status = read_status(directory / "supervisor.json")
         if status is None or status.get("state") != "running":
             return None
-        if not any(isinstance(c, dict) and c.get("name") == "varnish"
+        # the edge on that port: HAProxy ("edge"), or varnishd in a stack from before it
+        if not any(isinstance(c, dict) and c.get("name") in ("edge", "varnish")
                    and c.get("port") == edge_port for c in status.get("children", [])):
             return None
         with contextlib.suppress(OSError):

@@ -196,7 +196,8 @@ class App:
                 try:
                     access = await self.auth.read_access(request, topic)
                 except Unavailable as exc:  # the keys could not be had now (JWKS away)
-                    return await stream.refuse(self.relay, send, "keys", exc.message)
+                    return await stream.refuse(self.relay, send, "keys", exc.message,
+                                              request)
                 return await stream.serve(self.relay, request, topic, receive, send,
                                           expires=access.expires, token_exp=access.token_exp)
         if request.path == cookie.PATH:

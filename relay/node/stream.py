@@ -81,18 +81,20 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
     if relay.draining:
-        return await refuse(relay, send, "draining", "this relay is shutting down")
+        return await refuse(relay, send, "draining", "this relay is shutting down", request)
     if relay.metrics.streams_open >= settings.max_streams:
         return await refuse(relay, send, "capacity",
-                            f"this relay serves its maximum of {settings.max_streams} streams")
+                            f"this relay serves its maximum of {settings.max_streams} streams",
+                            request)
     out = relay.stepped_out
     if out is not None:
-        return await refuse(relay, send, out, _STEPPED_OUT[out])
+        return await refuse(relay, send, out, _STEPPED_OUT[out], request)
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
     except TooManyTopics:
-        return await refuse(relay, send, "topics", "this relay watches as many topics as it may")
+        return await refuse(relay, send, "topics", "this relay watches as many topics as it may",
+                            request)
     after = start.after
     first_frames = b""
     wait_for_replica = False
@@ -107,7 +109,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     except (RedisError, OSError):
         if not topic.subscribers:
             topic.idle_since = time.monotonic()
-        return await refuse(relay, send, "redis", "Redis is not reachable")
+        return await refuse(relay, send, "redis", "Redis is not reachable", request)
 
     # -- register and fix the cursor: one synchronous step --------------------------------
     plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
@@ -175,7 +177,8 @@ _STEPPED_OUT = {"redis": "this relay has lost Redis",
                 "replica": "this relay's Redis replica is cut from its primary"}
 
 
-async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
+async def refuse(relay: Relay, send: Send, reason: str, why: str,
+                 request: Request | None = None) -> None:
     """A stream this relay cannot serve now, answered so that a browser comes back: a 200
     event stream holding only ``retry:`` and a comment, which then ends. By WHATWG, an
     EventSource whose request gets any other answer (a 503, say) closes for good; the clean
@@ -185,14 +188,19 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
     not come back in the same millisecond. No ``id:`` is sent: the browser's Last-Event-ID
     stays what it was. ``X-Ssedge-Refused`` names the reason: the edge retries another relay
     on it (varnish/default.vcl), operators see it in logs; ``Retry-After`` says the same to
-    any other client."""
+    any other client.
+
+    An edge that can retry only on a status (HAProxy) asks with ``X-Ssedge-Refuse-Status:
+    503``: the same answer then says 503, and the edge turns the last one into a 200
+    (varnish/haproxy.cfg). Nothing else changes a refusal's status."""
     base = getattr(relay.settings, _REFUSED_RETRY[reason])
     retry = max(1, round(base * (0.5 + random.random())))
     relay.metrics.refused(reason)
     relay.refusals.note(reason, why)
     headers = {**_STREAM_HEADERS, "x-ssedge-refused": reason,
                "retry-after": str(max(1, round(retry / 1000)))}
-    await relay.responder.start(send, 200, headers)
+    asked = request is not None and request.headers.get("x-ssedge-refuse-status") == "503"
+    await relay.responder.start(send, 503 if asked else 200, headers)
     await send({"type": "http.response.body", "more_body": False,
                 "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from relay.devstack.servers import IngestProcess, RedisServer, Relay, Varnish
+from relay.devstack.edgeserver import Edge
+from relay.devstack.servers import IngestProcess, RedisServer, Relay
 from tests.integration.upstreams import Upstreams
 
 TOKEN = "test-token"
@@ -58,18 +59,27 @@ def relay(start_relay: Callable[..., Relay]) -> Relay:
 
 
 @pytest.fixture
-def start_varnish(tmp_path: Path) -> Iterator[Callable[..., Varnish]]:
-    started: list[Varnish] = []
+def start_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
+    """Starts the edge as ``make up`` runs it: HAProxy in front (streams straight to the
+    relays, TLS and HTTP/2), varnishd behind it for the cacheable answers (params: varnishd's);
+    every one stopped (by PID) when the test ends."""
+    started: list[Edge] = []
 
     def start(relays: list[Relay], replay: Relay | None, *params: str,
-              port: int | None = None) -> Varnish:
-        varnish = Varnish(tmp_path / f"varnish-{len(started)}", relays, replay, params, port)
-        started.append(varnish)
-        return varnish
+              port: int | None = None, **options: Any) -> Edge:
+        edge = Edge(tmp_path / f"edge-{len(started)}", relays, replay, params, port, **options)
+        started.append(edge)
+        return edge
 
     yield start
-    for varnish in started:
-        varnish.stop()
+    for edge in started:
+        edge.stop()
+
+
+@pytest.fixture
+def start_varnish(start_edge: Callable[..., Edge]) -> Callable[..., Edge]:
+    """The edge tests' fixture (named when varnishd was the whole edge): the full edge."""
+    return start_edge
 
 
 @pytest.fixture

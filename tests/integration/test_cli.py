@@ -84,13 +84,13 @@ def test_publish_then_tail_resumes_from_an_id(relay: Relay) -> None:
 
 
 def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    redis_port, relay_a, relay_b, replay, edge, upstream, ingest = (
-        free_port() for _ in range(7))
+    redis_port, relay_a, relay_b, replay, edge, upstream, ingest, tls = (
+        free_port() for _ in range(8))
     state = tmp_path / "state"
     stack = subprocess.Popen(
         [*SSEDGE, "up", "--dir", str(state), "--redis-port", str(redis_port),
          "--relay-port", str(relay_a), "--relay-port", str(relay_b),
-         "--replay-port", str(replay), "--edge-port", str(edge),
+         "--replay-port", str(replay), "--edge-port", str(edge), "--tls-port", str(tls),
          "--upstream-port", str(upstream), "--ingest-port", str(ingest), "--fsync", "always"],
         env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,

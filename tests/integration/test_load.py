@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from loadtests.scenarios import SCENARIOS
+from relay.devstack.edgeserver import Edge
 from relay.devstack.processes import spawn, stop_group
-from relay.devstack.servers import RedisServer, Relay, Varnish
+from relay.devstack.servers import RedisServer, Relay
 from tests.integration.conftest import TOKEN
 
 # private-* topics need a subscriber token, minted by ssedge load with this secret
@@ -35,7 +36,7 @@ PRIVATE = {"jwt_secret": JWT_SECRET, "private_topics": "private-*"}
 
 @dataclass
 class Stack:
-    edge: Varnish
+    edge: Edge
     relays: list[Relay]
 
 
@@ -43,7 +44,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("load-stack")
     redis = RedisServer(directory / "redis")
-    started: list[Relay | Varnish] = []
+    started: list[Relay | Edge] = []
     collector = None
     try:
         replay = Relay(directory, redis, TOKEN, command="replay", **PRIVATE)
@@ -51,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         relays = [Relay(directory, redis, TOKEN, replay_url=replay.url, retry_ms=300,
                         **PRIVATE) for _ in range(2)]
         started.extend(relays)
-        edge = Varnish(directory / "varnish", relays, replay)
+        edge = Edge(directory / "edge", relays, replay)
         started.append(edge)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSEDGE_")}
         env["SSEDGE_REDIS_URL"] = redis.url
@@ -110,6 +111,19 @@ def test_every_scenario_meets_its_objectives_through_the_edge(
         assert summary["replayed"] > 0, "storms dropped readers while events were published"
     if scenario == "churn":  # readers came and went: some visits ended, others began
         assert summary["left"] > 0 and summary["readers"] > 20
+
+
+def test_readers_and_publishers_through_the_tls_edge(stack: Stack, tmp_path: Path) -> None:
+    """Readers (gevent sockets wrapped in TLS), the publisher (FastHttpUser) and the stats
+    read-back, all over https://, the certificate checked against the edge's CA (without it
+    the certificate is refused: test_edge_haproxy)."""
+    assert stack.edge.https_url is not None
+    code, summary, output = run_load(stack.edge.https_url, "fanout", tmp_path,
+                                     "--ca", str(stack.edge.ca))
+    assert code == 0 and summary["passed"], output[-3000:]
+    assert summary["readers"] >= 19 and summary["delivered"] > 0
+    assert summary["lost_total"] == summary["failures"] == 0
+    assert summary["server"]["snapshots"] >= 5
 
 
 def test_a_missed_objective_fails_the_run(stack: Stack, tmp_path: Path) -> None:

@@ -199,6 +199,7 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
          "last_exit_at": 1.7e9}]}))
     collector = spawn([sys.executable, "-m", "relay", "stats", "--relay", edge.a.url,
                        "--relay", edge.b.url, "--varnish-name", str(edge.varnish.workdir),
+                       "--haproxy-socket", str(edge.varnish.admin.path),
                        "--interval", "0.5", "--supervisor", str(supervised)],
                       tmp_path / "stats.log", env)
     try:
@@ -227,6 +228,10 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
             page.wait_for_function(
                 "() => Number(document.querySelector('#edge tr[data-class=\"handshake\"]')"
                 ".children[4].textContent) > 0", timeout=WAIT_MS)
+            # the streams the edge proxy carries (HAProxy's own count): the load's and the page's
+            page.wait_for_function(
+                "() => Number(document.querySelector('#proxy-streams').textContent) >= 31",
+                timeout=WAIT_MS)
         finally:
             load.stop()
         loaded = _value(page, "events_out_per_s")

@@ -95,7 +95,7 @@ def _ready(stack: UpStack, name: str) -> bool:
     if name in ("relay-1", "relay-2", "replay", "ingest"):
         answer = get(f"http://127.0.0.1:{port}/readyz")
         return answer is not None and answer.status == 200
-    if name == "varnish":
+    if name in ("varnish", "edge"):  # varnishd behind HAProxy, and HAProxy
         answer = get(f"{stack.edge}/v1/handshake")
         return answer is not None and answer.status == 200
     if name == "stats":  # a snapshot that knows the collector was restarted
@@ -105,7 +105,7 @@ def _ready(stack: UpStack, name: str) -> bool:
     return port_open(port)
 
 
-KINDS = ("relay-1", "replay", "varnish", "redis", "stats", "upstream", "ingest")
+KINDS = ("relay-1", "replay", "varnish", "edge", "redis", "stats", "upstream", "ingest")
 
 
 def test_each_child_sigkilled_comes_back_on_its_port_and_the_stack_keeps_serving(

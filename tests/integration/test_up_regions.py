@@ -35,10 +35,11 @@ def _replication(port: int) -> str:
 def test_up_regions_serves_the_same_ids_in_both_regions_and_restarts_the_replica(
     tmp_path: Path,
 ) -> None:
-    b = {name: free_port() for name in ("redis", "relay-1", "relay-2", "replay", "edge")}
+    b = {name: free_port() for name in ("redis", "relay-1", "relay-2", "replay", "edge", "tls")}
     stack = UpStack(tmp_path / "state", "--regions", "--b-redis-port", str(b["redis"]),
                     "--b-relay-port", str(b["relay-1"]), "--b-relay-port", str(b["relay-2"]),
-                    "--b-replay-port", str(b["replay"]), "--b-edge-port", str(b["edge"]))
+                    "--b-replay-port", str(b["replay"]), "--b-edge-port", str(b["edge"]),
+                        "--b-tls-port", str(b["tls"]))
     edge_b = f"http://127.0.0.1:{b['edge']}"
     try:
         stack.wait_up(timeout=120)

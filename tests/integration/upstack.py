@@ -40,7 +40,8 @@ class UpStack:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in
-                      ("redis", "relay-1", "relay-2", "replay", "edge", "upstream", "ingest")}
+                      ("redis", "relay-1", "relay-2", "replay", "edge", "tls", "upstream",
+                       "ingest")}
         self.edge = f"http://127.0.0.1:{self.ports['edge']}"
         self.output = directory.parent / f"{directory.name}-up.log"
         argv = [*SSEDGE, "up", "--dir", str(directory),
@@ -48,6 +49,7 @@ class UpStack:
                 "--relay-port", str(self.ports["relay-1"]),
                 "--relay-port", str(self.ports["relay-2"]),
                 "--replay-port", str(self.ports["replay"]), "--edge-port", str(self.ports["edge"]),
+                "--tls-port", str(self.ports["tls"]),
                 "--upstream-port", str(self.ports["upstream"]),
                 "--ingest-port", str(self.ports["ingest"]), *args]
         with open(self.output, "ab") as out:

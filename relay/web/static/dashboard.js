@@ -158,7 +158,23 @@ function draw() {
     });
     return tr;
   }));
+  drawProxy(edge.proxy);
   drawStack(last.stack);
+}
+
+// the streams the edge proxy carries, per relay (HAProxy's `show stat`); absent without it
+function drawProxy(proxy) {
+  $("proxy").hidden = !proxy;
+  if (!proxy) return;
+  if (!proxy.up) {
+    $("proxy-streams").textContent = "?";
+    $("proxy-relays").textContent = `(${proxy.error})`;
+    return;
+  }
+  $("proxy-streams").textContent = fmt(proxy.streams, 0);
+  $("proxy-relays").textContent = "· " + proxy.relays.map((r) =>
+    `${r.name} ${r.status} ${fmt(r.streams, 0)}`).join(" · ") +
+    ` · retries ${fmt(proxy.retries, 0)}, redispatches ${fmt(proxy.redispatches, 0)}`;
 }
 
 // the children of `ssedge up` (its supervisor.json): restarts made visible; absent elsewhere

@@ -1,0 +1,139 @@
+"""Running HAProxy as the edge: its config, its command line and its runtime API.
+
+``varnish/haproxy.cfg`` is a plain HAProxy config whose addresses and paths are ``presetenv``
+lines in ``global`` and whose relay nodes sit between two marker comments in ``backend
+relays``. ``render`` writes a copy with a deployment's values (``make up``, the tests, the
+benchmarks): nothing else in the file changes, so what runs is what is shipped.
+
+The runtime API (``stats socket``, a unix socket) answers ``show stat`` (CSV) and takes
+``set server relays/relay_1 state maint|ready``; ``Admin`` speaks it.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.devstack.varnish import VCL_DIR
+
+TEMPLATE = VCL_DIR / "haproxy.cfg"
+BEGIN = "# -- relay nodes"
+END = "# -- end of relay nodes --"
+
+
+def haproxy() -> str | None:
+    """Debian installs haproxy in /usr/sbin, which a user's PATH may not hold."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+class ConfigError(ValueError):
+    """The template lacks what ``render`` must set (a setting or the relay markers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """What one edge listens on and talks to (``host:port`` strings, paths)."""
+
+    http: str
+    cache: str  # varnishd
+    stats: str
+    admin_socket: Path
+    https: str | None = None  # None: no TLS listener
+    cert: Path | None = None
+    stream_timeout: str = "60s"
+    maxconn: int | None = None  # None: the template's
+
+
+def _set_env(text: str, name: str, value: str) -> str:
+    pattern = re.compile(rf"^(\s*presetenv {name} ).*$", re.MULTILINE)
+    if not pattern.search(text):
+        raise ConfigError(f"no `presetenv {name}` in {TEMPLATE}")
+    # a function, not a replacement string: a path may hold backslashes
+    return pattern.sub(lambda m: m.group(1) + value, text, count=1)
+
+
+def render(relays: Sequence[tuple[str, int]], listen: Listen, template: str | None = None) -> str:
+    """The template with ``listen``'s addresses and these relay nodes."""
+    text = TEMPLATE.read_text() if template is None else template
+    for name, value in (("EDGE_HTTP_ADDR", listen.http), ("EDGE_CACHE_ADDR", listen.cache),
+                        ("EDGE_STATS_ADDR", listen.stats),
+                        ("EDGE_ADMIN_SOCKET", str(listen.admin_socket)),
+                        ("EDGE_STREAM_TIMEOUT", listen.stream_timeout)):
+        text = _set_env(text, name, value)
+    if listen.maxconn is not None:
+        text = _set_env(text, "EDGE_MAXCONN", str(listen.maxconn))
+    if listen.https is None:
+        # no TLS listener: its bind line goes (HAProxy would otherwise need a certificate)
+        text = re.sub(r"^\s*bind \"\$\{EDGE_HTTPS_ADDR\}\".*\n", "", text, flags=re.MULTILINE)
+    else:
+        if listen.cert is None:
+            raise ConfigError("a TLS listener needs a certificate")
+        text = _set_env(text, "EDGE_HTTPS_ADDR", listen.https)
+        text = _set_env(text, "EDGE_CERT", str(listen.cert))
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ConfigError(f"no relay node markers ({BEGIN!r} … {END!r}) in {TEMPLATE}")
+    line_end = text.index("\n", start) + 1
+    indent = text[text.rfind("\n", 0, start) + 1:start]
+    servers = "".join(f"{indent}server relay_{n} {host}:{port}\n"
+                      for n, (host, port) in enumerate(relays, 1))
+    return text[:line_end] + servers + text[text.rfind("\n", 0, end) + 1:]
+
+
+def write(directory: Path, relays: Sequence[tuple[str, int]], listen: Listen) -> Path:
+    """``directory/haproxy.cfg`` rendered; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "haproxy.cfg"
+    path.write_text(render(relays, listen))
+    return path
+
+
+def command(config: Path) -> list[str]:
+    """HAProxy in the foreground, master-worker: the master stays (one pid to supervise) and
+    a SIGUSR2 to it reloads the config without dropping streams (the old worker keeps its
+    streams until ``hard-stop-after``)."""
+    return [haproxy() or "haproxy", "-W", "-db", "-f", str(config)]
+
+
+def check_command(config: Path) -> list[str]:
+    """The command that checks a config without running it."""
+    return [haproxy() or "haproxy", "-c", "-f", str(config)]
+
+
+class Admin:
+    """HAProxy's runtime API on its ``stats socket``: one command per connection."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def run(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            s.connect(str(self.path))
+            s.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def stat(self) -> list[dict[str, str]]:
+        """``show stat``: one row per frontend, backend and server (pxname, svname, scur, …)."""
+        text = self.run("show stat").lstrip("# ")
+        return [row for row in csv.DictReader(text.splitlines()) if row.get("pxname")]
+
+    def servers(self, backend: str = "relays") -> dict[str, str]:
+        """Each server of ``backend`` and its status (``UP``, ``DOWN``, ``MAINT``, …)."""
+        return {row["svname"]: row["status"] for row in self.stat()
+                if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def set_state(self, server: str, state: str, backend: str = "relays") -> None:
+        """``ready``, ``drain`` (no new streams) or ``maint`` (out)."""
+        answer = self.run(f"set server {backend}/{server} state {state}").strip()
+        if answer:
+            raise RuntimeError(f"haproxy: set server {backend}/{server} state {state}: {answer}")
