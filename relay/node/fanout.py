@@ -27,6 +27,8 @@ from typing import Any
 
 from relay.node.metrics import Metrics
 from relay.node.topics import Subscription, Topic
+from relay.protocol.multi import MultiReader
+from relay.protocol.ring import Ring
 
 SLICE = 256  # sends between two yields to the event loop in one pass
 
@@ -106,6 +108,13 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
         if send is None:  # a server whose send must be awaited: the task writes its own
             sub.resume()
             continue
+        if sub.multi is not None:  # one of several topics: this client's ids, its own bytes
+            size = _send_multi(sub, sub.multi, ring, send, send_max, keep)
+            if size:
+                sent += 1
+                events += head - cursor
+                nbytes += size
+            continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
             if cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
@@ -140,3 +149,30 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     metrics.events_out += events
     metrics.bytes_out += nbytes
     return keep
+
+
+def _send_multi(sub: Subscription, multi: MultiReader, ring: Ring, send: Any, send_max: int,
+                keep: list[Subscription]) -> int:
+    """A parked cursor of a stream on several topics (``relay.node.multistream``): the new
+    frames of its topic re-framed with the client's composite ids (``MultiReader.ring_span``)
+    and sent, when the same rules as for any connection allow; else its task writes them.
+    The bytes sent, or 0."""
+    cursor, head = sub.cursor, ring.head
+    if (multi.awake or cursor < ring.tail or ring.lag_bytes(cursor) > send_max
+            or ring.id_at(cursor) <= sub.last_id):
+        # its task runs (only one writer builds its ids), more than a send's worth, gone from
+        # the ring, or ids the client has (resume.Reader skips them): the task sees to it
+        sub.resume()
+        return 0
+    body = multi.ring_span(sub, ring, cursor, head)
+    try:
+        result = send({"type": "http.response.body", "body": body, "more_body": True})
+    except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
+        sub.resume()
+        return 0
+    sub.cursor = head
+    if done_at_once(result):
+        keep.append(sub)
+    else:
+        sub.resume(result)  # the client is slow: its task waits until it took these
+    return len(body)

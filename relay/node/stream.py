@@ -35,7 +35,7 @@ from relay.web.errors import BadRequest
 from relay.web.http import Receive, Request, Send
 
 KEEPALIVE = encode_comment("keepalive")
-_STREAM_HEADERS = {
+STREAM_HEADERS = {
     "content-type": "text/event-stream",
     "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
     "x-accel-buffering": "no",
@@ -52,21 +52,31 @@ class Start:
 
 
 def parse_start(request: Request, ring_events: int) -> Start:
-    header = request.headers.get("last-event-id", "")
-    text = header or request.query.get("last_event_id", "")
+    after = None
+    text = last_event_id(request)
+    if text:
+        try:
+            after = ids.parse(text)
+        except ValueError as exc:
+            raise BadRequest(f"Last-Event-ID: {exc}") from None
+    earliest, backfill = parse_since(request, ring_events)
+    return Start(after, earliest, backfill)
+
+
+def last_event_id(request: Request) -> str:
+    """The id a stream resumes after: the header, else the ``last_event_id`` parameter."""
+    return request.headers.get("last-event-id", "") or request.query.get("last_event_id", "")
+
+
+def parse_since(request: Request, ring_events: int) -> tuple[bool, int]:
+    """``since=earliest`` and ``backfill=N``: where a stream without an id starts."""
     since = request.query.get("since", "now")
     if since not in ("now", "earliest"):
         raise BadRequest("since is 'now' or 'earliest'")
     raw_backfill = request.query.get("backfill", "0")
     if not raw_backfill.isascii() or not raw_backfill.isdigit() or int(raw_backfill) > ring_events:
         raise BadRequest(f"backfill is a whole number from 0 to {ring_events}")
-    after = None
-    if text:
-        try:
-            after = ids.parse(text)
-        except ValueError as exc:
-            raise BadRequest(f"Last-Event-ID: {exc}") from None
-    return Start(after, since == "earliest", int(raw_backfill))
+    return since == "earliest", int(raw_backfill)
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
@@ -99,7 +109,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         if after is not None and after > topic.ring.last_id:
             # newer than anything this node has read: the stream may just be ahead of this
             # feed (the client came from a faster node), or the id never existed here
-            after, first_frames = await _check_future(relay, topic_name, after)
+            after, first_frames = await check_future(relay, topic_name, after)
     except (RedisError, OSError):
         if not topic.subscribers:
             topic.idle_since = time.monotonic()
@@ -114,14 +124,14 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     metrics = relay.metrics
     metrics.streams_open += 1
     metrics.streams_total += 1
-    watcher = _DisconnectWatch(receive, sub)
+    watcher = DisconnectWatch(receive, sub)
     # a token's expiry ends its stream like any close: the client comes back with its
     # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
         max(0.0, expires - time.time()), sub.close, "token expired")
     expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
     try:
-        await relay.responder.start(send, 200, _STREAM_HEADERS)
+        await relay.responder.start(send, 200, STREAM_HEADERS)
         first = send({"type": "http.response.body",
                       "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
         if fanout.done_at_once(first):
@@ -144,19 +154,25 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             expiring.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
-    if sub.closed_because != "disconnect":
-        # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
-        # asks it to come back soon (to another node) rather than after the usual retry, and
-        # a relay that lost Redis spreads its clients' returns like a refusal; a token's expiry
-        # asks for a quick return too: the page renewed it when told (relay.renewal)
-        last = b""
-        if sub.closed_because in ("drain", "token expired"):
-            last = encode_retry(settings.drain_retry_ms)
-        elif sub.closed_because == "redis lost":
-            last = encode_retry(max(1, round(settings.refused_retry_ms
-                                             * (0.5 + random.random()))))
-        with contextlib.suppress(Exception):  # the client may be gone too
-            await send({"type": "http.response.body", "body": last, "more_body": False})
+    await end(relay, send, sub.closed_because)
+
+
+async def end(relay: Relay, send: Send, reason: str | None) -> None:
+    """End a stream closed for ``reason``: cleanly, so the client reconnects with its
+    Last-Event-ID. A drain asks it to come back soon (to another node) rather than after the
+    usual retry, and a relay that lost Redis spreads its clients' returns like a refusal; a
+    token's expiry asks for a quick return too: the page renewed it when told
+    (relay.renewal)."""
+    if reason == "disconnect":
+        return
+    settings = relay.settings
+    last = b""
+    if reason in ("drain", "token expired"):
+        last = encode_retry(settings.drain_retry_ms)
+    elif reason == "redis lost":
+        last = encode_retry(max(1, round(settings.refused_retry_ms * (0.5 + random.random()))))
+    with contextlib.suppress(Exception):  # the client may be gone too
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 # what each temporary refusal asks the browser to wait before it comes back, before jitter
@@ -180,14 +196,14 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str) -> None:
     retry = max(1, round(base * (0.5 + random.random())))
     relay.metrics.refused(reason)
     relay.refusals.note(reason, why)
-    headers = {**_STREAM_HEADERS, "x-ssedge-refused": reason,
+    headers = {**STREAM_HEADERS, "x-ssedge-refused": reason,
                "retry-after": str(max(1, round(retry / 1000)))}
     await relay.responder.start(send, 200, headers)
     await send({"type": "http.response.body", "more_body": False,
                 "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
 
 
-async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:
+async def check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes]:
     """An id past what this node has read. Within the stream (the client came from a node
     whose feed is ahead of this one), it stays the client's: the frames this feed appends up
     to it are skipped (``resume.Reader``), never sent again. Past the stream's last id it never
@@ -203,7 +219,7 @@ async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes
     return last, resume.reset_frame("unknown", after, None, last)
 
 
-class _DisconnectWatch:
+class DisconnectWatch:
     """Closes the subscription when ``receive()`` says the client left.
 
     ASGI send() after the client left does not raise: receive() is what tells. A callback on
@@ -264,7 +280,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
         resets = catch_up.resets
         frames = sub.take_page(page, fresh=fresh)
         metrics.resets += catch_up.resets - resets
-        for chunk, count in _pieces(frames, send_max):
+        for chunk, count in pieces(frames, send_max):
             sub.sending = True
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sub.sending = False
@@ -280,7 +296,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
             return
 
 
-def _pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
+def pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
     """Frames joined into pieces of about ``size`` bytes (a frame is never split)."""
     out: list[tuple[bytes, int]] = []
     start = total = 0
