@@ -124,12 +124,20 @@ class Cursor(Subscription):
         self.conn.close(reason)
 
 
+# topics primed at once for streams on several topics, in this process: one stream names up to
+# 64 topics, and a crowd of them connecting together would prime every topic at once; more
+# commands in flight than the Redis pool holds (50) fail, and each failure refuses a stream
+PRIMING = 16
+
+
 class MultiStreams:
-    """This process's streams on several topics, for its metrics."""
+    """This process's streams on several topics: their metrics, and how many topics they
+    prime at once."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.open = 0
         self.cursors = 0
+        self.priming = asyncio.Semaphore(PRIMING)
         metrics.gauge("multi_streams_open", "Streams on several topics open now.",
                       lambda: self.open)
         metrics.gauge("multi_stream_cursors", "Their topics (one cursor each), summed.",
@@ -199,9 +207,13 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
         return await stream.refuse(relay, send, "topics",
                                    "this relay watches as many topics as it may")
     afters = topic_set.positions(position)
+    held = list(afters)
     resets: list[tuple[int, bytes]] = []
     try:
-        await asyncio.gather(*(relay.feed.prime(t) for t in topics))
+        for topic in topics:
+            if not topic.primed:
+                async with streams.priming:
+                    await relay.feed.prime(topic)
         for i, (topic, after) in enumerate(zip(topics, afters, strict=True)):
             if after is not None and after > topic.ring.last_id:
                 afters[i], frame = await stream.check_future(relay, topic.name, after)
@@ -224,6 +236,8 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
     multi = conn.multi = MultiReader(topic_set, conn.cursors)
     for cursor in conn.cursors:
         cursor.multi = multi
+    for i, _ in resets:
+        multi.hold(i, held[i] or 0)
     first = b"".join(multi.retag_reset(i, frame) for i, frame in resets) + multi.start_frame()
     await _run(relay, streams, conn, accesses, first, receive, send)
 
@@ -298,6 +312,12 @@ async def _follow(relay: Relay, conn: Connection, send: Send) -> None:
         pending = _pending(cursors)
         if pending is not None:  # the feed sent frames the client has not taken yet
             await pending
+            continue
+        if multi.outbox:  # frames the feed built for it, not flushed yet: they come first
+            body = b"".join(multi.outbox)
+            multi.outbox.clear()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            metrics.sends += 1
             continue
         for k in range(count):
             i = (turn + k) % count

@@ -59,9 +59,10 @@ class MultiReader:
     """A client's place in every topic of its set: ``readers[i]`` follows ``set.topics[i]``.
 
     ``awake`` is the connection's: while its task runs, the feed sends it nothing (it hands
-    each cursor back to the task instead), so only one writer ever builds its ids."""
+    each cursor back to the task instead), so only one writer ever builds its ids and the
+    order of its frames is the order they were built in."""
 
-    __slots__ = ("_index", "_marks", "awake", "entries", "readers", "set")
+    __slots__ = ("_index", "_marks", "awake", "entries", "outbox", "readers", "set")
 
     def __init__(self, topic_set: TopicSet, readers: Sequence[Reader]) -> None:
         self.set = topic_set
@@ -72,6 +73,9 @@ class MultiReader:
         self.entries = [_entry(g, r.last_id) for g, r in zip(topic_set.tags, self.readers,
                                                               strict=True)]
         self.awake = True
+        # frames the feed's fan-out built for this client, not handed to the server yet: what
+        # several topics bring in one read goes out in one write (``relay.node.fanout.flush``)
+        self.outbox: list[bytes] = []
 
     def index(self, reader: Reader) -> int:
         return self._index[id(reader)]
@@ -98,6 +102,13 @@ class MultiReader:
             parts.append(self._line(i, key))
             parts.append(memoryview(frame)[frame.index(b"\n") + 1:])
         return b"".join(parts)
+
+    def hold(self, i: int, key: int) -> None:
+        """Keep topic ``i`` at ``key`` in the ids until its own frames move it: the client's
+        position in a stream that went back, until the reset that says so is sent (the ids of
+        the frames before it must not carry the lower id yet: a browser that reconnected
+        after them would never hear of the reset)."""
+        self.entries[i] = _entry(self.set.tags[i], key)
 
     def retag_reset(self, i: int, frame: bytes) -> bytes:
         """An ``ssedge.reset`` frame of topic ``i``, its data naming the topic."""
@@ -137,10 +148,33 @@ class MultiReader:
 
     # -- what the feed sends to a parked connection --------------------------------------
 
-    def ring_span(self, reader: Reader, ring: Ring, start: int, stop: int) -> bytes:
-        """Ring frames ``start`` to ``stop`` of ``reader``'s topic, re-framed; its last id
-        moves to the last of them (the caller checked the first is above it)."""
-        keys = ring.ids(start, stop)
-        body = self.reframe(self.index(reader), keys, ring.frames(start, stop))
+    def ring_span(self, reader: Reader, span: Span) -> bytes:
+        """The frames of ``span`` (of ``reader``'s topic), re-framed; its last id moves to the
+        last of them (the caller checked the first is above it)."""
+        i = self._index[id(reader)]
+        entries = self.entries
+        mark = self._marks[i]
+        keys, new, rests = span.keys, span.entries, span.rests
         reader.last_id = keys[-1]
-        return body
+        if len(keys) == 1:  # most sends once clients keep up
+            entries[i] = new[0]
+            return b"".join((mark, b".".join(entries), b"\n", rests[0]))
+        parts: list[bytes] = []
+        for entry, rest in zip(new, rests, strict=True):
+            entries[i] = entry
+            parts += (mark, b".".join(entries), b"\n", rest)
+        return b"".join(parts)
+
+
+class Span:
+    """Ring frames ``start`` to ``stop`` of one topic, cut once for every client they go to
+    in one pass of the feed's fan-out: their ids, their entries in composite ids (the same
+    for every client), and the rest of each frame after its ``id:`` line."""
+
+    __slots__ = ("entries", "keys", "rests", "stop")
+
+    def __init__(self, topic_tag: str, ring: Ring, start: int, stop: int) -> None:
+        self.stop = stop
+        self.keys = ring.ids(start, stop)
+        self.entries = [_entry(topic_tag, key) for key in self.keys]
+        self.rests = [frame[frame.index(b"\n") + 1:] for frame in ring.frames(start, stop)]
