@@ -211,6 +211,10 @@ def flush(subs: list[Subscription], metrics: Metrics) -> None:
             continue
         sent += 1
         if not done_at_once(result):
-            sub.resume(result)  # the client is slow: its task waits until it took these
+            # the client is slow: its task waits until it took these. Its cursors stay in
+            # their parked lists (a pass hands them back to the running task): resuming this
+            # one would leave it listed without a waiter, and listed twice once it parks
+            sub.pending = result
+            multi.wake()
     metrics.sends += sent
     metrics.parked_sends += sent

@@ -234,6 +234,7 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
         conn.cursors.append(cursor)
         relay.hub.subscribe(topic, cursor)
     multi = conn.multi = MultiReader(topic_set, conn.cursors)
+    multi.wake = conn.wake
     for cursor in conn.cursors:
         cursor.multi = multi
     for i, _ in resets:

@@ -27,7 +27,7 @@ model of several relays with lagging feeds, an edge and trimmed streams.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relay.protocol import composite, ids
 from relay.protocol.composite import TopicSet
@@ -50,6 +50,10 @@ def _entry(tag: str, key: int) -> bytes:
     return got
 
 
+def _nothing() -> None:
+    pass
+
+
 def frame_id(frame: bytes) -> int:
     """The entry id of a frame as the ring and history pages hold it (``id:`` first)."""
     return ids.parse(frame[4:frame.index(b"\n")])
@@ -62,7 +66,7 @@ class MultiReader:
     each cursor back to the task instead), so only one writer ever builds its ids and the
     order of its frames is the order they were built in."""
 
-    __slots__ = ("_index", "_marks", "awake", "entries", "outbox", "readers", "set")
+    __slots__ = ("_index", "_marks", "awake", "entries", "outbox", "readers", "set", "wake")
 
     def __init__(self, topic_set: TopicSet, readers: Sequence[Reader]) -> None:
         self.set = topic_set
@@ -76,6 +80,8 @@ class MultiReader:
         # frames the feed's fan-out built for this client, not handed to the server yet: what
         # several topics bring in one read goes out in one write (``relay.node.fanout.flush``)
         self.outbox: list[bytes] = []
+        # what runs the connection's task (the node sets it), its cursors left where they are
+        self.wake: Callable[[], None] = _nothing
 
     def index(self, reader: Reader) -> int:
         return self._index[id(reader)]

@@ -99,17 +99,25 @@ class Relay:
 class Cursor(Reader):
     """A cursor as the fan-out sees one (``resume`` is what it calls to hand it back)."""
 
-    __slots__ = ("closed_because", "handed_back", "multi", "send")
+    __slots__ = ("closed_because", "handed_back", "multi", "pending", "send")
 
     def __init__(self, cursor: int, last_id: int) -> None:
         super().__init__(cursor, last_id)
         self.handed_back = False
         self.closed_because: str | None = None
         self.multi: MultiReader | None = None
+        self.pending: Any = None
         self.send: Any = None
 
     def resume(self, pending: Any = None) -> None:
         self.handed_back = True
+
+
+class Taken:
+    """What a server's send returns when it took the bytes at once."""
+
+
+fanout._READY.add(Taken)
 
 
 class View:
@@ -228,8 +236,9 @@ class Client:
             return  # not parked: its task has work
         sent: list[bytes] = []
 
-        def send(message: dict[str, Any]) -> None:
+        def send(message: dict[str, Any]) -> Taken:
             sent.append(message["body"])
+            return Taken()
 
         cursor.send = send
         if fanout._send_multi(cursor, multi, ring, 4 * len(frame(1)),  # type: ignore[arg-type]
