@@ -262,6 +262,8 @@ def conditions(args: argparse.Namespace) -> dict[str, str]:
                          ("granian", "uvloop", "redis", "uvicorn", "sse-starlette", "starlette"))
     return {
         "machine": f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}",
+        # the machine is shared: how busy it was says how far the figures can be trusted
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "software": f"CPython {platform.python_version()}, {versions}; "
                     f"{out(['redis-server', '--version'])}; "
                     f"{out(['nginx', '-v'])}, {out(['dpkg-query', '-W', 'libnginx-mod-nchan'])}; "
@@ -360,6 +362,7 @@ def main() -> int:
         f"- command: `python -m bench.fanout {' '.join(sys.argv[1:])}`\n"
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, took {took:.0f} s\n"
         + "".join(f"- {k}: {v}\n" for k, v in cond.items())
+        + f"- load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
         + "\n## Idle streams: connect time and resident memory\n\n" + table(idles)
         + "\n\n## Under load\n\n" + table(rows) + "\n")
     print(f"report: {report} ({took:.0f} s)")
