@@ -156,8 +156,8 @@ def test_without_topics_the_url_is_the_metadata_of_a_topic_named_events(
 SECRET = "integration-secret-" + "x" * 20
 
 
-def _token(subscribe: list[str]) -> str:
-    return jwt.encode({"ssedge": {"subscribe": subscribe}, "exp": int(time.time() + 60)},
+def _token(subscribe: list[str], ttl: float = 60) -> str:
+    return jwt.encode({"ssedge": {"subscribe": subscribe}, "exp": int(time.time() + ttl)},
                       SECRET, algorithm="HS256")
 
 
@@ -221,3 +221,27 @@ def test_through_the_edge_a_stream_passed_refusals_retried(
     response = asyncio.run(gone())
     assert response.status == 200
     assert response.headers["x-ssedge-refused"] == "edge"
+
+
+def test_the_token_is_told_ahead_of_expiry_and_the_whole_stream_ends_with_it(
+    start_relay: Callable[..., Relay],
+) -> None:
+    relay = start_relay(private_topics="private-*", jwt_secret=SECRET, jwt_leeway_s=0,
+                        token_refresh_s=1, heartbeat_s=0.5)
+
+    async def run() -> list[str]:
+        es = await subscribe(url(relay.url, ["news", "private-1"], "&access_token="
+                                 + _token(["private-*"], ttl=3)))
+        await publish(relay.url, TOKEN, "private-1", [{"data": "before"}])
+        seen: list[str] = []
+
+        async def until_end() -> None:
+            while not es.ended:
+                seen.extend(e.event for e in await es.read_chunk() if isinstance(e, Event))
+
+        await asyncio.wait_for(until_end(), 8)
+        es.close()
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen == ["message", "ssedge.token-expiring"]  # then the stream ended, at expiry
