@@ -40,9 +40,9 @@ integration: venv system
 	$(BIN)/pytest tests/integration
 
 # Fan-out of one topic at 1,000 and 10,000 connections and several rates: ssedge (1 and 2
-# workers, and through Varnish) next to nginx+Nchan and sse-starlette, with the C load client;
-# about 7 minutes on the 2-core machine; writes docs/results/fanout.md and
-# docs/results/fanout-profile.txt
+# workers, and through Varnish) next to nginx+Nchan and sse-starlette, with the C load client,
+# and 1,000 streams each on 8 of 64 topics (ssedge-multi); about 10-15 minutes; writes
+# docs/results/fanout.md and docs/results/fanout-profile.txt
 bench: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.fanout --profile
 

@@ -9,6 +9,7 @@ reaches it (``sseload pub`` mode, port and target).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ class Server:
         return {"all": self.pids()}
 
     def stop(self) -> None:
-        stop_group(self.process)  # SIGTERM (nginx: its fast shutdown)
+        stop_group(self.process, signal.SIGTERM)  # nginx: its fast shutdown
 
 
 class BenchRedis:
@@ -106,7 +107,7 @@ class BenchRedis:
         _wait_port(self.port, self.process, "redis-server")
 
     def stop(self) -> None:
-        stop_group(self.process)
+        stop_group(self.process, signal.SIGTERM)
 
 
 class Ssedge(Server):
@@ -115,8 +116,11 @@ class Ssedge(Server):
     pub_mode = "redis"
 
     def __init__(self, directory: Path, *, workers: int, edge: bool = False,
-                 max_streams: int = 12_000) -> None:
-        self.name = f"ssedge {workers}w" + (" + varnish" if edge else "")
+                 max_streams: int = 12_000, multi: tuple[int, int] | None = None) -> None:
+        # ``multi``: streams on several topics, (topics in all, topics per stream)
+        self.multi = multi
+        self.name = f"ssedge {workers}w" + (" + varnish" if edge else "") + (
+            f", {multi[1]} of {multi[0]} topics" if multi else "")
         self.redis = BenchRedis(directory / "redis")
         self.publish_port = self.redis.port
         self.varnish: Varnish | None = None
@@ -138,10 +142,11 @@ class Ssedge(Server):
             raise
 
     def sub_path(self, topic: str) -> str:
-        return f"/v1/streams/{topic}/events"
+        return "/v1/streams/events" if self.multi else f"/v1/streams/{topic}/events"
 
     def pub_target(self, topic: str) -> str:
-        return "ssedge:{" + topic + "}"
+        # several topics: the load client's topic j is ``topic-j``, sseload's ``%d``
+        return "ssedge:{" + topic + ("-%d" if self.multi else "") + "}"
 
     def parts(self) -> dict[str, list[int]]:
         parts = {"relay": tree(self.relay.pid), "redis": [self.redis.process.pid]}

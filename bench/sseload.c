@@ -1,6 +1,6 @@
 /* sseload: the fan-out benchmark's load client and publisher (bench/fanout.py drives it).
  *
- * sseload sub HOST PORT PATH N [MAX_CONNECTING]
+ * sseload sub HOST PORT PATH N [MAX_CONNECTING [TOPICS PER PREFIX]]
  *   Opens N HTTP/1.1 GET streams (epoll, non-blocking, one thread), reads each response head,
  *   decodes chunked bodies and reads `data:` lines. Prints `ready {json}` once all N have their
  *   response head. Then takes commands on stdin, one per line:
@@ -9,10 +9,15 @@
  *     quit                 exit
  *   Every event's data is `RUN:SEQ:TS_US:padding`; TS_US is the publisher's CLOCK_REALTIME at
  *   publish. Every stream must see every SEQ: a gap is a loss, a repeat a duplicate.
+ *   With TOPICS and PER: streams on several topics. Stream i asks for PATH?topic=PREFIX<j>&...
+ *   for PER distinct topics j of 0..TOPICS-1 (picked pseudo-randomly from i); the publisher
+ *   sends SEQ to topic SEQ % TOPICS, so each stream must see, per topic, every SEQ of it in
+ *   order (topics interleave freely: each is its own stream).
  *
- * sseload pub MODE HOST PORT TARGET RATE SECONDS RUN SIZE
+ * sseload pub MODE HOST PORT TARGET RATE SECONDS RUN SIZE [TOPICS]
  *   Publishes RATE events/s for SECONDS, each SIZE bytes of data, paced every millisecond, and
- *   prints `published {json}`. MODE:
+ *   prints `published {json}`. With TOPICS (redis mode), event SEQ goes to the key TARGET with
+ *   its `%d` replaced by SEQ % TOPICS. MODE:
  *     redis  XADD TARGET MAXLEN ~ 100000 * d DATA, pipelined per tick (TARGET is the key)
  *     post   one POST TARGET per event, pipelined per tick (Nchan's publisher: one message each)
  *     lines  one POST TARGET per tick, events separated by "\n" (the sse-starlette peer)
@@ -100,6 +105,7 @@ enum { CH_SIZE, CH_EXT, CH_DATA, CH_CR, CH_LF };
 
 #define CARRY_MAX 1024
 #define HEAD_MAX 4096
+#define MAX_PER 16
 
 struct conn {
     int fd;
@@ -110,10 +116,15 @@ struct conn {
     char *head;   /* the response head, until it is complete */
     int64_t next; /* the next sequence number this stream should see */
     uint64_t lost, dup;
+    uint8_t done;              /* saw everything up to end_last (several topics) */
+    uint8_t topics[MAX_PER];   /* several topics: the topics it follows ... */
+    int64_t tnext[MAX_PER];    /* ... and the next sequence number of each */
 };
 
 static struct conn *conns;
 static int nconns;
+static int mtopics, mper;        /* several topics: how many in all, how many per stream */
+static const char *mprefix = "";
 static struct sockaddr_in addr;
 static char request[1024];
 static int request_len;
@@ -125,6 +136,8 @@ static int64_t done_count;    /* streams that saw end_last */
 static uint64_t events, stale, bytes_in, recvs, bad_status, closed, connect_failures;
 static double t_start, t_first, t_last, cpu_start;
 static int64_t rx_us; /* wall clock at the current recv */
+
+static void multi_seq(struct conn *c, int64_t seq);
 
 static void process_line(struct conn *c, const char *p, size_t n) {
     if (n && p[n - 1] == '\r') n--;
@@ -146,10 +159,58 @@ static void process_line(struct conn *c, const char *p, size_t n) {
     events++;
     int64_t lat = rx_us - f[2];
     hist[bucket_of(lat < 0 ? 0 : (uint64_t)lat)]++;
+    if (mtopics) { multi_seq(c, seq); return; }
     if (seq == c->next) c->next++;
     else if (seq > c->next) { c->lost += (uint64_t)(seq - c->next); c->next = seq + 1; }
     else { c->dup++; return; }
     if (end_last >= 0 && seq >= end_last && c->next - 1 == seq) done_count++;
+}
+
+/* the last sequence number of topic j at or below `last`, or -1 when it has none */
+static int64_t last_of(int j, int64_t last) {
+    if (last < j) return -1;
+    return last - ((last - j) % mtopics);
+}
+
+static int multi_complete(struct conn *c) {
+    for (int s = 0; s < mper; s++)
+        if (c->tnext[s] <= last_of(c->topics[s], end_last)) return 0;
+    return 1;
+}
+
+/* one event of a stream on several topics: checked against its own topic's sequence */
+static void multi_seq(struct conn *c, int64_t seq) {
+    int j = (int)(seq % mtopics), s = 0;
+    while (s < mper && c->topics[s] != j) s++;
+    if (s == mper) { stale++; return; } /* a topic it does not follow */
+    if (seq == c->tnext[s]) c->tnext[s] += mtopics;
+    else if (seq > c->tnext[s]) {
+        c->lost += (uint64_t)((seq - c->tnext[s]) / mtopics);
+        c->tnext[s] = seq + mtopics;
+    } else { c->dup++; return; }
+    /* only a topic's last event can complete a stream: check near the end only */
+    if (end_last >= 0 && !c->done && seq > end_last - mtopics && multi_complete(c)) {
+        c->done = 1;
+        done_count++;
+    }
+}
+
+static void multi_reset(struct conn *c) {
+    c->done = 0;
+    for (int s = 0; s < mper; s++) c->tnext[s] = c->topics[s];
+}
+
+/* PER distinct topics for stream i, the same on every run (xorshift seeded by i) */
+static void pick_topics(struct conn *c, int i) {
+    uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
+    int n = 0;
+    while (n < mper) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        int j = (int)(x % (uint64_t)mtopics), seen = 0;
+        for (int k = 0; k < n; k++) seen |= c->topics[k] == j;
+        if (!seen) c->topics[n++] = (uint8_t)j;
+    }
+    multi_reset(c);
 }
 
 static void feed_lines(struct conn *c, const char *p, size_t n) {
@@ -283,6 +344,20 @@ static void on_head(struct conn *c, char *buf, size_t n) {
     if (rest) feed_body(c, buf + take, rest);
 }
 
+static const char *req_host, *req_port, *req_path;
+
+/* the request of a stream on several topics: its own set in the query */
+static int multi_request(struct conn *c, char *out, size_t size) {
+    int n = snprintf(out, size, "GET %s", req_path);
+    for (int s = 0; s < mper && (size_t)n < size; s++)
+        n += snprintf(out + n, size - (size_t)n, "%stopic=%s%d", s ? "&" : "?", mprefix,
+                      c->topics[s]);
+    if ((size_t)n < size)
+        n += snprintf(out + n, size - (size_t)n, " HTTP/1.1\r\nHost: %s:%s\r\nAccept: "
+                      "text/event-stream\r\nCache-Control: no-cache\r\n\r\n", req_host, req_port);
+    return (size_t)n < size ? n : (int)size - 1;
+}
+
 static char rbuf[1 << 18];
 
 static void on_event(struct conn *c, uint32_t events_mask) {
@@ -291,7 +366,11 @@ static void on_event(struct conn *c, uint32_t events_mask) {
         socklen_t len = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err || (events_mask & (EPOLLERR | EPOLLHUP))) { close_conn(c, 1); return; }
-        if (write(c->fd, request, (size_t)request_len) != request_len) { close_conn(c, 1); return; }
+        const char *req = request;
+        int req_len = request_len;
+        char own[4096];
+        if (mtopics) { req_len = multi_request(c, own, sizeof own); req = own; }
+        if (write(c->fd, req, (size_t)req_len) != req_len) { close_conn(c, 1); return; }
         c->state = HEAD;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
@@ -320,12 +399,27 @@ static void on_event(struct conn *c, uint32_t events_mask) {
 
 static void report(int64_t last) {
     uint64_t lost = 0, dup = 0, live = 0, complete = 0;
+    uint64_t expected = 0;
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
         lost += c->lost;
         dup += c->dup;
-        if (c->next <= last) lost += (uint64_t)(last + 1 - c->next);
-        else complete++;
+        if (mtopics) {
+            int whole = 1;
+            for (int s = 0; s < mper; s++) {
+                int64_t end = last_of(c->topics[s], last);
+                if (end >= 0) expected += (uint64_t)((end - c->topics[s]) / mtopics + 1);
+                if (c->tnext[s] <= end) {
+                    lost += (uint64_t)((end - c->tnext[s]) / mtopics + 1);
+                    whole = 0;
+                }
+            }
+            complete += (uint64_t)whole;
+        } else {
+            expected += (uint64_t)(last + 1);
+            if (c->next <= last) lost += (uint64_t)(last + 1 - c->next);
+            else complete++;
+        }
         if (c->state == BODY) live++;
     }
     double span = t_last > t_start ? t_last - t_start : 0;
@@ -334,7 +428,7 @@ static void report(int64_t last) {
            "\"first_s\": %.4f, \"last_s\": %.4f, \"deliveries_per_s\": %.0f, "
            "\"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
            "\"max_ms\": %.3f, \"bytes\": %lu, \"reads\": %lu, \"cpu_s\": %.3f}\n",
-           events, (uint64_t)nconns * (uint64_t)(last + 1), lost, dup, stale, complete, live,
+           events, expected, lost, dup, stale, complete, live,
            closed, t_first ? t_first - t_start : -1, t_last ? t_last - t_start : -1,
            span > 0 ? events / span : 0, quantile_ms(0.5), quantile_ms(0.9), quantile_ms(0.99),
            quantile_ms(0.999), quantile_ms(1.0), bytes_in, recvs, cpu_s() - cpu_start);
@@ -356,7 +450,10 @@ static int on_command(char *line) {
         closed = 0;
         t_first = t_last = 0;
         memset(hist, 0, sizeof hist);
-        for (int i = 0; i < nconns; i++) conns[i].next = 0, conns[i].lost = conns[i].dup = 0;
+        for (int i = 0; i < nconns; i++) {
+            conns[i].next = 0, conns[i].lost = conns[i].dup = 0;
+            if (mtopics) multi_reset(&conns[i]);
+        }
         t_start = now_s();
         cpu_start = cpu_s();
         printf("started\n");
@@ -364,15 +461,22 @@ static int on_command(char *line) {
     } else if (sscanf(line, "end %lld %lld", &a, &b) == 2) {
         end_last = a;
         done_count = 0;
-        for (int i = 0; i < nconns; i++)
-            if (conns[i].next > a) done_count++;
+        for (int i = 0; i < nconns; i++) {
+            if (mtopics) {
+                conns[i].done = (uint8_t)multi_complete(&conns[i]);
+                done_count += conns[i].done;
+            } else if (conns[i].next > a) done_count++;
+        }
         end_deadline = now_s() + b / 1000.0;
     }
     return 1;
 }
 
 static int sub_main(int argc, char **argv) {
-    if (argc < 6) { fprintf(stderr, "usage: sseload sub HOST PORT PATH N [MAX_CONNECTING]\n"); return 2; }
+    if (argc < 6) {
+        fprintf(stderr, "usage: sseload sub HOST PORT PATH N [MAX_CONNECTING [TOPICS PER PREFIX]]\n");
+        return 2;
+    }
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)atoi(argv[3]));
     inet_pton(AF_INET, argv[2], &addr.sin_addr);
@@ -382,6 +486,16 @@ static int sub_main(int argc, char **argv) {
                            "GET %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: text/event-stream\r\n"
                            "Cache-Control: no-cache\r\n\r\n", argv[4], argv[2], argv[3]);
     conns = calloc((size_t)nconns, sizeof *conns);
+    req_host = argv[2], req_port = argv[3], req_path = argv[4];
+    if (argc > 7) {
+        if (argc < 10) { fprintf(stderr, "sseload: TOPICS PER PREFIX go together\n"); return 2; }
+        mtopics = atoi(argv[7]), mper = atoi(argv[8]), mprefix = argv[9];
+        if (mtopics < 1 || mtopics > 256 || mper < 1 || mper > MAX_PER || mper > mtopics) {
+            fprintf(stderr, "sseload: TOPICS 1-256, PER 1-%d (at most TOPICS), PREFIX\n", MAX_PER);
+            return 2;
+        }
+        for (int i = 0; i < nconns; i++) pick_topics(&conns[i], i);
+    }
     ep = epoll_create1(0);
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = NULL};
@@ -507,7 +621,7 @@ static void read_http_reply(int fd) {
 
 static int pub_main(int argc, char **argv) {
     if (argc < 10) {
-        fprintf(stderr, "usage: sseload pub redis|post|lines HOST PORT TARGET RATE SECONDS RUN SIZE\n");
+        fprintf(stderr, "usage: sseload pub redis|post|lines HOST PORT TARGET RATE SECONDS RUN SIZE [TOPICS]\n");
         return 2;
     }
     const char *mode = argv[2], *host = argv[3], *target = argv[5];
@@ -516,6 +630,13 @@ static int pub_main(int argc, char **argv) {
     long run_id = atol(argv[8]);
     int size = atoi(argv[9]);
     int m = strcmp(mode, "redis") == 0 ? 0 : strcmp(mode, "post") == 0 ? 1 : 2;
+    int topics = argc > 10 ? atoi(argv[10]) : 0;
+    const char *mark = topics ? strstr(target, "%d") : NULL;
+    if (topics && (m != 0 || !mark)) {
+        fprintf(stderr, "sseload: TOPICS needs redis mode and a TARGET with %%d\n");
+        return 2;
+    }
+    char key[512];
     int fd = dial(host, port);
     int64_t total = (int64_t)(rate * seconds);
     size_t cap = 1 << 20;
@@ -540,9 +661,15 @@ static int pub_main(int argc, char **argv) {
             dlen += padn;
             if (olen + (size_t)dlen + 512 > cap || blen + (size_t)dlen + 2 > cap) break;
             if (m == 0) {
+                const char *k = target;
+                if (topics) { /* TARGET with its %d as this event's topic */
+                    snprintf(key, sizeof key, "%.*s%ld%s", (int)(mark - target), target,
+                             (long)(seq % topics), mark + 2);
+                    k = key;
+                }
                 olen += (size_t)sprintf(out + olen,
                     "*8\r\n$4\r\nXADD\r\n$%zu\r\n%s\r\n$6\r\nMAXLEN\r\n$1\r\n~\r\n$6\r\n100000\r\n"
-                    "$1\r\n*\r\n$1\r\nd\r\n$%d\r\n", strlen(target), target, dlen);
+                    "$1\r\n*\r\n$1\r\nd\r\n$%d\r\n", strlen(k), k, dlen);
                 memcpy(out + olen, data, (size_t)dlen); olen += (size_t)dlen;
                 memcpy(out + olen, "\r\n", 2); olen += 2;
                 pending++;

@@ -85,6 +85,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long a topic stays watched after its last client left (reconnects find it warm)."""
     max_topics: Positive = 10_000
     """Topics one process watches at once; a new topic above it is 503."""
+    max_stream_topics: Annotated[int, Meta(ge=1, le=64)] = 16
+    """Topics one stream may name (``/v1/streams/events?topic=a&topic=b``); more is 400."""
     feed_block_ms: Annotated[int, Meta(ge=10, le=60_000)] = 5000
     """Longest wait of the feed's blocking XREAD."""
     feed_read_count: Annotated[int, Meta(ge=1, le=100_000)] = 1000

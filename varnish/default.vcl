@@ -29,6 +29,11 @@ sub vcl_recv {
         }
         call ssedge_stream;
     }
+    if (req.url ~ "^/v1/streams/events\?(.*&)?topic=") {
+        # one stream on several topics: a stream like any other (not the metadata of a
+        # topic named "events", which has no topic= in its query)
+        call ssedge_stream;
+    }
     if (req.url ~ "^/v1/replay/") {
         call ssedge_replay;
     }
@@ -226,6 +231,9 @@ sub vcl_backend_fetch {
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
         call ssedge_stream_timeouts;
     }
+    if (bereq.url ~ "^/v1/streams/events\?(.*&)?topic=") {
+        call ssedge_stream_timeouts;
+    }
 }
 
 sub ssedge_stream_timeouts {
@@ -237,6 +245,10 @@ sub ssedge_stream_timeouts {
 
 sub vcl_backend_response {
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_refused;
+        call ssedge_stream_response;
+    }
+    if (bereq.url ~ "^/v1/streams/events\?(.*&)?topic=") {
         call ssedge_stream_refused;
         call ssedge_stream_response;
     }
@@ -323,6 +335,9 @@ sub vcl_backend_error {
     }
     call ssedge_retry_elsewhere;
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
+        call ssedge_stream_retry_answer;
+    }
+    if (bereq.url ~ "^/v1/streams/events\?(.*&)?topic=") {
         call ssedge_stream_retry_answer;
     }
     call ssedge_unavailable;

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from relay import __version__, logs, prometheus, scrape
 from relay import settings as settings_mod
-from relay.node import stream
+from relay.node import multistream, stream
 from relay.node.relay import Relay
 from relay.protocol import names
 from relay.settings import Settings
@@ -91,11 +91,16 @@ class App:
         self.pages = pages.Pages()
         # this worker's slot among the node's, and /metrics of them all (relay.scrape)
         self.workers = scrape.Workers(self.relay.metrics)
+        self.multi = multistream.MultiStreams(self.relay.metrics)
         self._stopping: asyncio.Task[None] | None = None
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
             "stream_url": "/v1/streams/{topic}/events",
+            # one stream on several topics (RFC 6570: ?topic=a&topic=b), ids per
+            # docs/ARCHITECTURE.md; at most max_stream_topics of them
+            "streams_url": multistream.PATH + "{?topic*}",
+            "max_stream_topics": settings.max_stream_topics,
             "metadata_url": "/v1/streams/{topic}",
             "publish_url": "/v1/streams/{topic}/events",
             "replay_url": "/v1/replay/{topic}",
@@ -183,6 +188,11 @@ class App:
             return await self.preflight(request, send)
         # a topic's name and the method are checked before any token: a private topic's rules
         # are public, and nothing else about the request is looked at before its token
+        if parts == ["v1", "streams", "events"] and multistream.wanted(request):
+            _only(method, "GET")  # one stream on several topics (a topic named "events"
+            # keeps its metadata here when no topic= is given)
+            return await multistream.serve(self.relay, self.multi, self.auth, request,
+                                           receive, send)
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
             topic = parse_topic(parts[2])
             if len(parts) == 3:

@@ -27,6 +27,8 @@ from typing import Any
 
 from relay.node.metrics import Metrics
 from relay.node.topics import Subscription, Topic
+from relay.protocol.multi import MultiReader, Span
+from relay.protocol.ring import Ring
 
 SLICE = 256  # sends between two yields to the event loop in one pass
 
@@ -36,6 +38,9 @@ _READY_NAMES = {("granian._granian", "PyEmptyAwaitable")}
 # per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes,
 # id of its first frame)
 _Chunks = dict[int, tuple[int, dict[str, Any], int, int, int, int]]
+# per call of _send: a cursor of a stream on several topics -> its frames cut for re-framing,
+# or None when there is more than one send's worth (or it is gone from the ring)
+_Spans = dict[int, Span | None]
 
 
 def done_at_once(sent: Any) -> bool:
@@ -49,12 +54,41 @@ def done_at_once(sent: Any) -> bool:
     return False
 
 
+class _AtOnce:
+    """Sends made at once (without a task) since the event loop last ran anything else.
+
+    One read of the feed may bring many topics, each with a few parked connections: made at
+    once, every pass of the read ran before the feed could read again or anything was
+    written (a read of 64 topics with 125 streams on each held the loop about 30 ms, and the
+    next read brought more). Past ``SLICE`` sends in one turn of the loop, passes go to
+    tasks that yield, as a pass over many connections does."""
+
+    __slots__ = ("sends",)
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    def take(self, n: int) -> bool:
+        if self.sends >= SLICE:
+            return False
+        if not self.sends:
+            asyncio.get_running_loop().call_soon(self.reset)
+        self.sends += n
+        return True
+
+    def reset(self) -> None:
+        self.sends = 0
+
+
+_at_once = _AtOnce()
+
+
 def kick(topic: Topic, metrics: Metrics, send_max: int) -> None:
     """The topic's ring has new frames: send them to its parked connections."""
     if topic.fanning is not None:
         return  # a pass under way sees them: it runs until every connection has all
-    if len(topic.parked) <= SLICE:  # at once: every one kept has everything
-        topic.parked = _send(topic, topic.parked, metrics, send_max, {})
+    if len(topic.parked) <= SLICE and _at_once.take(len(topic.parked)):
+        topic.parked = _send(topic, topic.parked, metrics, send_max, {})  # all kept have all
     else:
         topic.fanning = asyncio.ensure_future(_passes(topic, metrics, send_max))
 
@@ -94,6 +128,8 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     head = ring.head
     keep: list[Subscription] = []
     sent = events = nbytes = 0
+    spans: _Spans = {}
+    flushing: list[Subscription] = []
     for sub in parked:
         waiter = sub.waiter
         if waiter is None or waiter.done():
@@ -105,6 +141,14 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
         send = sub.send
         if send is None:  # a server whose send must be awaited: the task writes its own
             sub.resume()
+            continue
+        if sub.multi is not None:  # one of several topics: this client's ids, its own bytes
+            size = _send_multi(sub, sub.multi, ring, send_max, keep, spans)
+            if size:
+                events += head - cursor
+                nbytes += size
+                if len(sub.multi.outbox) == 1:  # the first of this read: flush it soon
+                    flushing.append(sub)
             continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
@@ -139,4 +183,67 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     metrics.parked_sends += sent
     metrics.events_out += events
     metrics.bytes_out += nbytes
+    if flushing:
+        asyncio.get_running_loop().call_soon(flush, flushing, metrics)
     return keep
+
+
+def _send_multi(sub: Subscription, multi: MultiReader, ring: Ring, send_max: int,
+                keep: list[Subscription], spans: _Spans) -> int:
+    """A parked cursor of a stream on several topics (``relay.node.multistream``): the new
+    frames of its topic re-framed with the client's composite ids (``MultiReader.ring_span``)
+    and queued in its outbox, when the same rules as for any connection allow; else its task
+    writes them. The bytes queued, or 0. The frames are cut once per cursor position
+    (``spans``)."""
+    cursor, head = sub.cursor, ring.head
+    if cursor in spans:
+        span = spans[cursor]
+    else:
+        span = None
+        if cursor >= ring.tail and ring.lag_bytes(cursor) <= send_max:
+            span = Span(multi.set.tags[multi.index(sub)], ring, cursor, head)
+        spans[cursor] = span
+    if multi.awake or span is None or span.keys[0] <= sub.last_id:
+        # its task runs (only one writer builds its ids), more than a send's worth, gone from
+        # the ring, or ids the client has (resume.Reader skips them): the task sees to it
+        sub.resume()
+        return 0
+    body = multi.ring_span(sub, span)
+    sub.cursor = head
+    keep.append(sub)
+    multi.outbox.append(body)
+    return len(body)
+
+
+def flush(subs: list[Subscription], metrics: Metrics) -> None:
+    """Hand each connection's outbox to the server in one send.
+
+    Called soon after the feed's delivery, once every topic it read has had its pass: what
+    several topics brought a client in one read goes out in one write, as the frames of one
+    topic do. Nothing else can write to the connection in between: its task is parked (it
+    would have been handed the cursor instead), and a task woken meanwhile runs after this
+    (the loop runs callbacks in order), and writes any outbox left first anyway."""
+    sent = 0
+    for sub in subs:
+        multi = sub.multi
+        if multi is None or not multi.outbox:
+            continue  # sent already (by an earlier flush, or by its task)
+        body = multi.outbox[0] if len(multi.outbox) == 1 else b"".join(multi.outbox)
+        multi.outbox.clear()
+        send = sub.send
+        if sub.closed_because is not None or send is None:
+            continue
+        try:
+            result = send({"type": "http.response.body", "body": body, "more_body": True})
+        except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
+            sub.resume()
+            continue
+        sent += 1
+        if not done_at_once(result):
+            # the client is slow: its task waits until it took these. Its cursors stay in
+            # their parked lists (a pass hands them back to the running task): resuming this
+            # one would leave it listed without a waiter, and listed twice once it parks
+            sub.pending = result
+            multi.wake()
+    metrics.sends += sent
+    metrics.parked_sends += sent

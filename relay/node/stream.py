@@ -35,7 +35,7 @@ from relay.web.errors import BadRequest
 from relay.web.http import Receive, Request, Send
 
 KEEPALIVE = encode_comment("keepalive")
-_STREAM_HEADERS = {
+STREAM_HEADERS = {
     "content-type": "text/event-stream",
     "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
     "x-accel-buffering": "no",
@@ -52,21 +52,31 @@ class Start:
 
 
 def parse_start(request: Request, ring_events: int) -> Start:
-    header = request.headers.get("last-event-id", "")
-    text = header or request.query.get("last_event_id", "")
+    after = None
+    text = last_event_id(request)
+    if text:
+        try:
+            after = ids.parse(text)
+        except ValueError as exc:
+            raise BadRequest(f"Last-Event-ID: {exc}") from None
+    earliest, backfill = parse_since(request, ring_events)
+    return Start(after, earliest, backfill)
+
+
+def last_event_id(request: Request) -> str:
+    """The id a stream resumes after: the header, else the ``last_event_id`` parameter."""
+    return request.headers.get("last-event-id", "") or request.query.get("last_event_id", "")
+
+
+def parse_since(request: Request, ring_events: int) -> tuple[bool, int]:
+    """``since=earliest`` and ``backfill=N``: where a stream without an id starts."""
     since = request.query.get("since", "now")
     if since not in ("now", "earliest"):
         raise BadRequest("since is 'now' or 'earliest'")
     raw_backfill = request.query.get("backfill", "0")
     if not raw_backfill.isascii() or not raw_backfill.isdigit() or int(raw_backfill) > ring_events:
         raise BadRequest(f"backfill is a whole number from 0 to {ring_events}")
-    after = None
-    if text:
-        try:
-            after = ids.parse(text)
-        except ValueError as exc:
-            raise BadRequest(f"Last-Event-ID: {exc}") from None
-    return Start(after, since == "earliest", int(raw_backfill))
+    return since == "earliest", int(raw_backfill)
 
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
@@ -80,15 +90,9 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     a 200 event stream gives up for good."""
     settings = relay.settings
     start = parse_start(request, settings.ring_events)
-    if relay.draining:
-        return await refuse(relay, send, "draining", "this relay is shutting down", request)
-    if relay.metrics.streams_open >= settings.max_streams:
-        return await refuse(relay, send, "capacity",
-                            f"this relay serves its maximum of {settings.max_streams} streams",
-                            request)
-    out = relay.stepped_out
-    if out is not None:
-        return await refuse(relay, send, out, _STEPPED_OUT[out], request)
+    away = turned_away(relay)
+    if away is not None:
+        return await refuse(relay, send, *away, request)
     hub = relay.hub
     try:
         topic = hub.get(topic_name)
@@ -104,8 +108,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             # newer than anything this node has read: the stream may just be ahead of this
             # feed (the client came from a faster node), or of this region's replica, or the
             # id never existed here
-            after, first_frames, wait_for_replica = await _check_future(relay, topic_name,
-                                                                        after)
+            after, first_frames, wait_for_replica = await check_future(relay, topic_name,
+                                                                       after)
     except (RedisError, OSError):
         if not topic.subscribers:
             topic.idle_since = time.monotonic()
@@ -122,14 +126,14 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     metrics = relay.metrics
     metrics.streams_open += 1
     metrics.streams_total += 1
-    watcher = _DisconnectWatch(receive, sub)
+    watcher = DisconnectWatch(receive, sub)
     # a token's expiry ends its stream like any close: the client comes back with its
     # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
         max(0.0, expires - time.time()), sub.close, "token expired")
     expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
     try:
-        await relay.responder.start(send, 200, _STREAM_HEADERS)
+        await relay.responder.start(send, 200, STREAM_HEADERS)
         first = send({"type": "http.response.body",
                       "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
         if fanout.done_at_once(first):
@@ -153,19 +157,25 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             expiring.cancel()
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
-    if sub.closed_because != "disconnect":
-        # end the response cleanly so the client reconnects with its Last-Event-ID; a drain
-        # asks it to come back soon (to another node) rather than after the usual retry, and
-        # a relay that lost Redis spreads its clients' returns like a refusal; a token's expiry
-        # asks for a quick return too: the page renewed it when told (relay.renewal)
-        last = b""
-        if sub.closed_because in ("drain", "token expired"):
-            last = encode_retry(settings.drain_retry_ms)
-        elif sub.closed_because in ("redis lost", "replica behind"):
-            last = encode_retry(max(1, round(settings.refused_retry_ms
-                                             * (0.5 + random.random()))))
-        with contextlib.suppress(Exception):  # the client may be gone too
-            await send({"type": "http.response.body", "body": last, "more_body": False})
+    await end(relay, send, sub.closed_because)
+
+
+async def end(relay: Relay, send: Send, reason: str | None) -> None:
+    """End a stream closed for ``reason``: cleanly, so the client reconnects with its
+    Last-Event-ID. A drain asks it to come back soon (to another node) rather than after the
+    usual retry, and a relay that lost Redis (or whose replica stayed behind) spreads its
+    clients' returns like a refusal; a token's expiry asks for a quick return too: the page
+    renewed it when told (relay.renewal)."""
+    if reason == "disconnect":
+        return
+    settings = relay.settings
+    last = b""
+    if reason in ("drain", "token expired"):
+        last = encode_retry(settings.drain_retry_ms)
+    elif reason in ("redis lost", "replica behind"):
+        last = encode_retry(max(1, round(settings.refused_retry_ms * (0.5 + random.random()))))
+    with contextlib.suppress(Exception):  # the client may be gone too
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 # what each temporary refusal asks the browser to wait before it comes back, before jitter
@@ -175,6 +185,19 @@ _REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
 # why a relay that stepped out (``Relay.stepped_out``) refuses streams
 _STEPPED_OUT = {"redis": "this relay has lost Redis",
                 "replica": "this relay's Redis replica is cut from its primary"}
+
+
+def turned_away(relay: Relay) -> tuple[str, str] | None:
+    """Why this relay takes no stream now, whatever its topics (the reason and what it means),
+    or None: draining, at ``max_streams``, stepped out (Redis lost, the replica cut)."""
+    if relay.draining:
+        return "draining", "this relay is shutting down"
+    if relay.metrics.streams_open >= relay.settings.max_streams:
+        return "capacity", f"this relay serves its maximum of {relay.settings.max_streams} streams"
+    out = relay.stepped_out
+    if out is not None:
+        return out, _STEPPED_OUT[out]
+    return None
 
 
 async def refuse(relay: Relay, send: Send, reason: str, why: str,
@@ -197,7 +220,7 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str,
     retry = max(1, round(base * (0.5 + random.random())))
     relay.metrics.refused(reason)
     relay.refusals.note(reason, why)
-    headers = {**_STREAM_HEADERS, "x-ssedge-refused": reason,
+    headers = {**STREAM_HEADERS, "x-ssedge-refused": reason,
                "retry-after": str(max(1, round(retry / 1000)))}
     asked = request is not None and request.headers.get("x-ssedge-refuse-status") == "503"
     await relay.responder.start(send, 503 if asked else 200, headers)
@@ -205,7 +228,7 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str,
                 "body": encode_retry(retry) + encode_comment(f"refused ({reason}): {why}")})
 
 
-async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes, bool]:
+async def check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes, bool]:
     """An id past what this node has read: where to start, the frames to send first, and
     whether the stream waits for the replica (``relay.node.replica``).
 
@@ -227,7 +250,7 @@ async def _check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes
     return last, resume.reset_frame("unknown", after, None, last), False
 
 
-class _DisconnectWatch:
+class DisconnectWatch:
     """Closes the subscription when ``receive()`` says the client left.
 
     ASGI send() after the client left does not raise: receive() is what tells. A callback on
@@ -289,7 +312,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
         resets = catch_up.resets
         frames = sub.take_page(page, fresh=fresh)
         metrics.resets += catch_up.resets - resets
-        for chunk, count in _pieces(frames, send_max):
+        for chunk, count in pieces(frames, send_max):
             sub.sending = True
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sub.sending = False
@@ -306,7 +329,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
     metrics.catchup_seconds.observe(time.monotonic() - began)
 
 
-def _pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
+def pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
     """Frames joined into pieces of about ``size`` bytes (a frame is never split)."""
     out: list[tuple[bytes, int]] = []
     start = total = 0

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from relay.protocol.multi import MultiReader
 from relay.protocol.resume import Reader
 from relay.protocol.ring import Ring
 
@@ -28,6 +29,7 @@ class Subscription(Reader):
     __slots__ = (
         "behind",
         "closed_because",
+        "multi",
         "notice",
         "pending",
         "send",
@@ -55,6 +57,8 @@ class Subscription(Reader):
         self.sends = 0
         # a frame for this connection alone, without an id (relay.renewal), not yet written
         self.notice = b""
+        # on a stream of several topics (relay.node.multistream), what builds its frames' ids
+        self.multi: MultiReader | None = None
 
     def resume(self, pending: Awaitable[None] | None = None) -> None:
         """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not

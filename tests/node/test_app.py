@@ -75,6 +75,13 @@ def test_handshake_etag_and_304(app: App) -> None:
     assert status == 304 and body == b""
 
 
+def test_handshake_names_the_stream_on_several_topics(app: App) -> None:
+    _, _, body = call(app, "GET", "/v1/handshake")
+    handshake = json.loads(body)
+    assert handshake["streams_url"] == "/v1/streams/events{?topic*}"  # RFC 6570: ?topic=a&…
+    assert handshake["max_stream_topics"] == 16
+
+
 @pytest.mark.parametrize(("method", "path", "headers", "body", "status"), [
     ("POST", "/v1/streams/t/events", {}, b'{"data": 1}', 401),
     ("POST", "/v1/streams/t/events", {"Authorization": "Bearer secret"}, b"nope", 422),
