@@ -43,7 +43,8 @@ def test_the_document_is_valid_openapi_and_names_this_version() -> None:
 
 def test_every_route_is_described() -> None:
     assert set(spec()["paths"]) == {
-        "/v1/streams/{topic}/events", "/v1/streams/{topic}", "/v1/handshake",
+        "/v1/streams/{topic}/events", "/v1/streams/events", "/v1/streams/{topic}",
+        "/v1/handshake",
         "/v1/replay/{topic}", "/v1/auth/cookie", "/healthz", "/readyz", "/metrics", "/",
         "/dashboard", "/static/{file}",
     }
