@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ from relay.devstack.processes import group_members, kill_group, port_open
 
 State = Literal["starting", "up", "backoff", "failed", "stopped"]
 STATUS_FILE = "supervisor.json"
+#: util-linux's setpriv (Debian's essential set): a child told to stop when the stack dies
+SETPRIV = shutil.which("setpriv")
 POLL_S = 0.1
 
 
@@ -185,8 +188,13 @@ class Supervisor:
 
     def _spawn(self, child: Child, *, restart: bool) -> None:
         log = open(self._log(child.name), "ab")  # noqa: SIM115 - lives as the child
+        # A stack killed without a word (SIGKILL, the OOM killer) must not leave its children
+        # holding the ports: each gets SIGTERM when the stack dies (setpriv sets the parent
+        # death signal and execs the child, so the pid is the child's). It fires when the
+        # thread that forked exits: every child is started from the thread that serves.
+        argv = [SETPRIV, "--pdeathsig", "TERM", "--", *child.argv] if SETPRIV else child.argv
         try:
-            process = subprocess.Popen(child.argv, env={**self.env, **child.env}, stdout=log,
+            process = subprocess.Popen(argv, env={**self.env, **child.env}, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()  # the child holds its own copy

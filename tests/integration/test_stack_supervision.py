@@ -205,3 +205,33 @@ def test_a_child_that_fails_to_start_stops_the_stack_non_zero(tmp_path: Path) ->
         assert not port_open(stack.ports["redis"])
     finally:
         stack.stop()
+
+
+def _alive(pid: int) -> bool:
+    """A process that still runs (an exited one reparented to init may linger as a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_stack_killed_without_a_word_leaves_nothing_running(tmp_path: Path) -> None:
+    # SIGKILL (or the OOM killer) gives the stack no chance to stop its children: each is
+    # told by the kernel (parent death signal) and stops, freeing its port for the next run
+    stack = UpStack(tmp_path / "state")
+    try:
+        stack.wait_up()
+        children = {c["name"]: c["pid"] for c in stack.status()["children"]}
+        os.kill(stack.process.pid, signal.SIGKILL)
+        stack.process.wait(10)
+        deadline = time.monotonic() + 20
+        while True:
+            running = sorted(name for name, pid in children.items() if _alive(pid))
+            listening = sorted(name for name, port in stack.ports.items() if port_open(port))
+            if not running and not listening:
+                break
+            assert time.monotonic() < deadline, f"still running {running}, listening {listening}"
+            time.sleep(0.1)
+    finally:
+        stack.stop()
