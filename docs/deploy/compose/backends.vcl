@@ -1,5 +1,6 @@
-# The edge's backends in compose.yaml: two relay nodes and the replay service, by service
-# name (varnishd resolves them when it loads the VCL). Probes: probes.vcl.
+# The edge cache's backends in compose.yaml (edge-cache): two relay nodes and the replay
+# service, by service name (varnishd resolves them when it loads the VCL). Event streams do
+# not come here: HAProxy (haproxy.cfg) carries them. Probes: probes.vcl.
 backend relay_1 {
     .host = "relay-1";
     .port = "8101";
