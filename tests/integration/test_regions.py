@@ -391,3 +391,42 @@ def test_clients_moving_between_regions_get_every_event_once_through_replica_fau
         assert all(m["ssedge_resets_total"] == 0 for m in seen)
 
     asyncio.run(run())
+
+
+def test_a_stream_on_several_topics_waits_for_the_replica_on_the_topic_it_is_ahead_in(
+    regions: Regions,
+) -> None:
+    from tests.integration.test_multistream import by_topic, read, url
+
+    a = regions.relay_a(heartbeat_s=0.5)
+    b = regions.relay_b(heartbeat_s=0.5, feed_verify_s=0.5, replica_wait_s=5)
+    topics = ["reg-1", "reg-2"]
+
+    async def run() -> None:
+        for t in topics:
+            await publish(a.url, TOKEN, t, [{"data": f"{t} 0"}])
+        es = await subscribe(url(b.url, topics, "&since=earliest"))
+        async with es:  # the replica has them
+            assert len(await read(es, 2, timeout=15)) == 2
+        regions.cut()
+        await publish(a.url, TOKEN, "reg-1", [{"data": "reg-1 1"}])  # the replica lacks it
+        es = await subscribe(url(a.url, topics, "&since=earliest"))
+        assert by_topic(await read(es, 3)) == {"reg-1": ["reg-1 0", "reg-1 1"],
+                                               "reg-2": ["reg-2 0"]}
+        es.close()
+        last = es.decoder.last_event_id
+        # region B with that id: reg-1's position is past its replica; no reset, it waits
+        es = await subscribe(url(b.url, topics), last_event_id=last)
+        async with es:
+            with contextlib.suppress(TimeoutError):
+                early = await read(es, 1, timeout=1.0)
+                raise AssertionError(f"sent while the replica is behind: {early}")
+            regions.restore()
+            for t in topics:
+                await publish(a.url, TOKEN, t, [{"data": f"{t} 2"}])
+            got = await read(es, 2, timeout=15)
+        assert by_topic(got) == {"reg-1": ["reg-1 2"], "reg-2": ["reg-2 2"]}
+        mb = await metrics(b.url)
+        assert mb["ssedge_replica_waits_total"] == 1 and mb["ssedge_resets_total"] == 0
+
+    asyncio.run(run())
