@@ -33,14 +33,13 @@ from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 
-from relay.node import fanout, renewal, stream
+from relay.node import renewal, stream
 from relay.node.metrics import Metrics
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
 from relay.protocol import composite, resume
 from relay.protocol.composite import BadSet, CompositeId, TopicSet
 from relay.protocol.multi import MultiReader
-from relay.protocol.wire import encode_retry
 from relay.web.auth import Access, Authority
 from relay.web.errors import BadRequest, Unavailable
 from relay.web.http import Receive, Request, Send
@@ -241,7 +240,7 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
     for i, _ in resets:
         multi.hold(i, held[i] or 0)
     first = b"".join(multi.retag_reset(i, frame) for i, frame in resets) + multi.start_frame()
-    await _run(relay, streams, conn, accesses, first, receive, send)
+    await _run(relay, streams, conn, accesses, first, request, receive, send)
 
 
 def _release(topics: list[Topic]) -> None:
@@ -253,7 +252,7 @@ def _release(topics: list[Topic]) -> None:
 
 
 async def _run(relay: Relay, streams: MultiStreams, conn: Connection, accesses: list[Access],
-               first: bytes, receive: Receive, send: Send) -> None:
+               first: bytes, request: Request, receive: Receive, send: Send) -> None:
     settings = relay.settings
     metrics = relay.metrics
     metrics.streams_open += 1
@@ -269,13 +268,7 @@ async def _run(relay: Relay, streams: MultiStreams, conn: Connection, accesses: 
     exps = [a.token_exp for a in accesses if a.token_exp is not None]
     expiring = renewal.schedule(head, min(exps) if exps else None, settings.token_refresh_s)
     try:
-        await relay.responder.start(send, 200, stream.STREAM_HEADERS)
-        sent = send({"type": "http.response.body",
-                     "body": encode_retry(settings.retry_ms) + first, "more_body": True})
-        if fanout.done_at_once(sent):
-            for cursor in conn.cursors:
-                cursor.send = send  # the feed may send to them while they are parked
-        await sent
+        await stream.begin(relay, request, send, first, conn.cursors)
         metrics.catchups += sum(c.catch_up is not None for c in conn.cursors)
         await _follow(relay, conn, send)
     except asyncio.CancelledError:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,13 +134,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         max(0.0, expires - time.time()), sub.close, "token expired")
     expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
     try:
-        await relay.responder.start(send, 200, STREAM_HEADERS)
-        first = send({"type": "http.response.body",
-                      "body": encode_retry(settings.retry_ms) + first_frames, "more_body": True})
-        if fanout.done_at_once(first):
-            sub.send = send  # the feed may send to it while it is parked
-        await first
-        metrics.first_byte_seconds.observe(time.monotonic() - request.started)
+        await begin(relay, request, send, first_frames, (sub,))
         if sub.catch_up is not None:
             metrics.catchups += 1
         await _follow(relay, sub, send)
@@ -158,6 +153,21 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         hub.unsubscribe(sub, time.monotonic())
         metrics.streams_open -= 1
     await end(relay, send, sub.closed_because)
+
+
+async def begin(relay: Relay, request: Request, send: Send, first: bytes,
+                subs: Iterable[Subscription]) -> None:
+    """The 200 event stream's head and first bytes: ``retry:`` (from then on the client is
+    subscribed), then ``first`` (resets, a first id). A server whose sends complete at once
+    lets the feed send to ``subs`` while they are parked (``relay.node.fanout``)."""
+    await relay.responder.start(send, 200, STREAM_HEADERS)
+    sent = send({"type": "http.response.body",
+                 "body": encode_retry(relay.settings.retry_ms) + first, "more_body": True})
+    if fanout.done_at_once(sent):
+        for sub in subs:
+            sub.send = send
+    await sent
+    relay.metrics.first_byte_seconds.observe(time.monotonic() - request.started)
 
 
 async def end(relay: Relay, send: Send, reason: str | None) -> None:
