@@ -36,7 +36,7 @@ from relay.devstack.servers import RedisServer
 from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
-from relay.node.topics import Hub
+from relay.node.topics import Hub, Subscription
 from relay.storage import clients
 from relay.storage import streams as store
 
@@ -48,7 +48,7 @@ def _publisher(target: str, cluster: bool, topics: list[str], seconds: float,
     from redis.cluster import ClusterNode, RedisCluster
 
     if cluster:
-        r: Any = RedisCluster(startup_nodes=[ClusterNode(h, p)
+        r: Any = RedisCluster(startup_nodes=[ClusterNode(h, p)  # type: ignore[no-untyped-call]
                                              for h, p in clients.seed_nodes(target)])
     else:
         r = redis.Redis.from_url(target)
@@ -84,10 +84,15 @@ async def measure(name: str, redis: clients.Client, feed_of: Any, target: str, c
         await feed.prime(topic)
     await asyncio.sleep(0.5)
 
+    # one reader per topic, as a stream is: parked, it is resumed when the feed appends
+    readers = [Subscription(topic, topic.ring.head, None) for topic in watched]
+    for topic, reader in zip(watched, readers, strict=True):
+        hub.subscribe(topic, reader)
     latency = []
     for n in range(samples):
-        topic = watched[n % len(watched)]
-        waiter = topic.wait()
+        topic, reader = watched[n % len(watched)], readers[n % len(watched)]
+        reader.cursor = topic.ring.head
+        waiter = topic.park(reader)
         start = time.perf_counter()
         await redis.xadd(topic.key, {"d": b"x"})
         await asyncio.wait_for(waiter, 5)
@@ -158,15 +163,15 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                                bus_ports=[free_port() for _ in range(n)], replicas=replicas)
         try:
             await asyncio.to_thread(cluster.start)
-            r = clients.cluster_client(cluster.seeds)
-            await r.initialize()
+            rc = clients.cluster_client(cluster.seeds)
+            await rc.initialize()
             results.append(await measure(
                 f"cluster, 3 primaries, {replicas} replica each"
-                + (", publish waits for 1" if replicas else ""), r,
+                + (", publish waits for 1" if replicas else ""), rc,
                 lambda hub, redis, m: ClusterFeed(hub, redis, m, block_ms=5000,
                                                   read_count=1000, send_max=256 * 1024),
                 cluster.seeds, True, topics, args.samples, args.seconds, replicas))
-            await r.aclose()
+            await rc.aclose()
         finally:
             cluster.stop()
     return results

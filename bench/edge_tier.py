@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.fanout import SSELOAD, LoadClient, table
-from bench.peers import CLOCK_TICK, TOKEN, BenchRedis, _wait_port, rss_kib, stop_group, tree
+from bench.peers import (
+    CLOCK_TICK,
+    TOKEN,
+    BenchRedis,
+    _wait_port,
+    machine,
+    rss_kib,
+    tree,
+    version_of,
+)
 from relay.devstack.edgeserver import Edge
-from relay.devstack.processes import free_port, spawn
+from relay.devstack.processes import free_port, spawn, stop_group
 from relay.devstack.servers import Relay, metrics
 
 Row = dict[str, Any]
@@ -114,7 +124,7 @@ class NginxProxy:
         _wait_port(self.port, self.process, "nginx")
 
     def stop(self) -> None:
-        stop_group(self.process)
+        stop_group(self.process, signal.SIGTERM)  # nginx: its fast shutdown
 
 
 class Setup:
@@ -332,22 +342,12 @@ def tls_memory(n: int, directory: Path) -> list[Row]:
 
 
 def conditions(args: argparse.Namespace) -> dict[str, str]:
-    def out(argv: list[str]) -> str:
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except OSError:
-            return "?"
-        return (p.stdout + p.stderr).strip().splitlines()[0]
-
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
     return {
-        "machine": f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}; load average at "
+        "machine": f"{machine()}; load average at "
                    f"start {' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared: other "
                    "sessions' tests and benchmarks may run at the same time)",
-        "software": f"CPython {platform.python_version()}; {out(['haproxy', '-v'])}; "
-                    f"{out(['redis-server', '--version'])}",
+        "software": f"CPython {platform.python_version()}; {version_of(['haproxy', '-v'])}; "
+                    f"{version_of(['redis-server', '--version'])}",
         "load": f"one topic, all streams subscribed; {args.size} B of data per event (about "
                 f"{args.size + 30} B framed), XADD into Redis pipelined per ms (the relay's "
                 f"feed reads it); each rate published for {args.seconds:g} s; losses counted "

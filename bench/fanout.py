@@ -39,7 +39,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.peers import Nchan, Server, Ssedge, Starlette, cpu_seconds, rss_kib
+from bench.peers import (
+    Nchan,
+    Server,
+    Ssedge,
+    Starlette,
+    cpu_seconds,
+    machine,
+    rss_kib,
+    version_of,
+)
 from relay.devstack.servers import metrics
 
 SSELOAD = Path(__file__).with_name("sseload")
@@ -248,26 +257,17 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
 
 
 def conditions(args: argparse.Namespace) -> dict[str, str]:
-    def out(argv: list[str]) -> str:
-        try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except OSError:
-            return "?"
-        return (p.stdout + p.stderr).strip().splitlines()[0]
-
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in
                          ("granian", "uvloop", "redis", "uvicorn", "sse-starlette", "starlette"))
     return {
-        "machine": f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}",
+        "machine": machine(),
         # the machine is shared: how busy it was says how far the figures can be trusted
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "software": f"CPython {platform.python_version()}, {versions}; "
-                    f"{out(['redis-server', '--version'])}; "
-                    f"{out(['nginx', '-v'])}, {out(['dpkg-query', '-W', 'libnginx-mod-nchan'])}; "
-                    f"{out(['varnishd', '-V'])}",
+                    f"{version_of(['redis-server', '--version'])}; "
+                    f"{version_of(['nginx', '-v'])}, "
+                    f"{version_of(['dpkg-query', '-W', 'libnginx-mod-nchan'])}; "
+                    f"{version_of(['varnishd', '-V'])}",
         "load": f"one topic, all clients subscribed (ssedge-multi: each client on {MULTI[1]} "
                 f"of {MULTI[0]} topics, events round robin over them, {MULTI[0] // MULTI[1]} "
                 f"times the rate published so each client gets `rate`); {args.size} B of data "

@@ -9,6 +9,7 @@ reaches it (``sseload pub`` mode, port and target).
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -20,6 +21,23 @@ from relay.devstack.servers import Relay, Varnish
 TOKEN = "bench"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+
+
+def version_of(argv: list[str]) -> str:
+    """The first line a program says of its version (``redis-server --version``), or ``?``."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    return ((p.stdout + p.stderr).strip().splitlines() or ["?"])[0]
+
+
+def machine() -> str:
+    """CPUs, their model and the platform: a figure's machine."""
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    return f"{os.cpu_count()} CPUs ({cpu}), {platform.platform()}"
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:

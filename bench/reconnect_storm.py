@@ -18,12 +18,12 @@ import datetime
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.peers import machine
 from relay.devstack.servers import RedisServer, Relay, metrics
 from relay.web import client
 
@@ -168,13 +168,11 @@ def main() -> int:
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     rows = "\n".join(f"| {k} | {v} |" for k, v in result.items())
-    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-                         capture_output=True, text=True).stdout.strip()
     report.write_text(
         f"# Reconnect storm\n\n"
         f"- command: `{command}`\n"
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"- machine: {os.cpu_count()} CPUs ({cpu}), {platform.platform()}\n"
+        f"- machine: {machine()}\n"
         f"- conditions: {conditions}\n\n| measure | value |\n|---|---|\n{rows}\n"
     )
     print(f"report: {report}")

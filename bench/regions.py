@@ -188,10 +188,10 @@ async def _measure(a: Relay, b: Relay, seconds: float, rate: float, readers: int
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     lost = dup = 0
-    for m in hoppers:
-        lost += len(set(published) - set(m.got))
-        dup += len(m.got) - len(set(m.got))
-        assert m.got == sorted(m.got, key=ids.parse), "a mover's events out of order"
+    for mover in hoppers:
+        lost += len(set(published) - set(mover.got))
+        dup += len(mover.got) - len(set(mover.got))
+        assert mover.got == sorted(mover.got, key=ids.parse), "a mover's events out of order"
     return {"regions": {name: [lat for r in rs for _, lat in r.got]
                         for name, rs in regions.items()},
             "complete": {name: all(len(r.got) == len(published) for r in rs)

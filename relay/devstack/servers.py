@@ -27,6 +27,14 @@ from relay.devstack.processes import (
 from relay.web import client
 
 
+def answers(url: str) -> bool:
+    """A GET of ``url`` is answered 200 within 2 s (a process's readiness)."""
+    try:
+        return asyncio.run(client.request("GET", url, timeout=2)).status == 200
+    except OSError:
+        return False
+
+
 class RedisServer:
     """redis-server with AOF, each write fsynced before its reply (``fsync``: ``always``,
     ``everysec``, ``no``; or ``"off"``: no persistence at all); ``replica_of`` a primary."""
@@ -103,12 +111,7 @@ class Relay:
         wait_until(self._ready, 20, f"{self.command} on {self.port}", self.process)
 
     def _ready(self) -> bool:
-        if not port_open(self.port, self.host):
-            return False
-        try:
-            return asyncio.run(client.request("GET", self.url + "/readyz", timeout=2)).status == 200
-        except OSError:
-            return False
+        return port_open(self.port, self.host) and answers(self.url + "/readyz")
 
     @property
     def pid(self) -> int:
@@ -150,13 +153,7 @@ class IngestProcess:
         wait_until(self._ready, 20, f"ingest on {self.port}", self.process)
 
     def _ready(self) -> bool:
-        if not port_open(self.port):
-            return False
-        try:
-            response = asyncio.run(client.request("GET", self.url + "/healthz", timeout=2))
-        except OSError:
-            return False
-        return response.status == 200
+        return port_open(self.port) and answers(self.url + "/healthz")
 
     @property
     def alive(self) -> bool:
@@ -209,13 +206,7 @@ class Varnish:
         wait_until(self._ready, 30, "varnishd", self.process)
 
     def _ready(self) -> bool:
-        if not port_open(self.port):
-            return False
-        try:
-            response = asyncio.run(client.request("GET", self.url + "/v1/handshake", timeout=2))
-        except OSError:
-            return False
-        return response.status == 200
+        return port_open(self.port) and answers(self.url + "/v1/handshake")
 
     def healthy(self) -> dict[str, bool]:
         """What varnishd thinks of each backend now (``relay_1``, …, ``replay``)."""
