@@ -206,12 +206,12 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
 
-    def up() -> None:
+    def up() -> str:
         cluster.start()
         tier = children.edge_tier(relay_ports, replay_port, edge_port, tls_port)
         threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
-        print(f"""ssedge cluster stack is up (logs in {directory}/):
+        return f"""ssedge cluster stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
 {edge_stack.banner(tier)}
   demo topic   {base_url}/v1/streams/demo/events  (a tick every second)
@@ -221,7 +221,7 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
   redis        cluster {cluster.seeds} (3 primaries, 3 replicas; redis-cli -c -p {cluster_ports[0]})
   publish      token in {directory}/publish-token
   try          .venv/bin/ssedge tail demo
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything."""
 
     try:
         code = children.serve(up)

@@ -139,7 +139,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
     children = Processes(directory, env, policy)
     start = children.start
 
-    def up() -> None:
+    def up() -> str:
         start("redis", redis_port, [
             redis_server, "--port", str(redis_port), "--bind", "127.0.0.1",
             "--dir", str((directory / "redis").resolve()), "--appendonly", "yes",
@@ -163,7 +163,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         ])
         threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
-        print(f"""ssedge stack is up (logs in {directory}/):
+        return f"""ssedge stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
 {edge_stack.banner(tier)}
   demo topic   {base_url}/v1/streams/{DEMO_TOPIC}/events  (a tick every second)
@@ -178,7 +178,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
   try          .venv/bin/ssedge tail {DEMO_TOPIC}{region_b.banner() if region_b else ""}
 A child that exits is restarted (state in {directory}/supervisor.json).
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything."""
 
     code = children.serve(up)
     print("ssedge stack stopped." if code == 0 else f"ssedge stack stopped (exit {code}).",

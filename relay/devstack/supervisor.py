@@ -206,13 +206,17 @@ class Supervisor:
 
     # -- run --------------------------------------------------------------------------------
 
-    def serve(self, up: Callable[[], None]) -> int:
+    def serve(self, up: Callable[[], str]) -> int:
         """Start the stack with ``up``, supervise it until Ctrl-C, SIGTERM or a crash loop,
-        then stop every child (also when ``up`` failed half way). 0, or 1 after a failure."""
+        then stop every child (also when ``up`` failed half way). 0, or 1 after a failure.
+
+        ``up`` returns the stack's banner, printed once the status file says it runs: what
+        reads the banner (a user, a test, then ``ssedge drill``) finds the stack running."""
         try:
-            up()
+            banner = up()
             self.state = "running"
             self._write_status()
+            print(banner, flush=True)
             self._supervise()
         except KeyboardInterrupt:
             pass

@@ -49,6 +49,7 @@ def test_every_fault_on_the_local_stack_loses_and_repeats_nothing(
     code, out, report = _drill(
         "--url", stack.edge, "--token", stack.token, "--stack", str(stack.directory),
         "--every", "3s", "--freeze", "2s", report=tmp_path / "drill.json")
+    assert report, f"no report (exit {code}):\n{out}"
     windows = report["windows"]
     assert [w["kind"] for w in windows] == ["baseline", *KINDS], out
     for w in windows[1:]:
