@@ -75,14 +75,19 @@ def render(relays: Sequence[tuple[str, int]], listen: Listen, template: str | No
             raise ConfigError("a TLS listener needs a certificate")
         text = _set_env(text, "EDGE_HTTPS_ADDR", listen.https)
         text = _set_env(text, "EDGE_CERT", str(listen.cert))
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
+    if text.find(BEGIN) < 0:
         raise ConfigError(f"no relay node markers ({BEGIN!r} … {END!r}) in {TEMPLATE}")
-    line_end = text.index("\n", start) + 1
-    indent = text[text.rfind("\n", 0, start) + 1:start]
-    servers = "".join(f"{indent}server relay_{n} {host}:{port}\n"
-                      for n, (host, port) in enumerate(relays, 1))
-    return text[:line_end] + servers + text[text.rfind("\n", 0, end) + 1:]
+    out, at = [], 0
+    while (start := text.find(BEGIN, at)) >= 0:  # each backend of relays: streams, publishes
+        end = text.find(END, start)
+        if end < 0:
+            raise ConfigError(f"relay node markers ({BEGIN!r} … {END!r}) unclosed in {TEMPLATE}")
+        line_end = text.index("\n", start) + 1
+        indent = text[text.rfind("\n", 0, start) + 1:start]
+        out += [text[at:line_end], *(f"{indent}server relay_{n} {host}:{port}\n"
+                                     for n, (host, port) in enumerate(relays, 1))]
+        at = text.rfind("\n", 0, end) + 1
+    return "".join(out) + text[at:]
 
 
 def write(directory: Path, relays: Sequence[tuple[str, int]], listen: Listen) -> Path:
