@@ -42,6 +42,7 @@ from relay.ingest.config import Upstream
 from relay.ingest.status import Status
 from relay.protocol import names
 from relay.protocol.wire import Decoder, Event, Item, Oversize
+from relay.storage import clients
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position
 from relay.web import outside
 
@@ -182,6 +183,7 @@ class Follower:
                 failure = f"{kind}: {exc or type(exc).__name__}"
             finally:
                 self._went_down()
+            clients.still_wanted()  # a stop swallowed by a Redis call (clients.still_wanted)
             if failure:
                 self._backoff.failures += 1
             if self._handover_due():

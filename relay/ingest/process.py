@@ -106,6 +106,7 @@ class Ingest:
     async def _work(self, w: Worker) -> None:
         st = w.status
         while True:
+            clients.still_wanted()  # a stop swallowed by a Redis call
             if not await self._hold(w):
                 await asyncio.sleep(self.lease_ms / 3000 * (0.5 + random.random() / 2))
                 continue
@@ -163,6 +164,7 @@ class Ingest:
         valid_until = time.monotonic() + ttl
         while True:
             await asyncio.sleep(ttl / 3)
+            clients.still_wanted()
             asked = time.monotonic()
             try:
                 if not await w.journal.hold(self.lease_ms):

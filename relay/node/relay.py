@@ -260,6 +260,8 @@ class Relay:
             except (RedisError, OSError) as exc:
                 log.debug("stream check skipped: %s", exc)
                 continue
+            finally:
+                clients.still_wanted()  # a stop swallowed by a Redis call
             for topic in gone:
                 log.warning("stream of topic %s went back (deleted, or a failover lost its "
                             "newest entries): ending its %d streams to start over",

@@ -45,6 +45,19 @@ class Connection(aioredis.Connection):
             raise ConnectionError(f"Error writing to {self._host_error()}: {exc}") from exc
 
 
+def still_wanted(task: asyncio.Task[Any] | None = None) -> None:
+    """Raise the cancellation a Redis call swallowed. redis-py sends through
+    ``asyncio.wait_for``, which on Python 3.11 drops a cancel that arrives as the send
+    completes: a loop that calls Redis again and again then never stops. Found twice: the
+    feed blocked in its next XREAD, and every one after, and a relay's shutdown waited for it
+    for ever (tests/integration/test_feed.py); an ingest told to stop (SIGTERM) while Redis
+    was away went on retrying until its backoff ended. Every such loop calls this once a
+    turn."""
+    task = task or asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def client(url: str, *, socket_timeout: float | None = 5.0, max_connections: int = 50,
            retries: int = 1) -> aioredis.Redis:
     """A client whose stream replies come back raw (hiredis lists), not as dicts per entry."""

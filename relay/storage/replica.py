@@ -189,6 +189,7 @@ class Watch:
     async def run(self) -> None:
         while True:
             await self.check()
+            clients.still_wanted()  # a stop swallowed by a Redis call
             await asyncio.sleep(CHECK_S)
 
     async def check(self) -> None:

@@ -194,12 +194,3 @@ class FeedBase(ABC):
             self.topics_changed()
         finally:
             topic.priming = None
-
-
-def still_wanted(task: asyncio.Task[Any]) -> None:
-    """Raise the cancellation a send swallowed. redis-py sends through ``asyncio.wait_for``,
-    which on Python 3.11 drops a cancel that arrives as the send completes: the feed then
-    blocked in its next XREAD, and in every one after, and a relay's shutdown waited for it
-    for ever (found by tests/integration/test_feed.py)."""
-    if task.cancelling():
-        raise asyncio.CancelledError

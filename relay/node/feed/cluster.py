@@ -34,11 +34,12 @@ from typing import Any
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from relay.node.feed.base import Backoff, FeedBase, still_wanted
+from relay.node.feed.base import Backoff, FeedBase
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
 from relay.storage import clients
 from relay.storage import streams as store
+from relay.storage.clients import still_wanted
 
 log = logging.getLogger("ssedge.feed")
 
@@ -283,7 +284,7 @@ class NodeReader:
         task = asyncio.current_task()
         assert task is not None
         while True:
-            still_wanted(task)  # a cancel swallowed by a send (relay.node.feed.base.still_wanted)
+            still_wanted(task)  # a cancel swallowed by a send (relay.storage.clients.still_wanted)
             if not self._dirty:
                 self._wake.clear()
                 try:

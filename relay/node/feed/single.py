@@ -17,10 +17,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from relay.node.feed.base import Backoff, FeedBase, still_wanted
+from relay.node.feed.base import Backoff, FeedBase
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
+from relay.storage.clients import still_wanted
 
 log = logging.getLogger("ssedge.feed")
 
