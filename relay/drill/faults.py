@@ -31,6 +31,8 @@ KINDS: dict[str, str] = {
     "relay-kill": "SIGKILL to a relay node (its whole process group), in turn",
     "replay-kill": "SIGKILL to the replay service",
     "relay-term": "SIGTERM to a relay node: it drains its streams and stops",
+    "edge-restart": "SIGTERM to the edge's HAProxy (every stream through it drops), started "
+                    "again by the supervisor",
     "varnish-restart": "SIGTERM to varnishd (the edge), started again by the supervisor",
     "relay-freeze": "SIGSTOP to a relay node, SIGCONT after --freeze",
     "redis-restart": "SIGTERM to Redis (it writes its AOF and stops), started again",
@@ -207,7 +209,7 @@ class LocalStack:
         if kind == "cut-connections":
             return await self._cut()
         name = {"replay-kill": "replay", "varnish-restart": "varnish", "redis-restart": "redis",
-                "redis-kill": "redis"}.get(kind) or self._next_relay()
+                "redis-kill": "redis", "edge-restart": "edge"}.get(kind) or self._next_relay()
         child = self.children().get(name)
         if child is None or child.pid is None:
             return Injected(name, "", error=f"no {name} in the stack")

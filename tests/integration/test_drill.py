@@ -60,6 +60,7 @@ def test_every_fault_on_the_local_stack_loses_and_repeats_nothing(
     by_kind = {w["kind"]: w for w in windows}
     # the faults did what they say: streams dropped, publishes refused while Redis was away
     assert by_kind["relay-kill"]["reconnects"] > 0 and by_kind["cut-connections"]["reconnects"] > 0
+    assert by_kind["edge-restart"]["reconnects"] > 0
     assert by_kind["redis-kill"]["publish_failed"] > 0
     totals = report["totals"]
     assert totals["acked"] > 300, out
