@@ -5,6 +5,7 @@ data) until the edge answers, and stops with its process group."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,12 +51,12 @@ def test_the_built_wheel_installed_elsewhere_runs_the_stack(tmp_path: Path) -> N
     vcl = Path(where.strip())
     assert vcl.is_relative_to(venv) and (vcl / "default.vcl").is_file()
 
-    ports = [free_port() for _ in range(7)]
-    redis_port, relay_a, relay_b, replay, edge, upstream, ingest = ports
+    ports = [free_port() for _ in range(8)]
+    redis_port, relay_a, relay_b, replay, edge, tls, upstream, ingest = ports
     stack = subprocess.Popen(
         [ssedge, "up", "--dir", str(home / "state"), "--redis-port", str(redis_port),
          "--relay-port", str(relay_a), "--relay-port", str(relay_b),
-         "--replay-port", str(replay), "--edge-port", str(edge),
+         "--replay-port", str(replay), "--edge-port", str(edge), "--tls-port", str(tls),
          "--upstream-port", str(upstream), "--ingest-port", str(ingest)],
         cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -79,7 +80,8 @@ def test_the_built_wheel_installed_elsewhere_runs_the_stack(tmp_path: Path) -> N
                               cwd=home, env=env, capture_output=True, timeout=30)
         assert tail.returncode == 0 and b"\ttick\t" in tail.stdout, tail
     finally:
-        os.killpg(stack.pid, signal.SIGTERM)  # the stack's own group: it stops its children
+        with contextlib.suppress(ProcessLookupError):  # it may have stopped on its own
+            os.killpg(stack.pid, signal.SIGTERM)  # the stack's own group: it stops its children
         try:
             code = stack.wait(60)
         except subprocess.TimeoutExpired:
