@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relay.devstack.processes import port_open
-from relay.devstack.supervisor import RestartPolicy
+from relay.devstack.supervisor import SETPRIV, RestartPolicy
 
 CLUSTER_PORTS = (7001, 7002, 7003, 7004, 7005, 7006)
 RELAY_PORTS = (8101, 8102, 8103)
@@ -39,8 +39,12 @@ class LocalCluster:
 
     def __init__(self, directory: Path, ports: Sequence[int], *, replicas: int = 1,
                  node_timeout_ms: int = 1000, bus_ports: Sequence[int] | None = None,
-                 appendfsync: str = "everysec") -> None:
+                 appendfsync: str = "everysec", tied: bool = False) -> None:
         self.directory = directory
+        # tied: each node stops with this process (SIGTERM when it dies, even by SIGKILL),
+        # as ``ssedge up --cluster`` wants; only when started from a thread that lives as
+        # long as the process (the parent death signal follows the thread that forked)
+        self.tied = tied
         self.ports = list(ports)
         self.bus_ports = list(bus_ports or [p + 10000 for p in ports])
         self.replicas = replicas
@@ -83,6 +87,8 @@ class LocalCluster:
             "--cluster-require-full-coverage", "no",
             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
         ]
+        if self.tied and SETPRIV:
+            argv = [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
         with open(node_dir / "redis.log", "ab") as log:
             self.processes[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                     start_new_session=True)
@@ -191,7 +197,7 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         return 1
     directory.mkdir(exist_ok=True)
     token = secret(directory)
-    cluster = LocalCluster(directory / "cluster", cluster_ports)
+    cluster = LocalCluster(directory / "cluster", cluster_ports, tied=True)
     base_url = f"http://127.0.0.1:{edge_port}"
     env = {
         "SSEDGE_REDIS_CLUSTER": cluster.seeds,

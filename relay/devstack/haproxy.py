@@ -80,11 +80,16 @@ def render(relays: Sequence[tuple[str, int]], listen: Listen, template: str | No
     out, at = [], 0
     while (start := text.find(BEGIN, at)) >= 0:  # each backend of relays: streams, publishes
         end = text.find(END, start)
-        if end < 0:
+        if end < 0 or text.find(BEGIN, start + len(BEGIN), end) >= 0:
             raise ConfigError(f"relay node markers ({BEGIN!r} … {END!r}) unclosed in {TEMPLATE}")
         line_end = text.index("\n", start) + 1
         indent = text[text.rfind("\n", 0, start) + 1:start]
-        out += [text[at:line_end], *(f"{indent}server relay_{n} {host}:{port}\n"
+        # what follows the address on the template's first node line, e.g. `track
+        # relays/relay_1` in `backend publishes`, is kept, renamed for each node
+        first = re.search(r"^\s*server relay_1 \S+(.*)$", text[line_end:end], re.MULTILINE)
+        rest = first.group(1) if first else ""
+        out += [text[at:line_end], *(f"{indent}server relay_{n} {host}:{port}"
+                                     f"{rest.replace('relay_1', f'relay_{n}')}\n"
                                      for n, (host, port) in enumerate(relays, 1))]
         at = text.rfind("\n", 0, end) + 1
     return "".join(out) + text[at:]

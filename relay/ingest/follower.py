@@ -160,6 +160,7 @@ class Follower:
             failure = ""
             try:
                 position = await self._journal.position()
+                clients.still_wanted()  # a stop swallowed by a Redis call
                 st.cursor = position.cursor
                 if not first:
                     st.reconnects += 1
@@ -273,6 +274,7 @@ class Follower:
                 last = start + BATCH >= len(events)
                 part_cursor = new_cursor if last else part[-1].id
                 await self._append(writes, part, part_cursor)
+                clients.still_wanted()
                 writes += 1
             cursor = new_cursor
 

@@ -107,7 +107,9 @@ class Ingest:
         st = w.status
         while True:
             clients.still_wanted()  # a stop swallowed by a Redis call
-            if not await self._hold(w):
+            held = await self._hold(w)
+            clients.still_wanted()
+            if not held:
                 await asyncio.sleep(self.lease_ms / 3000 * (0.5 + random.random() / 2))
                 continue
             st.active, st.leases = True, st.leases + 1
