@@ -28,9 +28,6 @@ from relay.devstack.processes import (
 )
 from relay.devstack.servers import Relay, Varnish, answers
 
-#: HAProxy's backends of relays (varnish/haproxy.cfg): streams, and publishes
-RELAY_BACKENDS = ("relays", "publishes")
-
 
 class Edge:
     """HAProxy on ``port`` (and ``https_port`` with TLS) in front of the relays and of a
@@ -115,22 +112,20 @@ class Edge:
         return self.cache.stats()
 
     def healthy(self) -> dict[str, bool]:
-        """Each backend healthy as both parts see it: a relay is in when HAProxy (streams,
-        publishes) and varnishd (everything else) all have it; the replay service is
-        varnishd's."""
+        """Each backend healthy as both parts see it: a relay is in when HAProxy (streams, and
+        publishes, whose servers track these) and varnishd (everything else) both have it; the
+        replay service is varnishd's."""
         health = self.cache.healthy()
-        for backend in RELAY_BACKENDS:
-            for name, status in self.admin.servers(backend).items():
-                health[name] = health.get(name, True) and status.startswith("UP")
+        for name, status in self.admin.servers().items():
+            health[name] = health.get(name, True) and status.startswith("UP")
         return health
 
     def set_health(self, backend: str, state: str) -> None:
         """Force a relay ``sick`` (out of both parts) or give it back to the probes
         (``auto``); ``healthy`` forces it in for varnishd, ``ready`` for HAProxy."""
         self.cache.set_health(backend, state)
-        if backend.startswith("relay_"):
-            for proxy in RELAY_BACKENDS:
-                self.admin.set_state(backend, "maint" if state == "sick" else "ready", proxy)
+        if backend.startswith("relay_"):  # publishes' servers track these: one state for both
+            self.admin.set_state(backend, "maint" if state == "sick" else "ready")
 
     def streams(self) -> int:
         """Streams HAProxy holds to the relays now (the relays backend's current sessions)."""

@@ -334,7 +334,7 @@ class App:
 
     async def readyz(self, request: Request, send: Send) -> None:
         """Whether this relay takes streams: not draining, and Redis reachable or lost less
-        than ``redis_grace_s`` ago (``Relay.takes_streams``: a blip must not take every relay
+        than ``redis_grace_s`` ago (``Relay.stepped_out``: a blip must not take every relay
         out of the edge at once)."""
         relay = self.relay
         feed = relay.feed

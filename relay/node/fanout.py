@@ -228,8 +228,7 @@ def flush(subs: list[Subscription], metrics: Metrics) -> None:
         multi = sub.multi
         if multi is None or not multi.outbox:
             continue  # sent already (by an earlier flush, or by its task)
-        body = multi.outbox[0] if len(multi.outbox) == 1 else b"".join(multi.outbox)
-        multi.outbox.clear()
+        body = multi.take_outbox()
         send = sub.send
         if sub.closed_because is not None or send is None:
             continue

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 
-from relay.node import renewal, stream
+from relay.node import stream
 from relay.node.metrics import Metrics
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
@@ -253,39 +253,18 @@ def _release(topics: list[Topic]) -> None:
 
 async def _run(relay: Relay, streams: MultiStreams, conn: Connection, accesses: list[Access],
                first: bytes, request: Request, receive: Receive, send: Send) -> None:
-    settings = relay.settings
-    metrics = relay.metrics
-    metrics.streams_open += 1
-    metrics.streams_total += 1
     streams.open += 1
     streams.cursors += len(conn.cursors)
-    head = conn.cursors[0]
-    watcher = stream.DisconnectWatch(receive, head)
     # one token for every private topic of the set: its expiry ends the whole stream
     ends = [a.expires for a in accesses if a.expires is not None]
-    expiry = None if not ends else asyncio.get_running_loop().call_later(
-        max(0.0, min(ends) - time.time()), head.close, "token expired")
     exps = [a.token_exp for a in accesses if a.token_exp is not None]
-    expiring = renewal.schedule(head, min(exps) if exps else None, settings.token_refresh_s)
     try:
-        await stream.begin(relay, request, send, first, conn.cursors)
-        metrics.catchups += sum(c.catch_up is not None for c in conn.cursors)
-        await _follow(relay, conn, send)
-    except asyncio.CancelledError:
-        if conn.closed_because is None:
-            raise  # not ours: server shutdown
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        with stream.lifetime(relay, receive, conn.cursors, expires=min(ends, default=None),
+                             token_exp=min(exps, default=None)):
+            await stream.begin(relay, request, send, first, conn.cursors)
+            relay.metrics.catchups += sum(c.catch_up is not None for c in conn.cursors)
+            await _follow(relay, conn, send)
     finally:
-        watcher.cancel()
-        for timer in (expiry, expiring):
-            if timer is not None:
-                timer.cancel()
-        now = time.monotonic()
-        for cursor in conn.cursors:
-            relay.hub.unsubscribe(cursor, now)
-        metrics.streams_open -= 1
         streams.open -= 1
         streams.cursors -= len(conn.cursors)
     await stream.end(relay, send, conn.closed_because)
@@ -309,8 +288,7 @@ async def _follow(relay: Relay, conn: Connection, send: Send) -> None:
             await pending
             continue
         if multi.outbox:  # frames the feed built for it, not flushed yet: they come first
-            body = b"".join(multi.outbox)
-            multi.outbox.clear()
+            body = multi.take_outbox()
             await send({"type": "http.response.body", "body": body, "more_body": True})
             metrics.sends += 1
             continue

@@ -139,23 +139,20 @@ class Relay:
             self._tasks.append(asyncio.ensure_future(self._guard("replica", self.replica.run())))
 
     @property
-    def takes_streams(self) -> bool:
-        """Whether Redis is reachable, or was until less than ``redis_grace_s`` ago.
+    def stepped_out(self) -> str | None:
+        """Why this relay does not take streams now, or None while Redis is reachable or was
+        until less than ``redis_grace_s`` ago.
 
         A short Redis blip hits every relay at once: readiness that turned red with it would
         leave the edge no relay at all, while streams of topics in the rings can still be
         served (they resume the moment the feed reads again). A relay that stays without
-        Redis longer steps out: not ready, its streams ended so that they reconnect to a relay
-        that has Redis, new ones refused."""
-        return self.stepped_out is None
-
-    @property
-    def stepped_out(self) -> str | None:
-        """Why this relay does not take streams now (``takes_streams``): ``redis``, or
-        ``replica`` when the replica it reads has been cut from a primary that answers for
-        ``redis_grace_s`` (it serves stale events while the others go on). A replica cut
-        from a primary that is out of reach too is served as it is: nothing newer can be had
-        (docs/SCALING.md, "Regions")."""
+        Redis longer steps out (``redis``): not ready, its streams ended so that they
+        reconnect to a relay that has Redis, new ones refused. Likewise ``replica`` when the
+        replica it reads has been cut from a primary that answers for ``redis_grace_s`` (it
+        serves stale events while the others go on). A replica cut from a primary that is
+        out of reach too is served as it is: nothing newer can be had (docs/SCALING.md,
+        "Regions").
+        """
         grace = self.settings.redis_grace_s
         if self.replica is not None and self.replica.stale(grace):
             return "replica"
@@ -169,7 +166,7 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return (not self.draining and self.takes_streams
+        return (not self.draining and self.stepped_out is None
                 and all(not t.done() for t in self._tasks))
 
     def _watch_redis(self) -> None:

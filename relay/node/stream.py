@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
                 send: Send, *, expires: float | None = None,
                 token_exp: float | None = None) -> None:
     """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s),
-    and told ahead of its ``token_exp`` (``relay.renewal``).
+    and told ahead of its ``token_exp`` (``relay.node.renewal``).
 
     Bad input was refused (4xx) before this is called. A refusal that can pass (draining, at
     capacity, Redis out of reach) is answered by ``refuse``: an EventSource given anything but
@@ -124,35 +124,49 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     hub.subscribe(topic, sub)
     if wait_for_replica:
         relay.replica_waits.add(sub, plan.last_id, time.monotonic())
+    with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp):
+        await begin(relay, request, send, first_frames, (sub,))
+        if sub.catch_up is not None:
+            relay.metrics.catchups += 1
+        await _follow(relay, sub, send)
+    await end(relay, send, sub.closed_because)
+
+
+@contextlib.contextmanager
+def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
+             expires: float | None, token_exp: float | None) -> Iterator[None]:
+    """One stream's life around its sends, whatever its topics (``subs``, the first of which
+    stands for the stream): counted open; closed when its client leaves (``DisconnectWatch``);
+    ended when a token ``expires`` (epoch s: the client comes back with its Last-Event-ID and
+    must bring a fresh token; one timer per stream, nothing per event) and told ahead of its
+    ``token_exp`` (``relay.node.renewal``). A cancel of ours (the stream was closed) ends the
+    body quietly; any other (the server shutting down) goes on. Every subscription is let go
+    at the end."""
+    head = subs[0]
     metrics = relay.metrics
     metrics.streams_open += 1
     metrics.streams_total += 1
-    watcher = DisconnectWatch(receive, sub)
-    # a token's expiry ends its stream like any close: the client comes back with its
-    # Last-Event-ID and must bring a fresh token (one timer per stream, nothing per event)
+    watcher = DisconnectWatch(receive, head)
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
-        max(0.0, expires - time.time()), sub.close, "token expired")
-    expiring = renewal.schedule(sub, token_exp, settings.token_refresh_s)
+        max(0.0, expires - time.time()), head.close, "token expired")
+    expiring = renewal.schedule(head, token_exp, relay.settings.token_refresh_s)
     try:
-        await begin(relay, request, send, first_frames, (sub,))
-        if sub.catch_up is not None:
-            metrics.catchups += 1
-        await _follow(relay, sub, send)
+        yield
     except asyncio.CancelledError:
-        if sub.closed_because is None:
+        if head.closed_because is None:
             raise  # not ours: server shutdown
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
     finally:
         watcher.cancel()
-        if expiry is not None:
-            expiry.cancel()
-        if expiring is not None:
-            expiring.cancel()
-        hub.unsubscribe(sub, time.monotonic())
+        for timer in (expiry, expiring):
+            if timer is not None:
+                timer.cancel()
+        now = time.monotonic()
+        for sub in subs:
+            relay.hub.unsubscribe(sub, now)
         metrics.streams_open -= 1
-    await end(relay, send, sub.closed_because)
 
 
 async def begin(relay: Relay, request: Request, send: Send, first: bytes,
@@ -175,7 +189,7 @@ async def end(relay: Relay, send: Send, reason: str | None) -> None:
     Last-Event-ID. A drain asks it to come back soon (to another node) rather than after the
     usual retry, and a relay that lost Redis (or whose replica stayed behind) spreads its
     clients' returns like a refusal; a token's expiry asks for a quick return too: the page
-    renewed it when told (relay.renewal)."""
+    renewed it when told (relay.node.renewal)."""
     if reason == "disconnect":
         return
     settings = relay.settings
@@ -183,18 +197,19 @@ async def end(relay: Relay, send: Send, reason: str | None) -> None:
     if reason in ("drain", "token expired"):
         last = encode_retry(settings.drain_retry_ms)
     elif reason in ("redis lost", "replica behind"):
-        last = encode_retry(max(1, round(settings.refused_retry_ms * (0.5 + random.random()))))
+        last = encode_retry(_spread(settings.refused_retry_ms))
     with contextlib.suppress(Exception):  # the client may be gone too
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
-# what each temporary refusal asks the browser to wait before it comes back, before jitter
-_REFUSED_RETRY = {"draining": "drain_retry_ms", "capacity": "refused_retry_ms",
-                  "topics": "refused_retry_ms", "redis": "refused_retry_ms",
-                  "replica": "refused_retry_ms", "keys": "refused_retry_ms"}
 # why a relay that stepped out (``Relay.stepped_out``) refuses streams
 _STEPPED_OUT = {"redis": "this relay has lost Redis",
                 "replica": "this relay's Redis replica is cut from its primary"}
+
+
+def _spread(ms: int) -> int:
+    """A wait of 0.5 to 1.5 times ``ms``: a crowd told to come back does not come together."""
+    return max(1, round(ms * (0.5 + random.random())))
 
 
 def turned_away(relay: Relay) -> tuple[str, str] | None:
@@ -226,8 +241,8 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str,
     An edge that can retry only on a status (HAProxy) asks with ``X-Ssedge-Refuse-Status:
     503``: the same answer then says 503, and the edge turns the last one into a 200
     (varnish/haproxy.cfg). Nothing else changes a refusal's status."""
-    base = getattr(relay.settings, _REFUSED_RETRY[reason])
-    retry = max(1, round(base * (0.5 + random.random())))
+    settings = relay.settings
+    retry = _spread(settings.drain_retry_ms if reason == "draining" else settings.refused_retry_ms)
     relay.metrics.refused(reason)
     relay.refusals.note(reason, why)
     headers = {**STREAM_HEADERS, "x-ssedge-refused": reason,

@@ -55,7 +55,7 @@ class Subscription(Reader):
         # many were taken (a client that takes none for two sweeps is stuck)
         self.sending = False
         self.sends = 0
-        # a frame for this connection alone, without an id (relay.renewal), not yet written
+        # a frame for this connection alone, without an id (relay.node.renewal), not yet written
         self.notice = b""
         # on a stream of several topics (relay.node.multistream), what builds its frames' ids
         self.multi: MultiReader | None = None

@@ -83,6 +83,13 @@ class MultiReader:
         # what runs the connection's task (the node sets it), its cursors left where they are
         self.wake: Callable[[], None] = _nothing
 
+    def take_outbox(self) -> bytes:
+        """What the fan-out queued for this client, as one body; the outbox is left empty."""
+        outbox = self.outbox
+        body = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        return body
+
     def index(self, reader: Reader) -> int:
         return self._index[id(reader)]
 

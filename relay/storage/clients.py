@@ -46,13 +46,13 @@ class Connection(aioredis.Connection):
 
 
 def still_wanted(task: asyncio.Task[Any] | None = None) -> None:
-    """Raise the cancellation a Redis call swallowed. redis-py sends through
-    ``asyncio.wait_for``, which on Python 3.11 drops a cancel that arrives as the send
-    completes: a loop that calls Redis again and again then never stops. Found twice: the
-    feed blocked in its next XREAD, and every one after, and a relay's shutdown waited for it
-    for ever (tests/integration/test_feed.py); an ingest told to stop (SIGTERM) while Redis
-    was away went on retrying until its backoff ended. Every such loop calls this once a
-    turn."""
+    """Raise a cancellation that ``asyncio.wait_for`` swallowed: on Python 3.11 it drops a
+    cancel that arrives as the awaited call completes. redis-py sends through it (and the
+    ingest waits on its upstream with it), so a loop that calls Redis again and again may never
+    stop. Found twice: the feed blocked in its next XREAD, and every one after, and a relay's
+    shutdown waited for it for ever (tests/integration/test_feed.py); an ingest told to stop
+    (SIGTERM) while Redis was away went on retrying until its backoff ended. Every such loop
+    calls this once a turn."""
     task = task or asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

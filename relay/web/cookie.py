@@ -2,7 +2,7 @@
 
 A browser's EventSource cannot set headers; with the cookie way of passing a token, the next
 reconnect of every EventSource on the page carries whatever ``ssedge_auth`` cookie the browser
-holds then. So a page told that its token is expiring (``relay.renewal``) gets a fresh token
+holds then. So a page told that its token is expiring (``relay.node.renewal``) gets a fresh token
 from its application and hands it over::
 
     POST /v1/auth/cookie

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from relay.devstack.edgeserver import Edge
 from relay.devstack.servers import IngestProcess, RedisServer, Relay
+from tests.integration.upstack import UpStack
 from tests.integration.upstreams import Upstreams
 
 TOKEN = "test-token"
@@ -116,3 +117,17 @@ def browser() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[UpStack]:
+    """``ssedge up`` on free ports, up, stopped (by PID) at the end. Every write is on disk
+    before its 201 (``--fsync always``): the tests that SIGKILL Redis require every
+    acknowledged event, and with everysec a slow disk makes Redis acknowledge writes it holds
+    back for up to 2 s (docs/RELIABILITY.md)."""
+    up = UpStack(tmp_path / "state", "--fsync", "always")
+    try:
+        up.wait_up()
+        yield up
+    finally:
+        up.stop()

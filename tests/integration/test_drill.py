@@ -8,11 +8,9 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from relay.devstack.processes import port_open, spawn, wait_until
 from relay.devstack.servers import RedisServer, Relay, Varnish
@@ -29,18 +27,6 @@ def _drill(*args: str, report: Path, timeout: float = 120) -> tuple[int, str, di
                           env=clean_env(), capture_output=True, timeout=timeout)
     out = done.stdout.decode() + done.stderr.decode()
     return done.returncode, out, json.loads(report.read_text()) if report.is_file() else {}
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[UpStack]:
-    # Redis SIGKILLed among the faults: every acknowledged event must be on disk (everysec may
-    # lose up to 2 s of them when the disk is slow; docs/RELIABILITY.md)
-    up = UpStack(tmp_path / "state", "--fsync", "always")
-    try:
-        up.wait_up()
-        yield up
-    finally:
-        up.stop()
 
 
 def test_every_fault_on_the_local_stack_loses_and_repeats_nothing(

@@ -11,11 +11,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from relay.devstack.supervisor import group_members, port_open
@@ -24,18 +22,6 @@ from tests.integration.sse import collect, subscribe
 from tests.integration.upstack import UpStack, get, wait_for
 
 TOPIC = "survive"
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[UpStack]:
-    # every write on disk before its 201: with everysec a slow disk makes Redis hold writes
-    # back (up to 2 s) while it acknowledges them, and a SIGKILL then loses them
-    up = UpStack(tmp_path / "state", "--fsync", "always")
-    try:
-        up.wait_up()
-        yield up
-    finally:
-        up.stop()
 
 
 async def _publish(stack: UpStack, events: list[dict[str, Any]], timeout: float = 20) -> list[str]:

@@ -110,9 +110,6 @@ class FeedBase(ABC):
 
     def deliver(self, reply: Any) -> None:
         """Entries an XREAD returned, to their topics' rings and parked connections."""
-        self._deliver(reply)
-
-    def _deliver(self, reply: Any) -> None:
         by_key = self._hub.by_key
         metrics = self._metrics
         newest = 0
