@@ -108,6 +108,10 @@ class FeedBase(ABC):
     def metrics(self) -> Metrics:
         return self._metrics
 
+    async def absorb(self, reply: Any) -> None:
+        """What an XREAD returned, checked and delivered: every feed hands its replies here."""
+        self.deliver(reply)
+
     def deliver(self, reply: Any) -> None:
         """Entries an XREAD returned, to their topics' rings and parked connections."""
         by_key = self._hub.by_key

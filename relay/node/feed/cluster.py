@@ -324,7 +324,7 @@ class NodeReader:
         for reply in replies:
             if not reply:
                 continue
-            feed.deliver(reply)
+            await feed.absorb(reply)
             for key, entries in store.entries_of(reply):
                 if len(entries) >= feed.read_count:
                     self._dirty.add(key)  # more are waiting

@@ -143,7 +143,7 @@ class RedisFeed(FeedBase):
             self._reading_generation = -1
             self._metrics.feed_reads += 1
             if reply:
-                self.deliver(reply)
+                await self.absorb(reply)
             else:
                 self._metrics.feed_lag_s = 0.0  # a whole block with nothing new: caught up
 
