@@ -54,6 +54,7 @@ class Metrics(ProcessMetrics):
         self.redis_history_reads = 0  # pages read from Redis by this relay
         self.replay_fresh_reads = 0  # pages read from Redis because a cached one was too old
         self.rewinds = 0  # watched streams found to have gone back (deleted, failover)
+        self.feed_gaps = 0  # reads that jumped over entries retention had trimmed
         self.catchup_stalls = 0  # catching-up streams closed for a send the client never took
         self.invalid_entries = 0  # stream entries with a field that could not be framed as sent
         # seconds from the newest entry's id time to the feed reading it, at the last read
@@ -109,6 +110,9 @@ class Metrics(ProcessMetrics):
                 self.replay_fresh_reads)
         counter("rewinds_total", "Watched streams found to have gone back; their streams "
                 "were ended to start over.", self.rewinds)
+        counter("feed_gaps_total", "Feed reads that jumped over entries retention had "
+                "trimmed (the feed stalled past it); each told to readers by a reset.",
+                self.feed_gaps)
         counter("catchup_stalls_total",
                 "Catching-up streams closed: one send not taken for two sweeps.",
                 self.catchup_stalls)

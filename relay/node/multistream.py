@@ -219,6 +219,12 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
     except (RedisError, OSError):
         _release(topics)
         return await stream.refuse(relay, send, "redis", "Redis is not reachable", request)
+    if not all(stream.attached(relay, topic) for topic in topics):
+        # a topic was forgotten or expired during the awaits: it would never be fed. The
+        # client is asked to come back at once (it resumes every topic from its id)
+        _release(topics)
+        return await stream.refuse(relay, send, "topics", "a topic is being read again",
+                                   request)
 
     # -- register and fix every cursor: one synchronous step ------------------------------
     conn = Connection(asyncio.current_task())
@@ -226,9 +232,9 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
     for i, (topic, after) in enumerate(zip(topics, afters, strict=True)):
         plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
         cursor = Cursor(conn, topic, plan.cursor, plan.last_id)
-        if plan.history_after is not None:
-            cursor.catch_up = resume.CatchUp(plan.history_after, plan.history_until,
-                                             plan.resume_from)
+        cursor.catch_up = plan.catch_up()
+        if plan.reset:
+            resets.append((i, plan.reset))
         conn.cursors.append(cursor)
         relay.hub.subscribe(topic, cursor)
         if i in waiting:

@@ -69,12 +69,15 @@ class Relay:
             self.feed = ClusterFeed(self.hub, redis, self.metrics,
                                     block_ms=settings.feed_block_ms,
                                     read_count=settings.feed_read_count,
-                                    send_max=settings.send_max_bytes)
+                                    send_max=settings.send_max_bytes,
+                                    retention_maxlen=settings.retention_maxlen,
+                                    retention_max_age_s=settings.retention_max_age_s)
         else:
             self.feed = RedisFeed(
                 self.hub, redis, self.metrics, url=settings.read_url,
                 block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
-                send_max=settings.send_max_bytes,
+                send_max=settings.send_max_bytes, retention_maxlen=settings.retention_maxlen,
+                retention_max_age_s=settings.retention_max_age_s,
             )
         self.replayer = Replayer(
             settings.replay_url, redis, self.metrics,

@@ -28,9 +28,9 @@ from redis.exceptions import RedisError
 
 from relay.node import fanout, renewal
 from relay.node.relay import Relay
-from relay.node.topics import Subscription, TooManyTopics
+from relay.node.topics import Subscription, TooManyTopics, Topic
 from relay.protocol import ids, resume
-from relay.protocol.wire import encode_comment, encode_retry
+from relay.protocol.wire import encode_comment, encode_position, encode_retry
 from relay.storage import replica
 from relay.web.errors import BadRequest
 from relay.web.http import Receive, Request, Send
@@ -95,35 +95,42 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     if away is not None:
         return await refuse(relay, send, *away, request)
     hub = relay.hub
-    try:
-        topic = hub.get(topic_name)
-    except TooManyTopics:
-        return await refuse(relay, send, "topics", "this relay watches as many topics as it may",
-                            request)
-    after = start.after
-    first_frames = b""
-    wait_for_replica = False
-    try:
-        await relay.feed.prime(topic)
-        if after is not None and after > topic.ring.last_id:
-            # newer than anything this node has read: the stream may just be ahead of this
-            # feed (the client came from a faster node), or of this region's replica, or the
-            # id never existed here
-            after, first_frames, wait_for_replica = await check_future(relay, topic_name,
-                                                                       after)
-    except (RedisError, OSError):
-        if not topic.subscribers:
-            topic.idle_since = time.monotonic()
-        return await refuse(relay, send, "redis", "Redis is not reachable", request)
+    for _ in range(_ATTACH_TRIES):
+        try:
+            topic = hub.get(topic_name)
+        except TooManyTopics:
+            return await refuse(relay, send, "topics",
+                                "this relay watches as many topics as it may", request)
+        after = start.after
+        first_frames = b""
+        wait_for_replica = False
+        try:
+            await relay.feed.prime(topic)
+            if after is not None and after > topic.ring.last_id:
+                # newer than anything this node has read: the stream may just be ahead of
+                # this feed (the client came from a faster node), or of this region's
+                # replica, or the id never existed here
+                after, first_frames, wait_for_replica = await check_future(relay, topic_name,
+                                                                           after)
+        except (RedisError, OSError):
+            if not topic.subscribers:
+                topic.idle_since = time.monotonic()
+            return await refuse(relay, send, "redis", "Redis is not reachable", request)
+        if attached(relay, topic):
+            break
+    else:
+        return await refuse(relay, send, "topics", "the topic is being read again", request)
 
     # -- register and fix the cursor: one synchronous step --------------------------------
     plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
     sub = Subscription(topic, plan.cursor, asyncio.current_task(), plan.last_id)
-    if plan.history_after is not None:
-        sub.catch_up = resume.CatchUp(plan.history_after, plan.history_until, plan.resume_from)
+    sub.catch_up = plan.catch_up()
     hub.subscribe(topic, sub)
     if wait_for_replica:
         relay.replica_waits.add(sub, plan.last_id, time.monotonic())
+    # the client's position at once: one that drops before any event (a quiet topic)
+    # resumes from here, not from "now" again, and misses nothing published while away
+    first_frames += plan.reset + encode_position(ids.format(plan.last_id))
     with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp):
         await begin(relay, request, send, first_frames, (sub,))
         if sub.catch_up is not None:
@@ -205,6 +212,17 @@ async def end(relay: Relay, send: Send, reason: str | None) -> None:
 # why a relay that stepped out (``Relay.stepped_out``) refuses streams
 _STEPPED_OUT = {"redis": "this relay has lost Redis",
                 "replica": "this relay's Redis replica is cut from its primary"}
+
+
+# a topic forgotten while a stream was in its awaits (its stream went back, or it expired)
+# is got again and primed afresh; a stream that keeps losing the race is refused (it retries)
+_ATTACH_TRIES = 3
+
+
+def attached(relay: Relay, topic: Topic) -> bool:
+    """Whether ``topic`` is still the one this relay feeds: a stream registered on a Topic
+    that was forgotten or expired during its awaits would never be fed again."""
+    return relay.hub.topics.get(topic.name) is topic and topic.primed
 
 
 def _spread(ms: int) -> int:

@@ -80,6 +80,7 @@ class Subscription(Reader):
 
 class Topic:
     __slots__ = (
+        "added",
         "ahead",
         "entries_added",
         "fanning",
@@ -100,6 +101,9 @@ class Topic:
         self.ring = ring
         self.subscribers: set[Subscription] = set()
         self.read_from = b"0-0"  # the last id the feed has seen, as Redis spells it
+        # the stream's entries-added count at ``read_from`` (None: not known): a read that
+        # jumped over trimmed entries is told by it (``FeedBase.absorb``)
+        self.added: int | None = None
         self.priming: asyncio.Future[None] | None = None
         self.primed = False
         self.idle_since: float | None = None

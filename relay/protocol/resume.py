@@ -59,6 +59,17 @@ class Plan:
     history_after: int | None  # read history after this id first, if not None ...
     history_until: int  # ... up to and including this id (the ring's floor)
     resume_from: int | None  # the id of the first ring frame after the floor, when known
+    earliest: bool = False  # ``since=earliest``: what was trimmed before it is no loss
+    # an ``unknown`` reset to send first: the client's id lies inside the ring's range but
+    # is none of its ids (an id of another topic, or of an earlier life of this stream)
+    reset: bytes = b""
+
+    def catch_up(self) -> CatchUp | None:
+        """The catch-up this start needs, if any."""
+        if self.history_after is None:
+            return None
+        return CatchUp(self.history_after, self.history_until, self.resume_from,
+                       earliest=self.earliest)
 
 
 def plan(ring: Ring, after: int | None, *, earliest: bool = False, backfill: int = 0) -> Plan:
@@ -67,16 +78,33 @@ def plan(ring: Ring, after: int | None, *, earliest: bool = False, backfill: int
     An ``after`` above everything in the ring (the client comes from a node whose feed is
     ahead of this one) puts the cursor at the head with ``last_id = after``: the frames this
     feed appends up to ``after`` are skipped (``Reader.next_chunk``)."""
-    if after is None and earliest:
+    from_earliest = after is None and earliest
+    if from_earliest:
         after = ids.ZERO
     if after is not None:
         if ring.covers(after):
-            return Plan(ring.position_after(after), after, None, ring.floor, None)
+            cursor = ring.position_after(after)
+            return Plan(cursor, after, None, ring.floor, None, reset=_foreign(ring, after, cursor))
         cursor = ring.position_after(ring.floor)
         first = ring.id_at(cursor) if cursor < ring.head else None
-        return Plan(cursor, after, after, ring.floor, first)
+        return Plan(cursor, after, after, ring.floor, first, earliest=from_earliest)
     cursor = max(ring.tail, ring.head - backfill) if backfill else ring.head
     return Plan(cursor, last_before(ring, cursor), None, ring.floor, None)
+
+
+def _foreign(ring: Ring, after: int, cursor: int) -> bytes:
+    """The ``unknown`` reset for an ``after`` the ring covers but does not hold: above its
+    floor, at most its last id, and none of its frames' ids. Its id is the ring's id below
+    ``after`` (a real entry: a client that reconnects right after it is not told again);
+    the stream then goes on after ``after``. The floor and the last id are positions this
+    stream hands out, never foreign."""
+    if after <= ring.floor or after >= ring.last_id:
+        return b""
+    below = ring.id_at(cursor - 1) if cursor > ring.tail else ring.floor
+    if below == after:
+        return b""
+    resume_from = ring.id_at(cursor) if cursor < ring.head else None
+    return reset_frame("unknown", after, resume_from, below)
 
 
 def last_before(ring: Ring, cursor: int) -> int:
@@ -111,9 +139,13 @@ class CatchUp:
     newest entries): ``rewound``, and the stream is ended so the client starts over.
     """
 
-    __slots__ = ("after", "done", "fresh", "resets", "resume_from", "rewound", "until")
+    __slots__ = ("after", "done", "earliest", "fresh", "resets", "resume_from", "rewound",
+                 "until")
 
-    def __init__(self, after: int, until: int, resume_from: int | None = None) -> None:
+    def __init__(self, after: int, until: int, resume_from: int | None = None, *,
+                 earliest: bool = False) -> None:
+        self.earliest = earliest  # since=earliest: a reset of what was trimmed before 0-0
+        # is no loss to this client (it asked for whatever is retained)
         self.after = after
         self.until = until
         self.resume_from = resume_from  # the ring's first frame after ``until``, if known
@@ -131,7 +163,7 @@ class CatchUp:
         first_entry = len(frames) - page.count
         before = self.after
         for frame_id, frame in frames[:first_entry]:
-            self._reset(frame_id, frame, out)
+            self._reset(frame_id, frame, out, has_entries=page.count > 0)
         for frame_id, frame in frames[first_entry:]:
             if frame_id <= self.after:
                 continue  # never at or below what the client has
@@ -154,12 +186,24 @@ class CatchUp:
             self.fresh = False
         return out
 
-    def _reset(self, frame_id: int, frame: bytes, out: list[bytes]) -> None:
+    def _reset(self, frame_id: int, frame: bytes, out: list[bytes], *,
+               has_entries: bool) -> None:
         """A page's reset: sent when it names a loss past what the client has, with the floor
-        as its id when the loss reaches into what the ring holds."""
+        as its id when the loss reaches into what the ring holds. ``since=earliest`` skips
+        the reset of what was trimmed before it (it asked for what is retained)."""
+        if self.earliest and self.after == ids.ZERO:
+            self.after = min(frame_id, self.until)
+            self.done = self.after >= self.until
+            return
         if frame_id <= self.after:
-            return  # a reset for an id the client is past (``unknown`` of a stream that
-            # went back): the page proves nothing, ``take`` decides what happens next
+            if has_entries and frame_id < self.after:
+                # ``unknown``: the client's id is not an entry of the stream (another topic's,
+                # an earlier life's); the page's entries follow it. Sent with the id below,
+                # what the client then has; nothing at or below its own id is sent after it
+                self.resets += 1
+                out.append(frame)
+            return  # else a reset for an id the client is past (``unknown`` of a stream
+            # that went back): the page proves nothing, ``take`` decides what happens next
         if frame_id > self.until:
             frame = reset_frame("expired", self.after, self.resume_from, self.until)
             frame_id = self.until

@@ -137,6 +137,14 @@ def split_frames(body: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def encode_position(id: str | bytes) -> bytes:
+    """A frame that sets the client's last event id and dispatches nothing (an ``id:`` line
+    and the blank line, no data): by WHATWG an EventSource takes the id at the blank line and
+    dispatches no event without data. A stream opens with it, so a client that drops before
+    its first event comes back from where it joined instead of from "now" again."""
+    return b"id: " + _field(id, "id") + b"\n\n"
+
+
 def encode_comment(text: str = "") -> bytes:
     """A comment frame; a multi-line text becomes several comment lines."""
     lines = _LINE_BREAK.split(text.encode()) if text else [b""]

@@ -58,7 +58,14 @@ class Page:
 async def read_page(r: clients.Client, topic: str, after: int, limit: int,
                     until: int | None = None, max_bytes: int = 1 << 20) -> tuple[Page, int]:
     """The page, and the number of malformed entries in it. One round trip to Redis for a
-    page of small events; more, each sized to stay near ``max_bytes``, for large ones."""
+    page of small events; more, each sized to stay near ``max_bytes``, for large ones.
+
+    The first round trip reads XINFO before the entries (what the page goes ``through`` must
+    not claim entries added after they were read), the entry at or below ``after`` (is it an
+    entry of this stream: ``_page``) and XINFO again after them (retention is judged on what
+    was trimmed by the time the entries were read). Each later batch is followed by XINFO:
+    a trim that overtook the page between two batches (the stream's first entry now past the
+    last one read) ends the page there, open, and the next page tells the loss."""
     key = store.stream_key(topic)
     stop = ids.format(until) if until is not None else "+"
     # nothing sorts after the largest id: Redis refuses "(" with it, and the answer is empty
@@ -68,31 +75,63 @@ async def read_page(r: clients.Client, topic: str, after: int, limit: int,
         if not beyond:
             pipe.xrange(key, min="(" + ids.format(after), max=stop,
                         count=min(limit, _FIRST_BATCH))
+            pipe.xrevrange(key, max=ids.format(after), min="-", count=1)
+            pipe.xinfo_stream(key)
         replies = await pipe.execute(raise_on_error=False)
-    info = replies[0]
+    info = _info(replies[0])
     entries: list[store.Entry] = []
-    if isinstance(info, Exception):
-        if "no such key" not in str(info).lower():
-            raise info
-        info = None
+    below: int | None = None
+    cut = False
     if not beyond:
         batch = replies[1]
         if isinstance(batch, Exception):
             raise batch
+        if isinstance(replies[2], Exception):
+            raise replies[2]
+        below = ids.from_redis(replies[2][0][0]) if replies[2] else None
+        trimmed = _info(replies[3])
         entries = list(batch)
         size, largest = _sizes(entries)
         asked = min(limit, _FIRST_BATCH)
         # read on while the last read was full and the page has room left
         while len(batch) == asked and len(entries) < limit and size < max_bytes:
             asked = min(limit - len(entries), max(1, (max_bytes - size) // max(largest, 1) + 1))
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, min="(" + entries[-1][0].decode(), max=stop, count=asked)
+                pipe.xinfo_stream(key)
+                more_replies = await pipe.execute(raise_on_error=False)
+            if isinstance(more_replies[0], Exception):
+                raise more_replies[0]
+            first_now = _first(_info(more_replies[1]))
+            if first_now is None or first_now > ids.from_redis(entries[-1][0]):
+                cut = True  # trimmed past what was read: the page ends at its last entry
+                break
             # raw replies (clients.client): lists of (id, [field, value, ...])
-            batch = cast(list[store.Entry], await r.xrange(
-                key, min="(" + entries[-1][0].decode(), max=stop, count=asked))
+            batch = cast(list[store.Entry], more_replies[0])
             entries.extend(batch)
             more, biggest = _sizes(batch)
             size += more
             largest = max(largest, biggest)
-    return _page(info, entries, after, limit, until, max_bytes)
+    else:
+        trimmed = info
+    return _page(info, entries, after, limit, until, max_bytes, below=below,
+                 trimmed_info=trimmed, cut=cut)
+
+
+def _info(reply: Any) -> dict[str, Any] | None:
+    """XINFO STREAM's answer, None when the stream does not exist."""
+    if isinstance(reply, Exception):
+        if "no such key" not in str(reply).lower():
+            raise reply
+        return None
+    return cast(dict[str, Any], reply)
+
+
+def _first(info: dict[str, Any] | None) -> int | None:
+    """The id of the stream's oldest retained entry, None when there is none."""
+    if info is None or not info.get("first-entry"):
+        return None
+    return ids.from_redis(info["first-entry"][0])
 
 
 def _sizes(entries: Sequence[store.Entry]) -> tuple[int, int]:
@@ -106,20 +145,19 @@ def _sizes(entries: Sequence[store.Entry]) -> tuple[int, int]:
 
 
 def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: int, limit: int,
-          until: int | None, max_bytes: int = 1 << 20) -> tuple[Page, int]:
+          until: int | None, max_bytes: int = 1 << 20, *, below: int | None = None,
+          trimmed_info: dict[str, Any] | None = None, cut: bool = False) -> tuple[Page, int]:
+    """The page from what Redis answered: ``info`` (XINFO before the entries were read),
+    ``below`` (the stream's entry at or below ``after``, None for none), ``trimmed_info``
+    (XINFO after them, for retention; ``info`` when not given) and ``cut`` (a trim overtook
+    the page between two batches: it ends at its last entry)."""
     last_generated = ids.from_redis(info["last-generated-id"]) if info else ids.ZERO
     if after > last_generated:
         body = reset_frame("unknown", after, None, last_generated)
         return Page(body, 0, None, True, False, last_generated), 0
-    head = b""
-    reset = False
-    if info is not None and int(info["entries-added"]) > int(info["length"]) and after:
-        first = ids.from_redis(info["first-entry"][0]) if info.get("first-entry") else None
-        if first is None:  # everything was trimmed: resume at whatever comes next
-            if after < last_generated:
-                head, reset = reset_frame("expired", after, None, last_generated), True
-        elif after < ids.predecessor(first):
-            head, reset = reset_frame("expired", after, first, ids.predecessor(first)), True
+    head = _retention(after, below, trimmed_info if trimmed_info is not None else info,
+                      entries)
+    reset = bool(head)
     # the page's entries: up to ``limit``, or through the one that crosses ``max_bytes``
     size = 0
     for n, (_, fields) in enumerate(entries[:limit]):
@@ -133,7 +171,7 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
     count = len(keys)
     bounded = count == limit or size >= max_bytes
     last_id = keys[-1] if keys else None
-    if bounded:
+    if bounded or (cut and keys):
         through = keys[-1]
     else:  # it reached the end of the stream (or ``until``) as it was when read
         through = max(last_generated, last_id or ids.ZERO)
@@ -141,8 +179,55 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
             through = min(through, until)
     # closed: a page that stopped at a bound ends at an entry that exists, and nothing can
     # be inserted before it; a page up to an ``until`` the stream has already passed is final
-    closed = bounded or (until is not None and until <= last_generated)
+    closed = not cut and (bounded or (until is not None and until <= last_generated))
     return Page(head + b"".join(frames), count, last_id, reset, closed, through), bad
+
+
+def _retention(after: int, below: int | None, info: dict[str, Any] | None,
+               entries: Sequence[store.Entry]) -> bytes:
+    """The ``ssedge.reset`` a page after ``after`` starts with, or nothing.
+
+    - ``expired``: the stream was trimmed (``entries-added`` above ``length``) past
+      ``after``: its id is just below the first retained entry. ``after`` 0-0 is a client
+      that had nothing (a position sent on a topic that was empty then): it is told too
+      (``since=earliest`` skips this one reset, ``resume.CatchUp``).
+    - ``unknown``: ``after`` is not an entry of this stream as it is: inside the retained
+      range but not one of its ids (an id of another topic), or below a stream that never
+      lost anything (an id of an earlier life: deleted and made again). Its id is the entry
+      below ``after`` (0-0 when there is none), so a client that reconnects right after it
+      is answered from there without the reset again.
+    Handed-out ids that are not entries (0-0, a reset's id just below the first entry, the
+    last generated id of a stream trimmed empty) never get ``unknown``."""
+    if info is None or not after:
+        if info is not None and int(info["entries-added"]) > int(info["length"]):
+            return _expired(after, info)
+        return b""
+    first = _first(info)
+    last_generated = ids.from_redis(info["last-generated-id"])
+    trimmed = int(info["entries-added"]) > int(info["length"])
+    is_entry = below == after or after == last_generated
+    if first is not None and after >= first:
+        if is_entry:
+            return b""
+        resume_from = ids.from_redis(entries[0][0]) if entries else None
+        return reset_frame("unknown", after, resume_from, below if below is not None else 0)
+    if trimmed:
+        return _expired(after, info)
+    if first is not None and after != ids.predecessor(first) and not is_entry:
+        return reset_frame("unknown", after, first, ids.ZERO)
+    return b""
+
+
+def _expired(after: int, info: dict[str, Any]) -> bytes:
+    first = _first(info)
+    last_generated = ids.from_redis(info["last-generated-id"])
+    if first is None:  # everything was trimmed: resume at whatever comes next
+        if after < last_generated:
+            return reset_frame("expired", after, None, last_generated)
+        return b""
+    if after < ids.predecessor(first):
+        return reset_frame("expired", after, first, ids.predecessor(first))
+    return b""
 
 
 def split(body: bytes) -> list[tuple[int, bytes]]:

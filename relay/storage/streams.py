@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -217,42 +217,55 @@ async def info(r: Client, topic: str) -> dict[str, Any] | None:
         raise
 
 
-async def heads(r: Client, keys: Sequence[bytes]) -> list[tuple[int, int]]:
-    """Each stream's last generated id and ``entries-added`` (0-0 and 0 when it does not
-    exist), in one pipeline."""
+async def infos(r: Client, keys: Sequence[bytes]) -> list[dict[str, Any] | None]:
+    """XINFO STREAM of each key (None where there is no stream), in one pipeline."""
     async with r.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.xinfo_stream(key)
         replies = await pipe.execute(raise_on_error=False)
-    out = []
+    out: list[dict[str, Any] | None] = []
     for reply in replies:
         if isinstance(reply, Exception):
             if "no such key" not in str(reply).lower():
                 raise reply
-            out.append((ids.ZERO, 0))
+            out.append(None)
         else:
-            out.append((ids.from_redis(reply["last-generated-id"]), int(reply["entries-added"])))
+            out.append(reply)
     return out
 
 
-async def newest(r: Client, key: bytes, count: int) -> tuple[list[Entry], int]:
-    """The newest ``count`` entries, oldest first, and the floor below which entries may exist
+async def heads(r: Client, keys: Sequence[bytes]) -> list[tuple[int, int]]:
+    """Each stream's last generated id and ``entries-added`` (0-0 and 0 when it does not
+    exist), in one pipeline."""
+    return [(ids.from_redis(info["last-generated-id"]), int(info["entries-added"]))
+            if info is not None else (ids.ZERO, 0) for info in await infos(r, keys)]
+
+
+async def newest(r: Client, key: bytes, count: int
+                 ) -> tuple[list[Entry], int, dict[str, Any] | None]:
+    """The newest ``count`` entries, oldest first; the floor below which entries may exist
     that were not read: the oldest entry read when the read was full; just below the first
     entry when the stream was ever trimmed (everything trimmed is older than it); else 0-0,
-    the read holds the whole stream."""
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.xrevrange(key, count=count)
-        pipe.xinfo_stream(key)
-        reply, info = await pipe.execute(raise_on_error=False)
-    if isinstance(reply, Exception):
-        raise reply
-    entries: list[Entry] = list(reversed(reply))
-    if isinstance(info, Exception):
-        if "no such key" not in str(info).lower():
-            raise info
+    the read holds the whole stream; and the XINFO STREAM the read was anchored on (None: no
+    stream).
+
+    XINFO comes first and the entries are read downward from its ``last-generated-id``, so its
+    ``entries-added`` counts exactly the entries up to the newest one read: the feed counts on
+    from there to tell a read that jumped over trimmed entries (``FeedBase.absorb``)."""
+    try:
+        info: dict[str, Any] | None = await r.xinfo_stream(key)
+    except ResponseError as exc:
+        if "no such key" not in str(exc).lower():
+            raise
         info = None
+    entries: list[Entry] = []
+    if info is not None:
+        # raw replies (clients.client): lists of (id, [field, value, ...])
+        reply = cast(list[Entry], await r.xrevrange(key, max=info["last-generated-id"],
+                                                    min="-", count=count))
+        entries = list(reversed(reply))
     oldest = ids.from_redis(entries[0][0]) if entries else None
-    return entries, newest_floor(oldest, len(entries) == count, info)
+    return entries, newest_floor(oldest, len(entries) == count, info), info
 
 
 def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None) -> int:

@@ -96,7 +96,8 @@ class Stream:
     def page(self, after: int) -> HistoryPage:
         """The replay service's answer now (``history._page``, as ``read_page`` calls it)."""
         entries = [(raw(i), [b"d", b"%d" % i]) for i in self.entries if i > after][:PAGE]
-        page, _ = history._page(self.info(), entries, after, PAGE, None)
+        below = max((i for i in self.entries if i <= after), default=None)
+        page, _ = history._page(self.info(), entries, after, PAGE, None, below=below)
         return HistoryPage(history.split(page.body), page.count, page.through)
 
 

@@ -14,6 +14,7 @@ parked connections in one pass (``relay.node.fanout``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -22,8 +23,10 @@ from typing import Any
 from relay.node import fanout
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
-from relay.protocol import ids
+from relay.protocol import ids, resume
 from relay.storage import streams as store
+
+log = logging.getLogger("ssedge.feed")
 
 _BACKOFF_MIN = 0.05
 # at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
@@ -55,7 +58,8 @@ class FeedBase(ABC):
     ``single.RedisFeed`` reads one Redis; ``cluster.ClusterFeed`` a Redis Cluster."""
 
     def __init__(self, hub: Hub, redis: Any, metrics: Metrics, *, block_ms: int,
-                 read_count: int, send_max: int) -> None:
+                 read_count: int, send_max: int, retention_maxlen: int = 0,
+                 retention_max_age_s: int = 0) -> None:
         self._hub = hub
         # the client of the Redis this feed reads (a replica, or the primary): priming, verify
         # (and CLIENT UNBLOCK on one Redis)
@@ -64,6 +68,10 @@ class FeedBase(ABC):
         self._block_ms = block_ms
         self._count = read_count
         self._send_max = send_max
+        # the retention publishes apply: a read can have jumped over trimmed entries only
+        # when it is at least this long, or when its last id is this old (``_suspect``)
+        self._maxlen = retention_maxlen
+        self._max_age_ms = retention_max_age_s * 1000
         self.last_error: str | None = None
         # set to have the streams checked now (``verify``): after a reconnect, or when a
         # catch-up found its stream holding less than the ring
@@ -109,11 +117,75 @@ class FeedBase(ABC):
         return self._metrics
 
     async def absorb(self, reply: Any) -> None:
-        """What an XREAD returned, checked and delivered: every feed hands its replies here."""
-        self.deliver(reply)
+        """What an XREAD returned, checked and delivered: every feed hands its replies here.
 
-    def deliver(self, reply: Any) -> None:
-        """Entries an XREAD returned, to their topics' rings and parked connections."""
+        XREAD after an id that retention has trimmed silently starts at the first entry left:
+        a feed that stalled (a frozen process, a slow node) while more than the retention
+        arrived would jump over the trimmed entries, and its readers with it. A read that
+        could have jumped (``_suspect``) is checked against XINFO before it is delivered
+        (``_gap``); one that did gets an ``ssedge.reset`` in the ring before its first entry,
+        so every reader hears of the loss before the next event."""
+        suspects = [(key, entries) for key, entries in store.entries_of(reply)
+                    if entries and self._suspect(key, entries)]
+        gaps: dict[bytes, int] = {}
+        if suspects:
+            infos = await store.infos(self._redis, [key for key, _ in suspects])
+            for (key, entries), info in zip(suspects, infos, strict=True):
+                topic = self._hub.by_key.get(key)
+                if topic is not None:
+                    gaps[key] = self._gap(topic, entries, info)
+        self.deliver(reply, gaps)
+
+    def _suspect(self, key: bytes, entries: list[store.Entry]) -> bool:
+        """Whether a read may have jumped over trimmed entries: it is as long as a read gets
+        (the feed is behind), or as the count retention keeps, or it follows an id older than
+        the age retention keeps, or the count it follows from is not known."""
+        topic = self._hub.by_key.get(key)
+        if topic is None or not topic.primed:
+            return False
+        if topic.added is None or len(entries) >= self._count:
+            return True
+        if self._maxlen and len(entries) >= self._maxlen:
+            return True
+        read_ms = ids.from_redis(topic.read_from) >> 64
+        return bool(self._max_age_ms) and read_ms < time.time() * 1000 - self._max_age_ms
+
+    def _gap(self, topic: Topic, entries: list[store.Entry], info: dict[str, Any] | None) -> int:
+        """How many entries after the topic's last read id and before ``entries`` are gone
+        (trimmed or deleted), by counting: ``entries-added`` only grows, one per entry, and
+        the feed knows the count at the id it read from (``Topic.added``). -1: some, how many
+        is not known. 0 also for a stream that went back (``verify`` deals with it)."""
+        if info is None:
+            self.verify_now.set()
+            return 0
+        after = ids.from_redis(topic.read_from)
+        first = ids.from_redis(info["first-entry"][0]) if info.get("first-entry") else None
+        added, length = int(info["entries-added"]), int(info["length"])
+        last_generated = ids.from_redis(info["last-generated-id"])
+        if first is not None and first <= after:
+            return 0  # the entry it read last is still there: nothing after it was trimmed
+        known = topic.added
+        if known is None or (first is not None and first > ids.from_redis(entries[-1][0])):
+            gone = -1 if added > length else 0  # overtaken by more than this read
+        else:
+            gone = added - known - length - sum(1 for e in entries
+                                                if first is None or ids.from_redis(e[0]) < first)
+            if gone < 0:  # fewer added than read: the stream was made again
+                self.verify_now.set()
+                gone = -1
+        # count on from here: exactly, when this read reaches the stream's last id
+        if ids.from_redis(entries[-1][0]) == last_generated:
+            topic.added = added - len(entries)
+        elif gone < 0 or known is None:
+            topic.added = None
+        else:
+            topic.added = known + gone
+        return gone
+
+    def deliver(self, reply: Any, gaps: dict[bytes, int] | None = None) -> None:
+        """Entries an XREAD returned, to their topics' rings and parked connections; a topic
+        in ``gaps`` (entries gone before its first one, ``_gap``) gets an ``ssedge.reset``
+        first."""
         by_key = self._hub.by_key
         metrics = self._metrics
         newest = 0
@@ -128,8 +200,12 @@ class FeedBase(ABC):
                 if not entries:
                     continue
             keys, frames, bad = store.frames(entries)
+            if gaps and gaps.get(key):
+                keys, frames = self._reset(topic, keys, frames, gaps[key])
             ring.extend(keys, frames)
             topic.read_from = entries[-1][0]
+            if topic.added is not None:
+                topic.added += len(entries)
             metrics.events_in += len(entries)
             metrics.invalid_entries += bad
             newest = max(newest, ring.last_id)
@@ -137,6 +213,22 @@ class FeedBase(ABC):
         if newest:
             # an entry id's time is Redis's clock when it was added: how long it took to get here
             metrics.feed_lag_s = max(0.0, time.time() - (newest >> 64) / 1000)
+
+    def _reset(self, topic: Topic, keys: list[int], frames: list[bytes], gone: int
+               ) -> tuple[list[int], list[bytes]]:
+        """The frames of a read that jumped over ``gone`` entries (-1: some), an
+        ``ssedge.reset`` first: its id is just below the read's first entry, so it sorts
+        after everything a reader has and before what follows; it names the feed's last id
+        (a reader resuming inside the gap is told the same)."""
+        after = ids.from_redis(topic.read_from)
+        first = keys[0]
+        log.warning("the feed of topic %s was overtaken by retention: %s entries after %s "
+                    "are gone; its readers are told (ssedge.reset)", topic.name,
+                    "some" if gone < 0 else gone, ids.format(after))
+        self._metrics.feed_gaps += 1
+        self._metrics.resets += 1
+        frame = resume.reset_frame("expired", after, first, ids.predecessor(first))
+        return [ids.predecessor(first), *keys], [frame, *frames]
 
     # -- streams that went back -----------------------------------------------------------
 
@@ -186,11 +278,13 @@ class FeedBase(ABC):
     async def _prime(self, topic: Topic) -> None:
         try:
             ring = topic.ring
-            entries, floor = await store.newest(self._redis, topic.key, ring.max_events)
+            entries, floor, info = await store.newest(self._redis, topic.key, ring.max_events)
             keys, frames, bad = store.frames(entries)
             self._metrics.invalid_entries += bad
             ring.prime(keys, frames, floor)
-            topic.read_from = ids.format(ring.last_id).encode()
+            # read on from the id the count was taken at (``absorb`` counts from there)
+            topic.read_from = info["last-generated-id"] if info is not None else b"0-0"
+            topic.added = int(info["entries-added"]) if info is not None else 0
             self._hub.mark_primed(topic)
             self.topics_changed()
         finally:
