@@ -126,9 +126,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_max_age_s: NonNegative = 0
     """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
     publish_replicas: Annotated[int, Meta(ge=-1, le=16)] = -1
-    """Replicas that must hold a publish before its 201 (WAIT); -1: 1 on a cluster, else 0."""
+    """Replicas that must hold a publish before its 201 (WAIT); -1: 1 when the primary has a
+    replica (a cluster's primaries, or a Redis whose INFO lists a connected replica)."""
     publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
-    """How long a publish waits for them; then 503 (written, not acknowledged: retry)."""
+    """How long a publish waits for them. Then a keyed publish is 503 (retry with the key),
+    a keyless one 201 with ``"replicated": false`` (written and delivered; do not resend)."""
     idempotency_ttl_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 86400
     """How long a publish's Idempotency-Key is kept: a retry within it gets the first answer."""
 
@@ -214,12 +216,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Where streams are read: the replica when one is named, else the primary."""
         return self.redis_read_url or self.redis_url
 
-    @property
-    def replicas(self) -> int:
-        """Replicas a publish waits for (``publish_replicas`` with -1 resolved)."""
+    def replicas(self, connected: int) -> int:
+        """Replicas a publish waits for: ``publish_replicas``, or with -1 one when the primary
+        has any (``connected``, as its INFO said lately; a cluster's primaries always do)."""
         if self.publish_replicas >= 0:
             return self.publish_replicas
-        return 1 if self.redis_cluster else 0
+        return 1 if self.redis_cluster or connected else 0
 
 
 class SettingsError(ValueError):

@@ -59,12 +59,14 @@ def test_every_setting_is_documented() -> None:
     assert all(doc for _, _, doc in fields())
 
 
-def test_a_cluster_waits_for_one_replica_by_default_one_redis_for_none() -> None:
-    assert load({}).replicas == 0
+def test_a_publish_waits_for_one_replica_by_default_where_the_primary_has_one() -> None:
+    assert load({}).replicas(0) == 0
+    assert load({}).replicas(2) == 1  # one Redis whose INFO lists connected replicas
     cluster = load({"SSEDGE_REDIS_CLUSTER": "10.0.0.1:7000, redis-b:7001,[::1]:7002"})
-    assert cluster.replicas == 1
-    assert load({"SSEDGE_REDIS_CLUSTER": "h:7000", "SSEDGE_PUBLISH_REPLICAS": "0"}).replicas == 0
-    assert load({"SSEDGE_PUBLISH_REPLICAS": "2"}).replicas == 2
+    assert cluster.replicas(0) == 1
+    assert load({"SSEDGE_REDIS_CLUSTER": "h:7000",
+                 "SSEDGE_PUBLISH_REPLICAS": "0"}).replicas(1) == 0
+    assert load({"SSEDGE_PUBLISH_REPLICAS": "2"}).replicas(0) == 2
 
 
 def test_streams_are_read_from_the_replica_when_one_is_named() -> None:

@@ -242,31 +242,45 @@ class App:
         events, many = decode_events(body, s.max_batch)
         headers = {"cache-control": "no-store"}
         if key is None:
-            assigned = await self._publish(topic, events)
+            assigned, replicated = await self._publish(topic, events)
+            if not replicated:
+                # in the stream and on its way to readers: a resend would write them twice
+                headers["x-ssedge-replicated"] = "false"
         else:
             outcome = await self._publish_once(topic, events, many, key)
             assigned = outcome.ids
             if outcome.replayed:
                 headers["idempotent-replayed"] = "true"
-        answer = {"ids": assigned} if many else {"id": assigned[0]}
+        answer: dict[str, object] = {"ids": assigned} if many else {"id": assigned[0]}
+        if "x-ssedge-replicated" in headers:
+            answer["replicated"] = False
+            answer["warning"] = ("written and delivered, but no replica confirmed it in time: "
+                                 "a failover now could lose it; do not resend it (it would be "
+                                 "written twice), or publish with an Idempotency-Key")
         self.relay.metrics.publish_seconds.observe(time.monotonic() - request.started)
         await self.relay.responder.json(send, 201, answer, headers)
 
-    async def _publish(self, topic: str, events: list[tuple[bytes, str | None]]) -> list[str]:
+    async def _publish(self, topic: str, events: list[tuple[bytes, str | None]]
+                       ) -> tuple[list[str], bool]:
+        """The ids, and whether the replicas asked for confirmed them. A keyless publish that
+        was written but not confirmed in time is not an error: its events are in the stream
+        and being delivered, and a publisher that resent it would write them twice."""
         s = self.settings
+        replicated = True
         try:
             assigned = await store.publish(self.relay.redis.primary, topic, events,
                                            maxlen=s.retention_maxlen,
                                            max_age_s=s.retention_max_age_s,
-                                           replicas=s.replicas,
+                                           replicas=self.relay.publish_replicas,
                                            replica_timeout_ms=s.publish_replica_timeout_ms)
         except store.NotReplicated as exc:
-            raise Unavailable(f"not acknowledged: {exc}; retry", 1) from None
+            assigned, replicated = exc.ids, False
+            self.relay.metrics.publish_unreplicated += 1
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable; nothing was published", 1) from None
         self.relay.metrics.published += len(assigned)
         self.relay.metrics.publish_requests += 1
-        return assigned
+        return assigned, replicated
 
     async def _publish_once(self, topic: str, events: list[tuple[bytes, str | None]],
                             many: bool, key: str) -> idempotency.Outcome:
@@ -276,7 +290,8 @@ class App:
                 self.relay.redis.primary, topic, events, many, key,
                 ttl_s=s.idempotency_ttl_s,
                 maxlen=s.retention_maxlen, max_age_s=s.retention_max_age_s,
-                replicas=s.replicas, replica_timeout_ms=s.publish_replica_timeout_ms)
+                replicas=self.relay.publish_replicas,
+                replica_timeout_ms=s.publish_replica_timeout_ms)
         except idempotency.KeyReused:
             raise Unprocessable("this Idempotency-Key was first used with other events (or "
                                 "another topic); nothing was published") from None

@@ -44,6 +44,7 @@ class Metrics(ProcessMetrics):
         self.published = 0
         self.publish_requests = 0
         self.publish_replays = 0  # answered from an Idempotency-Key's first answer
+        self.publish_unreplicated = 0  # keyless, written, not confirmed by replicas in time
         self.catchups = 0  # streams that needed history older than the ring
         self.resumes = 0  # streams that fell behind the ring's tail and caught up in place
         self.resets = 0  # ssedge.reset events sent
@@ -110,6 +111,9 @@ class Metrics(ProcessMetrics):
                 self.replay_fresh_reads)
         counter("rewinds_total", "Watched streams found to have gone back; their streams "
                 "were ended to start over.", self.rewinds)
+        counter("publishes_unreplicated_total", "Keyless publishes written but not confirmed "
+                "by the replicas asked for in time (answered 201, replicated false).",
+                self.publish_unreplicated)
         counter("feed_gaps_total", "Feed reads that jumped over entries retention had "
                 "trimmed (the feed stalled past it); each told to readers by a reset.",
                 self.feed_gaps)

@@ -25,6 +25,7 @@ log = logging.getLogger("ssedge.relay")
 _SWEEP_S = 1.0
 _REFUSAL_LOG_S = 5.0
 _DRAIN_STEP_S = 0.1
+_PRIMARY_WATCH_S = 5.0
 
 
 class Refusals:
@@ -96,6 +97,9 @@ class Relay:
         # the replica's link and lag, and streams waiting for it to reach their id
         self.replica: replica.Watch | None = None
         self.replica_waits = Waits(settings.replica_wait_s)
+        # replicas the primary had connected at the last look (``_watch_primary``): a publish
+        # waits for one of them when SSEDGE_PUBLISH_REPLICAS is left at -1
+        self.primary_replicas = 0
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
         m.gauge("ring_events", "Events held in all rings.",
@@ -138,6 +142,9 @@ class Relay:
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
+        if self.settings.publish_replicas < 0 and not self.settings.redis_cluster:
+            self._tasks.append(asyncio.ensure_future(self._guard("primary",
+                                                                 self._watch_primary())))
         if self.replica is not None:
             self._tasks.append(asyncio.ensure_future(self._guard("replica", self.replica.run())))
 
@@ -166,6 +173,26 @@ class Relay:
         if self._redis_seen and (down is None or time.monotonic() - down < grace):
             return None
         return "redis"
+
+    @property
+    def publish_replicas(self) -> int:
+        """Replicas a publish waits for now (``Settings.replicas``)."""
+        return self.settings.replicas(self.primary_replicas)
+
+    async def _watch_primary(self) -> None:
+        """How many replicas the primary has, every ``_PRIMARY_WATCH_S``: with one, a
+        publish's 201 waits until it holds the events (a failover then loses none)."""
+        from redis.exceptions import RedisError
+
+        while True:
+            try:
+                info = await self.redis.primary.info("replication")
+                self.primary_replicas = int(info.get("connected_slaves", 0))
+            except (RedisError, OSError, ValueError):
+                pass  # keep the last answer; the publishes meet the outage themselves
+            finally:
+                clients.still_wanted()
+            await asyncio.sleep(_PRIMARY_WATCH_S)
 
     @property
     def ready(self) -> bool:
@@ -315,4 +342,7 @@ class Relay:
                         self.metrics.backlog_drops += 1
                         sub.close("overflow")
                     sub.behind = over
-            self.hub.expire(time.monotonic(), self.settings.topic_linger_s)
+            for topic in self.hub.expire(time.monotonic(), self.settings.topic_linger_s):
+                # its pages too: the stream may be deleted and made again before it is
+                # watched again, and pages of the old life must not answer for the new one
+                self.replayer.forget(topic.name)

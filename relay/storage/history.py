@@ -179,7 +179,10 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
             through = min(through, until)
     # closed: a page that stopped at a bound ends at an entry that exists, and nothing can
     # be inserted before it; a page up to an ``until`` the stream has already passed is final
-    closed = not cut and (bounded or (until is not None and until <= last_generated))
+    # after 0-0 is the start of whatever life the stream is in: never final (a stream deleted
+    # and made again starts anew, and a cache must not hand its old first page on)
+    closed = not cut and after != ids.ZERO and (
+        bounded or (until is not None and until <= last_generated))
     return Page(head + b"".join(frames), count, last_id, reset, closed, through), bad
 
 

@@ -71,8 +71,12 @@ def frames(entries: Sequence[Entry]) -> tuple[list[int], list[bytes], int]:
 
 
 class NotReplicated(RedisError):
-    """The events were written but fewer replicas than asked confirmed them in time: a
-    failover now could lose them, so the publish is not acknowledged."""
+    """The events were written (``ids``) but fewer replicas than asked confirmed them in
+    time: a failover now could lose them."""
+
+    def __init__(self, message: str, ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.ids = ids or []
 
 
 def _publish_commands(key: str, events: Sequence[tuple[bytes, str | None]], *, maxlen: int,
@@ -110,7 +114,12 @@ async def publish(r: Client, topic: str, events: Sequence[tuple[bytes, str | Non
     async def run(conn: Any) -> list[Any]:
         return await _multi_exec(conn, commands, replicas, replica_timeout_ms)
 
-    replies = await on_primary(r, key, run)
+    try:
+        replies = await on_primary(r, key, run)
+    except NotReplicated as exc:
+        raise NotReplicated(str(exc), [bytes(reply).decode() if isinstance(reply, bytes)
+                                       else str(reply) for reply in exc.ids[: len(events)]]
+                            ) from None
     return [reply.decode() for reply in replies[: len(events)]]
 
 
@@ -191,7 +200,7 @@ async def _multi_exec(conn: Any, commands: list[tuple[Any, ...]], replicas: int,
         raise
     if replicas and acked < replicas:
         raise NotReplicated(f"written, but {acked} of {replicas} replicas confirmed it "
-                            f"within {replica_timeout_ms} ms")
+                            f"within {replica_timeout_ms} ms", list(replies))
     return list(replies)
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,17 +144,54 @@ def test_unknown_path_and_method(relay: Relay) -> None:
     assert response.headers["allow"] == "GET, POST"
 
 
-def test_publish_waiting_for_a_replica_that_is_not_there_is_503_written_not_acknowledged(
+def test_a_keyless_publish_no_replica_confirmed_is_written_and_says_so_not_503(
     start_relay: Callable[..., Relay], redis_server: RedisServer,
 ) -> None:
+    """Written whole and being delivered, but no replica confirmed it in time: a 503 would
+    invite a resend, and a keyless resend writes the events twice. The answer is the ids,
+    ``replicated: false`` and a warning (a keyed publish is still 503: its retry is safe)."""
     relay = start_relay(publish_replicas=1, publish_replica_timeout_ms=50)
     url = f"{relay.url}/v1/streams/unreplicated/events"
     response = call("POST", url, headers=AUTH, json_body=[{"data": 1}, {"data": 2}])
-    assert_error(response, 503, "unavailable")
-    assert "0 of 1 replicas" in response.json()["message"]
-    assert response.headers["retry-after"] == "1"
-    # MULTI/EXEC ran before WAIT: written whole, but not known to be safe from a failover
+    assert response.status == 201, response.body
+    answer = response.json()
+    assert answer["replicated"] is False and "do not resend" in answer["warning"]
+    assert response.headers["x-ssedge-replicated"] == "false"
+    # MULTI/EXEC ran before WAIT: written whole, the ids are the stream's
     assert stream_length(redis_server, "unreplicated") == 2
+    assert answer["ids"] == [i.split()[0] for i in redis_server.cli(
+        "XRANGE", "ssedge:{unreplicated}", "-", "+").splitlines()[::3]]
     ok = start_relay(publish_replicas=0)
-    assert call("POST", f"{ok.url}/v1/streams/unreplicated/events", headers=AUTH,
-                json_body={"data": 3}).status == 201
+    response = call("POST", f"{ok.url}/v1/streams/unreplicated/events", headers=AUTH,
+                    json_body={"data": 3})
+    assert response.status == 201 and "replicated" not in response.json()
+
+
+def test_a_publish_waits_for_the_primarys_replica_by_default(
+    tmp_path: Path, start_relay: Callable[..., Relay], redis_server: RedisServer,
+) -> None:
+    """SSEDGE_PUBLISH_REPLICAS left at -1 waits for one replica where the primary has one:
+    with its replica frozen, a publish is not confirmed (it waited for it); with the replica
+    gone from the primary's INFO, it is not held up."""
+    replica = RedisServer(tmp_path / "replica", replica_of=redis_server)
+    try:
+        deadline = time.monotonic() + 10
+        while "state=online" not in redis_server.cli("INFO", "replication"):
+            assert time.monotonic() < deadline, "the replica did not connect"
+            time.sleep(0.05)
+        relay = start_relay(publish_replica_timeout_ms=300)
+        url = f"{relay.url}/v1/streams/waits/events"
+        time.sleep(0.5)  # the relay's first look at the primary's replicas
+        assert call("POST", url, headers=AUTH, json_body={"data": 1}).json().get(
+            "replicated", True) is True
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            response = call("POST", url, headers=AUTH, json_body={"data": 2})
+            assert response.status == 201 and response.json()["replicated"] is False
+            assert time.monotonic() - began >= 0.25  # it waited (WAIT 1 300)
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+    finally:
+        replica.stop()
