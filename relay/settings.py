@@ -126,11 +126,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retention_max_age_s: NonNegative = 0
     """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
     publish_replicas: Annotated[int, Meta(ge=-1, le=16)] = -1
-    """Replicas that must hold a publish before its 201 (WAIT); -1: 1 when the primary has a
-    replica (a cluster's primaries, or a Redis whose INFO lists a connected replica)."""
+    """Replicas that must hold a publish before its 201 (WAIT); -1: 1 where the primary has one."""
     publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
-    """How long a publish waits for them. Then a keyed publish is 503 (retry with the key),
-    a keyless one 201 with ``"replicated": false`` (written and delivered; do not resend)."""
+    """How long a publish waits; then keyed: 503 (retry with the key), keyless: 201 unreplicated."""
     idempotency_ttl_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 86400
     """How long a publish's Idempotency-Key is kept: a retry within it gets the first answer."""
 

@@ -143,7 +143,8 @@ def test_private_metadata_and_replay(relay: Relay, start_replay: Callable[..., R
                                      private_settings: dict[str, Any]) -> None:
     replay = start_replay(**private_settings)
     ids = asyncio.run(publish(relay.url, TOKEN, "private-m", [{"data": i} for i in range(3)]))
-    asyncio.run(publish(relay.url, TOKEN, "public-m", [{"data": i} for i in range(3)]))
+    public_ids = asyncio.run(publish(relay.url, TOKEN, "public-m",
+                                     [{"data": i} for i in range(3)]))
     reader = bearer(token(["private-m"]))
     for base, path in ((relay.url, "/v1/streams/private-m"),
                        (replay.url, "/v1/replay/private-m?limit=2")):
@@ -154,7 +155,8 @@ def test_private_metadata_and_replay(relay: Relay, start_replay: Callable[..., R
         assert answer.status == 200 and answer.headers["cache-control"] == "private, no-store"
     assert call("GET", f"{relay.url}/v1/streams/private-m", headers=reader).json()["last_id"] \
         == ids[-1]
-    public = call("GET", f"{replay.url}/v1/replay/public-m?limit=2")
+    # (a page after 0-0 is never final: the start of whatever life the stream is in)
+    public = call("GET", f"{replay.url}/v1/replay/public-m?after={public_ids[0]}&limit=1")
     assert public.status == 200 and public.headers["cache-control"].endswith("immutable")
 
 

@@ -223,7 +223,7 @@ def test_a_topic_empty_when_joined_is_told_of_what_was_trimmed_while_away(
         es.close()
         assert position
         await _forgotten(relay)
-        b = _xadd(r, "m-b", 50)
+        _xadd(r, "m-b", 50)
         r.xtrim("ssedge:{m-b}", maxlen=10, approximate=False)
         es = await subscribe(url, last_event_id=position)
         got = await collect(es, 11, timeout=10)
