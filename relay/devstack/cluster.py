@@ -27,8 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay.devstack.processes import port_open
 from relay.devstack.supervisor import SETPRIV, RestartPolicy
+from relay.harness.processes import port_open
 
 CLUSTER_PORTS = (7001, 7002, 7003, 7004, 7005, 7006)
 RELAY_PORTS = (8101, 8102, 8103)
@@ -183,9 +183,9 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
     are not: a primary that dies is failed over to its replica, which is the point of one."""
     from relay.devstack import demo
     from relay.devstack import edge as edge_stack
-    from relay.devstack import haproxy as edge_haproxy
-    from relay.devstack import varnish as edge
     from relay.devstack.single import Processes, ports_free, secret
+    from relay.edge.haproxy import config as edge_haproxy
+    from relay.edge.varnish import config as edge
 
     if (shutil.which("redis-server") is None or edge.varnishd() is None
             or edge_haproxy.haproxy() is None):

@@ -240,7 +240,7 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str,
 
     An edge that can retry only on a status (HAProxy) asks with ``X-Ssedge-Refuse-Status:
     503``: the same answer then says 503, and the edge turns the last one into a 200
-    (varnish/haproxy.cfg). Nothing else changes a refusal's status."""
+    (relay/edge/haproxy/haproxy.cfg). Nothing else changes a refusal's status."""
     settings = relay.settings
     retry = _spread(settings.drain_retry_ms if reason == "draining" else settings.refused_retry_ms)
     relay.metrics.refused(reason)

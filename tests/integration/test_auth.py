@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

@@ -26,7 +26,7 @@ from typing import Any
 import redis as sync_redis
 from playwright.sync_api import Browser, Page
 
-from relay.devstack.servers import RedisServer, Relay, Varnish, metrics
+from relay.harness.servers import RedisServer, Relay, Varnish, metrics
 from tests.integration.sse import subscribe
 
 SOURCES = 4

@@ -19,8 +19,8 @@ from typing import Any
 
 from playwright.sync_api import Browser, Page
 
-from relay.devstack.edgeserver import Edge
-from relay.devstack.servers import Relay, metrics, publish
+from relay.harness.edge import Edge
+from relay.harness.servers import Relay, metrics, publish
 from tests.integration.conftest import TOKEN
 
 SOURCES = 20

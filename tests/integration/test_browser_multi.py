@@ -32,8 +32,8 @@ import redis as sync_redis
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from relay.devstack.edgeserver import Edge
-from relay.devstack.servers import RedisServer, Relay, metrics
+from relay.harness.edge import Edge
+from relay.harness.servers import RedisServer, Relay, metrics
 
 TOPICS = [f"bm-{n}" for n in range(8)]
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
-from relay.devstack.servers import Relay, Varnish, metrics, publish
+from relay.harness.servers import Relay, Varnish, metrics, publish
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey
 from tests.integration.test_pages import _run

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.devstack.processes import free_port, port_open
-from relay.devstack.servers import Relay
+from relay.harness.processes import free_port, port_open
+from relay.harness.servers import Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
 

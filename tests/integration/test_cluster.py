@@ -24,8 +24,8 @@ from redis.cluster import RedisCluster as RedisClusterSync
 
 from relay.dashboard import collector, stats
 from relay.devstack.cluster import LocalCluster
-from relay.devstack.processes import free_port
-from relay.devstack.servers import IngestProcess, Relay, metrics
+from relay.harness.processes import free_port
+from relay.harness.servers import IngestProcess, Relay, metrics
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.storage import clients

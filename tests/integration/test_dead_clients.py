@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.devstack.servers import Relay, metrics, publish
+from relay.harness.servers import Relay, metrics, publish
 from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN
 from tests.integration.netns import Island

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from relay.devstack.servers import RedisServer, Relay, Varnish
+from relay.harness.servers import RedisServer, Relay, Varnish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import Crowd, Publisher, refused, subscribe

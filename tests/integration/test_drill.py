@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.processes import port_open, spawn, wait_until
-from relay.devstack.servers import RedisServer, Relay, Varnish
 from relay.drill.faults import KINDS
+from relay.harness.processes import port_open, spawn, wait_until
+from relay.harness.servers import RedisServer, Relay, Varnish
 from tests.integration.conftest import TOKEN
 from tests.integration.upstack import SSEDGE, UpStack, clean_env
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jwt
 
-from relay.devstack.servers import Relay, Varnish, publish
+from relay.harness.servers import Relay, Varnish, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

@@ -1,5 +1,5 @@
-"""The edge's front, HAProxy (varnish/haproxy.cfg), with real relays behind it: what it adds
-to what the edge did with varnishd alone. A departed client is let go at once (over HTTP/1.1,
+"""The edge's front, HAProxy (relay/edge/haproxy/haproxy.cfg), with real relays behind it: what it
+adds to what the edge did with varnishd alone. A departed client is let go at once (over HTTP/1.1,
 TLS and HTTP/2), a stream outlives the stream timeout only while its relay heartbeats, TLS
 offers HTTP/2 and HTTP/1.1, a relay's refusal is retried on another relay, and streams are
 balanced by least connections; a reload keeps open streams."""
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.dashboard import proxy as edge_stats
-from relay.devstack.edgeserver import Edge
-from relay.devstack.servers import Relay, metrics, publish
+from relay.edge.haproxy import stats as edge_stats
+from relay.harness.edge import Edge
+from relay.harness.servers import Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

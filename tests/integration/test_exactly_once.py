@@ -17,8 +17,8 @@ import os
 import signal
 from collections.abc import Callable
 
-from relay.devstack.processes import free_port
-from relay.devstack.servers import Relay, Varnish, metrics, publish
+from relay.harness.processes import free_port
+from relay.harness.servers import Relay, Varnish, metrics, publish
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import Follower

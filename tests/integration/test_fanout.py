@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

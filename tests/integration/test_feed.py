@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from relay.devstack.servers import RedisServer
+from relay.harness.servers import RedisServer
 from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from relay.devstack.edgeserver import Edge
-from relay.devstack.processes import wait_closed
-from relay.devstack.servers import RedisServer, Relay, metrics
+from relay.harness.edge import Edge
+from relay.harness.processes import wait_closed
+from relay.harness.servers import RedisServer, Relay, metrics
 from relay.storage import idempotency
 from relay.web import client
 from tests.integration.conftest import TOKEN

@@ -13,8 +13,8 @@ from pathlib import Path
 import redis
 
 from relay.devstack.demo import DemoUpstream
-from relay.devstack.processes import free_port
-from relay.devstack.servers import IngestProcess, RedisServer, Relay
+from relay.harness.processes import free_port
+from relay.harness.servers import IngestProcess, RedisServer, Relay
 from relay.protocol.wire import Event
 from relay.web import client
 from tests.integration.upstreams import Upstreams, url

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from relay.devstack.servers import IngestProcess, RedisServer
+from relay.harness.servers import IngestProcess, RedisServer
 from tests.integration.test_ingest import FAST, stored, wait_until
 from tests.integration.tls import authority
 from tests.integration.upstreams import Upstreams

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from relay.devstack.servers import RedisServer
+from relay.harness.servers import RedisServer
 from relay.storage import clients
 from relay.storage import streams as store
 from relay.storage.journal import Entry, Journal, LeaseLost, Moved, Position, lease_key

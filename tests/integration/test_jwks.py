@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from relay.devstack.processes import free_port
-from relay.devstack.servers import Relay, metrics, publish
+from relay.harness.processes import free_port
+from relay.harness.servers import Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey

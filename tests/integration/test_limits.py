@@ -9,7 +9,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from relay.devstack.servers import Relay, metrics
+from relay.harness.servers import Relay, metrics
 from relay.web import client
 from tests.integration.sse import refused, subscribe
 

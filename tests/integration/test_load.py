@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from loadtests.scenarios import SCENARIOS
-from relay.devstack.edgeserver import Edge
-from relay.devstack.processes import spawn, stop_group
-from relay.devstack.servers import RedisServer, Relay
+from relay.harness.edge import Edge
+from relay.harness.processes import spawn, stop_group
+from relay.harness.servers import RedisServer, Relay
 from tests.integration.conftest import TOKEN
 
 # private-* topics need a subscriber token, minted by ssedge load with this secret

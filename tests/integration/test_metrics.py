@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from relay import __version__
-from relay.devstack.servers import Relay, Varnish
+from relay.harness.servers import Relay, Varnish
 from relay.web import client
 from relay.web.client import EventStream
 from tests.integration.sse import subscribe

@@ -13,8 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
-from relay.devstack.edgeserver import Edge
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.edge import Edge
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.protocol import composite
 from relay.protocol.wire import Event
 from relay.web import client

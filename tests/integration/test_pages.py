@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Route
 
-from relay.devstack.processes import spawn, stop_group
-from relay.devstack.servers import RedisServer, Relay, Varnish, metrics, publish
+from relay.harness.processes import spawn, stop_group
+from relay.harness.servers import RedisServer, Relay, Varnish, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import subscribe

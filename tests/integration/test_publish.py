@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from relay.devstack.servers import RedisServer, Relay
+from relay.harness.servers import RedisServer, Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

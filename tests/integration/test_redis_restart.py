@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from relay.devstack.servers import RedisServer, Relay, metrics
+from relay.harness.servers import RedisServer, Relay, metrics
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.web import client

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.protocol import ids
 from relay.protocol.resume import RESET
 from relay.protocol.wire import Event

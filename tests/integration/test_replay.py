@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relay.devstack.servers import RedisServer, Relay, metrics, publish
+from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.protocol.wire import Decoder, Event
 from relay.web import client
 from tests.integration.conftest import TOKEN

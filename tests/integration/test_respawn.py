@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.devstack.servers import Relay
+from relay.harness.servers import Relay
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import Crowd, Publisher

@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from relay.devstack.servers import Relay, Varnish, metrics
+from relay.harness.servers import Relay, Varnish, metrics
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import Crowd, Publisher
 

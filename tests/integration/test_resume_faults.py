@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis as redis_sync
 
-from relay.devstack.servers import RedisServer, Relay, Varnish, metrics, publish, rss_bytes
+from relay.harness.servers import RedisServer, Relay, Varnish, metrics, publish, rss_bytes
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from relay.devstack.supervisor import group_members, port_open
+from relay.harness.processes import group_members, port_open
 from relay.web import client
 from tests.integration.sse import collect, subscribe
 from tests.integration.upstack import UpStack, get, wait_for

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from relay.devstack.servers import Relay, metrics, publish
+from relay.harness.servers import Relay, metrics, publish
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe

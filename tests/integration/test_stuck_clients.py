@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.devstack.servers import Relay, metrics, publish, rss_bytes
+from relay.harness.servers import Relay, metrics, publish, rss_bytes
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
 from relay.settings import Settings

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import jwt
 
-from relay.devstack.servers import Relay, Varnish, publish
+from relay.harness.servers import Relay, Varnish, publish
 from relay.protocol.wire import Event
 from relay.web import client
 from tests.integration.conftest import TOKEN

@@ -9,8 +9,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from relay.devstack.processes import free_port
-from relay.devstack.servers import publish
+from relay.harness.processes import free_port
+from relay.harness.servers import publish
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client

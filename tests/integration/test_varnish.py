@@ -9,7 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from relay.devstack.servers import Relay, Varnish, metrics, publish
+from relay.harness.servers import Relay, Varnish, metrics, publish
 from relay.protocol.ids import parse
 from relay.web import client
 from tests.integration.conftest import TOKEN

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from relay import __version__
-from relay.devstack.processes import free_port, kill_group, port_open
-from relay.devstack.supervisor import read_status
+from relay.harness.processes import free_port, kill_group, port_open
+from relay.stackstatus import read_status
 from relay.web import client
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -47,7 +47,7 @@ def test_the_built_wheel_installed_elsewhere_runs_the_stack(tmp_path: Path) -> N
     ssedge = str(venv / "bin" / "ssedge")
     assert run([ssedge, "--version"], cwd=home, env=env).strip() == f"ssedge {__version__}"
     where = run([str(venv / "bin" / "python"), "-c",
-                 "import relay.devstack.varnish as v; print(v.VCL_DIR)"], cwd=home, env=env)
+                 "import relay.edge.varnish.config as v; print(v.VCL_DIR)"], cwd=home, env=env)
     vcl = Path(where.strip())
     assert vcl.is_relative_to(venv) and (vcl / "default.vcl").is_file()
 

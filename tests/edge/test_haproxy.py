@@ -1,20 +1,20 @@
-"""varnish/haproxy.cfg loads in Debian's HAProxy as shipped and rendered with other nodes and
-addresses (relay/devstack/haproxy.py); the stack's certificates (relay/devstack/tls.py)."""
+"""haproxy.cfg loads in Debian's HAProxy as shipped and rendered with other nodes and addresses
+(relay/edge/haproxy/config.py), and the program checks it through the edge's contract
+(relay/edge/haproxy/program.py)."""
 
 from __future__ import annotations
 
-import datetime
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from relay.devstack import edge as edge_stack
-from relay.devstack import haproxy as edge_haproxy
-from relay.devstack import tls as edge_tls
 from relay.devstack.supervisor import StartFailed
+from relay.edge import tls as edge_tls
+from relay.edge.contract import ConfigRefused
+from relay.edge.haproxy import config as edge_haproxy
+from relay.edge.haproxy.program import HAProxy
 
 
 def _listen(tmp_path: Path, tls: bool = True) -> edge_haproxy.Listen:
@@ -73,35 +73,21 @@ def test_a_template_without_what_render_sets_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_config_haproxy_refuses_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.cfg"
-    bad.write_text(edge_haproxy.render([("127.0.0.1", 9001)], _listen(tmp_path, tls=False))
-                   .replace("balance leastconn", "balance nonsense"))
-    with pytest.raises(StartFailed) as failed:
-        edge_stack.check(bad)
-    message = str(failed.value)
-    assert "\n" not in message and "haproxy refuses" in message
-    assert "balance only supports" in message and "bad.cfg:" in message
+    proxy = HAProxy(_listen(tmp_path, tls=False))
+    bad = proxy.write(tmp_path / "bad", [("127.0.0.1", 9001)])
+    bad.write_text(bad.read_text().replace("balance leastconn", "balance nonsense"))
+    with pytest.raises(ConfigRefused) as refused:
+        proxy.check(bad.parent)
+    with pytest.raises(StartFailed) as failed:  # the local stack's words for it
+        edge_stack.check(proxy, bad.parent)
+    for message in (str(refused.value), str(failed.value)):
+        assert "\n" not in message and "haproxy refuses" in message
+        assert "balance only supports" in message and "haproxy.cfg:" in message
 
 
-def test_certificates_are_made_once_and_trusted_through_the_ca(tmp_path: Path) -> None:
-    first = edge_tls.ensure(tmp_path)
-    pem = first.edge.read_bytes()
-    assert edge_tls.ensure(tmp_path).edge.read_bytes() == pem, "kept, not made again"
-    assert oct(first.edge.stat().st_mode & 0o777) == "0o600"
-    assert oct((tmp_path / "ca-key.pem").stat().st_mode & 0o777) == "0o600"
-    cert = x509.load_pem_x509_certificate(pem)
-    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "localhost" in names.get_values_for_type(x509.DNSName)
-    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
-    assert cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > \
-        datetime.timedelta(days=300)
-    # a client that trusts the CA accepts the server certificate for 127.0.0.1
-    context = ssl.create_default_context(cafile=str(first.ca))
-    context.load_cert_chain(first.edge)  # the key is in the same file: it loads whole
-    assert len(first.spki_sha256()) == 44
-    # a new CA (the old one lost): the server certificate is made again, signed by it
-    (tmp_path / "ca.pem").unlink()
-    second = edge_tls.ensure(tmp_path)
-    assert second.edge.read_bytes() != pem
-    assert x509.load_pem_x509_certificate(second.edge.read_bytes()).issuer == \
-        x509.load_pem_x509_certificate(second.ca.read_bytes()).subject
+def test_the_program_renders_what_config_renders(tmp_path: Path) -> None:
+    relays = [("127.0.0.1", 9001), ("10.0.0.3", 9003)]
+    proxy = HAProxy(_listen(tmp_path))
+    assert proxy.render(relays) == {"haproxy.cfg": edge_haproxy.render(relays, proxy.listen)}
+    proxy.check(proxy.write(tmp_path / "h", relays).parent)
+    assert proxy.command(tmp_path / "h")[-1] == str((tmp_path / "h" / "haproxy.cfg").resolve())

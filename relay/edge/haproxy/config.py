@@ -1,27 +1,21 @@
-"""Running HAProxy as the edge: its config, its command line and its runtime API.
+"""HAProxy's configuration as the edge runs it, and its command lines.
 
-``varnish/haproxy.cfg`` is a plain HAProxy config whose addresses and paths are ``presetenv``
-lines in ``global`` and whose relay nodes sit between two marker comments in ``backend
-relays``. ``render`` writes a copy with a deployment's values (``make up``, the tests, the
+``haproxy.cfg`` (beside this module) is a plain HAProxy config whose addresses and paths are
+``presetenv`` lines in ``global`` and whose relay nodes sit between two marker comments in
+``backend relays``. ``render`` writes a copy with a deployment's values (``make up``, the tests, the
 benchmarks): nothing else in the file changes, so what runs is what is shipped.
-
-The runtime API (``stats socket``, a unix socket) answers ``show stat`` (CSV) and takes
-``set server relays/relay_1 state maint|ready``; ``Admin`` speaks it.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 import shutil
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.devstack.varnish import VCL_DIR
-
-TEMPLATE = VCL_DIR / "haproxy.cfg"
+# shipped in the wheel beside this module (package data)
+TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg"
 BEGIN = "# -- relay nodes"
 END = "# -- end of relay nodes --"
 
@@ -113,37 +107,3 @@ def command(config: Path) -> list[str]:
 def check_command(config: Path) -> list[str]:
     """The command that checks a config without running it."""
     return [haproxy() or "haproxy", "-c", "-f", str(config)]
-
-
-class Admin:
-    """HAProxy's runtime API on its ``stats socket``: one command per connection."""
-
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout
-
-    def run(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(self.timeout)
-            s.connect(str(self.path))
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
-
-    def stat(self) -> list[dict[str, str]]:
-        """``show stat``: one row per frontend, backend and server (pxname, svname, scur, …)."""
-        text = self.run("show stat").lstrip("# ")
-        return [row for row in csv.DictReader(text.splitlines()) if row.get("pxname")]
-
-    def servers(self, backend: str = "relays") -> dict[str, str]:
-        """Each server of ``backend`` and its status (``UP``, ``DOWN``, ``MAINT``, …)."""
-        return {row["svname"]: row["status"] for row in self.stat()
-                if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
-
-    def set_state(self, server: str, state: str, backend: str = "relays") -> None:
-        """``ready``, ``drain`` (no new streams) or ``maint`` (out)."""
-        answer = self.run(f"set server {backend}/{server} state {state}").strip()
-        if answer:
-            raise RuntimeError(f"haproxy: set server {backend}/{server} state {state}: {answer}")

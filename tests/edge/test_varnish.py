@@ -1,11 +1,17 @@
-"""The VCL compiles with Debian's varnishd, as shipped and with a generated backends file."""
+"""The VCL compiles with Debian's varnishd, as shipped and with a generated backends file
+(relay/edge/varnish/config.py); the program renders and checks it through the edge's contract
+(relay/edge/varnish/program.py)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from relay.devstack import varnish as edge
+import pytest
+
+from relay.edge.contract import ConfigRefused
+from relay.edge.varnish import config as edge
+from relay.edge.varnish.program import Varnish
 
 
 def test_shipped_vcl_compiles() -> None:
@@ -32,13 +38,23 @@ def test_params_are_name_value_pairs() -> None:
 
 
 def test_the_vcl_ships_with_the_package() -> None:
-    """varnish/ is linked into relay/devstack/vcl and declared package data: a wheel's
+    """varnish/ is linked into relay/edge/varnish/vcl and declared package data: a wheel's
     ``ssedge up`` finds the same VCL and parameters the checkout uses."""
-    from pathlib import Path
-
-    from relay.devstack import varnish as edge
-
     assert (edge.VCL_DIR / "default.vcl").is_file() and (edge.VCL_DIR / "params").is_file()
     root = Path(__file__).resolve().parents[2]
     assert edge.VCL_DIR.resolve() == (root / "varnish").resolve()
-    assert '"relay.devstack" = ["vcl/*"]' in (root / "pyproject.toml").read_text()
+    assert '"relay.edge.varnish" = ["vcl/*"]' in (root / "pyproject.toml").read_text()
+
+
+def test_the_program_renders_checks_and_refuses_through_the_contract(tmp_path: Path) -> None:
+    cache = Varnish("127.0.0.1:18180", ("127.0.0.1", 9100), tmp_path / "work",
+                    extra_params=edge.CACHE_PARAMS)
+    config = cache.write(tmp_path / "v", [("127.0.0.1", 9001), ("127.0.0.1", 9002)])
+    assert config.name == "backends.vcl" and "relay_2" in config.read_text()
+    cache.check(tmp_path / "v")
+    argv = cache.command(tmp_path / "v")
+    assert argv[argv.index("-a") + 1] == "127.0.0.1:18180" and "timeout_idle=3600" in argv
+    config.write_text(config.read_text().replace(".port", ".nonsense", 1))
+    with pytest.raises(ConfigRefused, match=r"^varnish refuses .*backends\.vcl: ") as refused:
+        cache.check(tmp_path / "v")
+    assert "\n" not in str(refused.value)

@@ -1,7 +1,8 @@
 """The edge proxy's numbers for the dashboard: what HAProxy's ``show stat`` says of the
 streams it carries, per relay, in one snapshot part (``edge.proxy``).
 
-Plain functions of the CSV rows (``relay.devstack.haproxy.Admin.stat``), tested without a process.
+Plain functions of the CSV rows (``relay.edge.haproxy.admin.Admin.stat``), tested without a
+process.
 HAProxy's counters are totals since it started; the dashboard shows them as they are.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the backend that carries the streams (varnish/haproxy.cfg)
+#: the backend that carries the streams (haproxy.cfg beside this module)
 STREAMS_BACKEND = "relays"
 FRONTEND = "edge"
 

@@ -8,7 +8,6 @@ its process group, which is signalled as a whole).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.processes import (
+from relay.edge.varnish.program import Varnish as VarnishProgram
+from relay.harness.processes import (
     free_port,
     port_open,
     spawn,
@@ -186,17 +186,16 @@ class Varnish:
 
     def __init__(self, directory: Path, relays: list[Relay], replay: Relay | None,
                  extra_params: tuple[str, ...] = (), port: int | None = None) -> None:
-        from relay.devstack import varnish as edge
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()  # given: relays that fetch history through it know it
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = directory / "work"
         replay_addr = ("127.0.0.1", replay.port if replay else free_port())
-        (directory / "backends.vcl").write_text(
-            edge.backends_vcl([("127.0.0.1", r.port) for r in relays], replay_addr))
-        self.argv = edge.command(self.workdir, f"127.0.0.1:{self.port}", directory,
-                                 extra_params=extra_params, storage="malloc,64m")
+        self.program = VarnishProgram(f"127.0.0.1:{self.port}", replay_addr, self.workdir,
+                                      extra_params=extra_params, storage="malloc,64m")
+        self.program.write(directory, [("127.0.0.1", r.port) for r in relays])
+        self.argv = self.program.command(directory)
         self.start()
 
     def start(self) -> None:
@@ -225,12 +224,7 @@ class Varnish:
                         state], capture_output=True, check=True, timeout=10)
 
     def stats(self) -> dict[str, int]:
-        out = subprocess.run(["varnishstat", "-n", str(self.workdir), "-1", "-j"],
-                             capture_output=True, check=True, timeout=10).stdout
-        counters = json.loads(out)
-        counters = counters.get("counters", counters)
-        return {name: int(c["value"]) for name, c in counters.items()
-                if isinstance(c, dict) and "value" in c}
+        return self.program.stats()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_group(self.process, sig)

@@ -7,12 +7,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-# the shipped VCL: the top-level varnish/ folder, linked here so that the wheel carries it
+# the shipped VCL: the top-level varnish/ folder, linked here (vcl/) so that the wheel carries it
 VCL_DIR = Path(__file__).resolve().parent / "vcl"
+
+#: varnishd behind HAProxy has one client, HAProxy, which keeps connections to it and reuses
+#: them. An idle one that varnishd closed (timeout_idle, 5 s by default) just as HAProxy sent
+#: a request on it would fail that request; HAProxy closes its own idle connections first.
+#: And it holds no stream: varnish/params pre-starts 2 x 2,500 threads for streams (two
+#: each), a cache of short answers starts with 2 x 100 and grows to the same maximum.
+CACHE_PARAMS = ("timeout_idle=3600", "thread_pool_min=100")
+
 
 def varnishd() -> str | None:
     """Debian installs varnishd in /usr/sbin, which a user's PATH may not hold."""
@@ -77,3 +87,13 @@ def compile_check(backends_dir: Path | None = None) -> list[str]:
     # jail it silently skips a vcl_path entry it cannot enter)
     return [varnishd() or "varnishd", "-C", "-j", "none", "-f", str(VCL_DIR / "default.vcl"),
             "-p", f"vcl_path={search}"]
+
+
+def counters(workdir: Path) -> dict[str, int]:
+    """A running varnishd's counters (``varnishstat -1 -j``), by name."""
+    out = subprocess.run(["varnishstat", "-n", str(workdir), "-1", "-j"],
+                         capture_output=True, check=True, timeout=10).stdout
+    found = json.loads(out)
+    found = found.get("counters", found)
+    return {name: int(c["value"]) for name, c in found.items()
+            if isinstance(c, dict) and "value" in c}

@@ -1,6 +1,7 @@
 """The edge as the stack runs it, for tests and benchmarks: HAProxy in front (HTTP/1.1, and
 TLS with HTTP/2) carrying event streams straight to the relays, varnishd behind it for
-everything cacheable (varnish/haproxy.cfg, varnish/default.vcl), on free loopback ports.
+everything cacheable (relay/edge/haproxy/haproxy.cfg, varnish/default.vcl), on free loopback
+ports: the edge programs of ``relay.edge``, started and stopped here rather than supervised.
 
 ``Edge`` answers what the tests ask of an edge: its URL and port (HAProxy's), varnishd's
 counters (``stats``), each relay's health as both parts see it, a relay forced out of both
@@ -15,10 +16,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from relay.devstack import edge as edge_stack
-from relay.devstack import haproxy as edge_haproxy
-from relay.devstack import tls as edge_tls
-from relay.devstack.processes import (
+from relay.edge import tls as edge_tls
+from relay.edge.haproxy.config import Listen
+from relay.edge.haproxy.program import HAProxy
+from relay.edge.varnish.config import CACHE_PARAMS
+from relay.harness.processes import (
     free_port,
     port_open,
     spawn,
@@ -26,7 +28,7 @@ from relay.devstack.processes import (
     wait_closed,
     wait_until,
 )
-from relay.devstack.servers import Relay, Varnish, answers
+from relay.harness.servers import Relay, Varnish, answers
 
 
 class Edge:
@@ -47,18 +49,18 @@ class Edge:
         self.stats_port = free_port()
         self.relays = relays
         self.cache = Varnish(directory / "varnish", relays, replay,
-                             (*edge_stack.CACHE_PARAMS, *extra_params))
+                             (*CACHE_PARAMS, *extra_params))
         # a unix socket's path must fit in 108 bytes: pytest's directories may not
         self._socket_dir = Path(tempfile.mkdtemp(prefix="ssedge-edge-"))
-        self.admin = edge_haproxy.Admin(self._socket_dir / "admin.sock")
-        listen = edge_haproxy.Listen(
+        self.proxy = HAProxy(Listen(
             http=f"127.0.0.1:{self.port}", cache=f"127.0.0.1:{self.cache.port}",
-            stats=f"127.0.0.1:{self.stats_port}", admin_socket=self.admin.path,
+            stats=f"127.0.0.1:{self.stats_port}", admin_socket=self._socket_dir / "admin.sock",
             https=f"127.0.0.1:{self.https_port}" if tls else None,
             cert=self.certificates.edge if self.certificates else None,
-            stream_timeout=stream_timeout, maxconn=maxconn)
-        self.config = edge_haproxy.write(directory / "haproxy", [("127.0.0.1", r.port)
-                                                                 for r in relays], listen)
+            stream_timeout=stream_timeout, maxconn=maxconn))
+        self.admin = self.proxy.admin
+        self.config = self.proxy.write(directory / "haproxy", [("127.0.0.1", r.port)
+                                                               for r in relays])
         self.process: subprocess.Popen[bytes] | None = None
         try:
             self._start_haproxy()
@@ -82,7 +84,7 @@ class Edge:
     def _start_haproxy(self) -> None:
         wait_closed(self.port)
         self._socket_dir.mkdir(exist_ok=True)
-        self.process = spawn(edge_haproxy.command(self.config),
+        self.process = spawn(self.proxy.command(self.config.parent),
                              self.directory / "haproxy.log", None)
         wait_until(self._ready, 30, "haproxy", self.process)
 
