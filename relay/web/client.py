@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import ssl
 import uuid
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.protocol.wire import Decoder, Item
+from relay.web import client_settings
 
 _ERROR_BODY_WAIT_S = 2.0
 
@@ -131,7 +131,7 @@ async def _open(method: str, url: str, headers: Mapping[str, str] | None,
     reader, writer = await asyncio.open_connection(
         target.host, target.port, limit=1 << 20,
         # SSEDGE_CA_FILE: a CA of its own to trust, as the local stack's TLS edge needs
-        ssl=ssl.create_default_context(cafile=os.environ.get("SSEDGE_CA_FILE") or None)
+        ssl=ssl.create_default_context(cafile=client_settings.ca_file())
         if target.tls else None,
     )
     lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.authority}",
