@@ -1,8 +1,8 @@
 """What a client of a deployment is told by its environment, read in one place: where the
 deployment is (``SSEDGE_URL``), which CA its TLS edge is checked against (``SSEDGE_CA_FILE``)
-and the tokens (``SSEDGE_PUBLISH_TOKEN``, ``SSEDGE_SUBSCRIBE_TOKEN``). A flag given on the command line wins over
-the variable; in a checkout, the local stack's files under ``.ssedge/`` come last (``ssedge
-up`` writes them: its token, its own CA).
+and the tokens (``SSEDGE_PUBLISH_TOKEN``, ``SSEDGE_SUBSCRIBE_TOKEN``). A flag given on the
+command line wins over the variable; in a checkout, the local stack's files under ``.ssedge/``
+come last (``ssedge up`` writes them: its token, its own CA).
 
 The servers' settings are ``relay.settings``; these are the other side's: ``ssedge publish``,
 ``tail``, ``load``, ``drill`` and the HTTP client they share (``relay.web.client``).
