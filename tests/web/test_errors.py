@@ -17,7 +17,7 @@ def test_storage_errors_get_their_answers() -> None:
     assert isinstance(bad, errors.BadRequest) and bad.message == "send one Idempotency-Key"
     conflict = errors.from_below(idempotency.KeyConflict("k"))
     assert isinstance(conflict, errors.Unprocessable) and conflict.status == 422
-    assert "k" != conflict.message and "nothing was published" in conflict.message
+    assert conflict.message != "k" and "nothing was published" in conflict.message
     assert errors.from_below(RuntimeError("x")) is None
     assert errors.from_below(ValueError("x")) is None  # BadKey is one, not every ValueError
 
