@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relay import prometheus
 from relay.edge.varnish.program import Varnish as VarnishProgram
 from relay.harness.processes import (
     free_port,
@@ -162,14 +163,7 @@ class IngestProcess:
     def samples(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample of ``/metrics``: name, labels, value."""
         response = asyncio.run(client.request("GET", self.url + "/metrics", timeout=5))
-        out = []
-        for line in response.body.decode().splitlines():
-            if line and not line.startswith("#"):
-                head, _, value = line.rpartition(" ")
-                name, _, rest = head.partition("{")
-                labels = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
-                out.append((name, {k: v.strip('"') for k, v in labels.items()}, float(value)))
-        return out
+        return [(s.name, s.labels, s.value) for s in prometheus.parse(response.body.decode())]
 
     def metric(self, name: str, upstream: str, **labels: str) -> float:
         """One upstream's value of ``ssedge_ingest_<name>`` (summed over other labels)."""
@@ -233,13 +227,7 @@ class Varnish:
 async def metrics(url: str) -> dict[str, float]:
     """Each metric summed over its label sets."""
     response = await client.request("GET", url + "/metrics")
-    out: dict[str, float] = {}
-    for line in response.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name_labels, _, value = line.rpartition(" ")
-            name = name_labels.split("{", 1)[0]
-            out[name] = out.get(name, 0.0) + float(value)
-    return out
+    return prometheus.sums(response.body.decode())
 
 
 async def publish(url: str, token: str, topic: str, events: list[dict[str, Any]]) -> list[str]:

@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from relay import __version__
+from relay import __version__, prometheus
 from relay.harness.servers import Relay, Varnish
 from relay.web import client
 from relay.web.client import EventStream
@@ -24,13 +24,9 @@ Samples = dict[str, dict[str, float]]  # metric -> worker -> value (summed over 
 
 def parse(text: str) -> Samples:
     out: Samples = defaultdict(dict)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, labels = head.partition("{")
-        worker = labels.split('worker="', 1)[1].split('"', 1)[0]
-        out[name][worker] = out[name].get(worker, 0.0) + float(value)
+    for sample in prometheus.parse(text):
+        worker = sample.labels["worker"]
+        out[sample.name][worker] = out[sample.name].get(worker, 0.0) + sample.value
     return out
 
 
