@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from relay.backoff import jitter
 from relay.node import fanout, renewal
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics
@@ -209,7 +209,7 @@ _STEPPED_OUT = {"redis": "this relay has lost Redis",
 
 def _spread(ms: int) -> int:
     """A wait of 0.5 to 1.5 times ``ms``: a crowd told to come back does not come together."""
-    return max(1, round(ms * (0.5 + random.random())))
+    return max(1, round(jitter(ms)))
 
 
 def turned_away(relay: Relay) -> tuple[str, str] | None:

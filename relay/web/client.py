@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.backoff import jitter
 from relay.protocol.wire import Decoder, Item
 from relay.web import client_settings
 
@@ -206,7 +206,7 @@ async def publish(url: str, body: Any, *, token: str, key: str | None = None,
     raw = json.dumps(body).encode()  # the same bytes every time: a retry is the same request
     for attempt in range(1, attempts + 1):
         # backoff with jitter, or the server's Retry-After; both bounded
-        delay = min(delay_max, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+        delay = jitter(min(delay_max, 0.25 * 2 ** attempt), 0.5, 1.0)
         try:
             response = await request("POST", url, body=raw, timeout=timeout,
                                      headers={**headers, "Content-Type": "application/json"})
