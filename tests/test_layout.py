@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: lowest first; a part may import only parts of a lower layer (docs/ARCHITECTURE.md, the tree)
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("protocol",),                                                   # SSE and resuming, no I/O
-    ("settings", "logs", "prometheus", "duration", "stackstatus"),   # one of each, no Redis
+    ("settings", "logs", "prometheus", "duration", "stackstatus",    # one of each, no Redis
+     "backoff"),
     ("storage", "scrape"),                                           # Redis; one /metrics
     ("web",),                                                        # HTTP around the node
     ("node", "ingest", "replay"),                                    # the servers

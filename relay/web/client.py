@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from relay.backoff import jitter
+from relay.protocol.chunked import BadChunk, Dechunker
 from relay.protocol.wire import Decoder, Item
 from relay.web import client_settings
 
@@ -74,44 +75,35 @@ class _Target:
 
 
 class _Body:
-    """Reads a response body as it arrives, de-chunking when needed."""
+    """Reads a response body as it arrives, de-chunking when needed (``protocol.chunked``)."""
 
     def __init__(self, reader: asyncio.StreamReader, headers: Mapping[str, str],
                  status: int = 200) -> None:
         self._reader = reader
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._dechunker = Dechunker() if chunked else None
         length = headers.get("content-length")
-        self._left = int(length) if length is not None and not self._chunked else None
-        self._chunk_left = 0
+        self._left = int(length) if length is not None and not chunked else None
         # these answers have no body whatever their headers say (RFC 9110 6.4.1)
         self.done = status in (204, 304) or 100 <= status < 200
 
     async def read(self) -> bytes:
+        """What arrived of the body next; empty only at its end."""
         if self.done:
             return b""
-        if self._chunked:
-            if self._chunk_left == 0:
-                size_line = await self._reader.readline()
-                if not size_line:
+        if self._dechunker is not None:
+            while True:  # a read may bring a size line or a CRLF and no data yet
+                raw = await self._reader.read(65536)
+                if not raw:
                     self.done = True
                     return b""
                 try:
-                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
-                if size == 0:
-                    await self._reader.readline()
-                    self.done = True
-                    return b""
-                self._chunk_left = size
-            data = await self._reader.read(self._chunk_left)
-            if not data:
-                self.done = True
-                return b""
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0:
-                await self._reader.readexactly(2)
-            return data
+                    data = self._dechunker.feed(raw)
+                except BadChunk as exc:
+                    raise ProtocolError(str(exc)) from None
+                self.done = self._dechunker.done
+                if data or self.done:
+                    return data
         if self._left is not None:
             if self._left == 0:
                 self.done = True

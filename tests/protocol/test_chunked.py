@@ -1,10 +1,10 @@
-"""loadtests/chunks.py: chunked transfer coding undone, whole and byte by byte."""
+"""relay/protocol/chunked.py: chunked transfer coding undone, whole and byte by byte."""
 
 from __future__ import annotations
 
 import pytest
 
-from loadtests.chunks import Dechunker
+from relay.protocol.chunked import BadChunk, Dechunker
 
 
 def test_dechunker_whole_and_byte_by_byte() -> None:
@@ -17,5 +17,10 @@ def test_dechunker_whole_and_byte_by_byte() -> None:
 
 
 def test_dechunker_refuses_an_endless_size_line() -> None:
-    with pytest.raises(ValueError, match="too long"):
+    with pytest.raises(BadChunk, match="too long"):
         Dechunker().feed(b"f" * 2000)
+
+
+def test_dechunker_refuses_a_size_that_is_not_hex() -> None:
+    with pytest.raises(BadChunk, match="bad chunk size line"):
+        Dechunker().feed(b"zz\r\nhello\r\n")

@@ -1,6 +1,16 @@
-"""HTTP/1.1 chunked transfer coding, undone incrementally (the load readers read raw bytes)."""
+"""HTTP/1.1 chunked transfer coding, undone incrementally and without I/O: the one decoder of
+it, for ssedge's HTTP client (``relay.web.client``) and the load readers (``loadtests.sse``),
+which read raw bytes off their sockets. Event streams come chunked from every server ssedge
+talks to, so the SSE decoder is fed what this one gives back."""
 
 from __future__ import annotations
+
+#: a size line longer than this is not one (RFC 9112 sets no bound; extensions are short)
+_SIZE_LINE_MAX = 1024
+
+
+class BadChunk(ValueError):
+    """The bytes are not chunked transfer coding (a size line that is not hex, or endless)."""
 
 
 class Dechunker:
@@ -32,10 +42,14 @@ class Dechunker:
                 continue
             end = buf.find(b"\r\n")
             if end < 0:
-                if len(buf) > 1024:
-                    raise ValueError("chunk size line too long")
+                if len(buf) > _SIZE_LINE_MAX:
+                    raise BadChunk("chunk size line too long")
                 break
-            size = int(bytes(buf[:end]).split(b";")[0].strip() or b"0", 16)
+            line = bytes(buf[:end])
+            try:
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                raise BadChunk(f"bad chunk size line {line[:40]!r}") from None
             del buf[:end + 2]
             if size == 0:
                 self.done = True
