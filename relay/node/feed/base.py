@@ -27,7 +27,7 @@ from relay.storage import streams as store
 
 _BACKOFF_MIN = 0.05
 # at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
-# within that of Redis answering again (tests/integration/test_redis_restart.py measures it);
+# within that of Redis answering again (tests/integration/node/test_redis_restart.py measures it);
 # one refused connect a second per process costs Redis nothing
 _BACKOFF_MAX = 1.0
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relay.harness.servers import IngestProcess, RedisServer
-from tests.integration.test_ingest import FAST, stored, wait_until
+from tests.integration.ingest.test_ingest import FAST, stored, wait_until
 from tests.integration.tls import authority
 from tests.integration.upstreams import Upstreams
 

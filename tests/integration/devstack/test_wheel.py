@@ -20,7 +20,7 @@ from relay.harness.processes import free_port, kill_group, port_open
 from relay.stackstatus import read_status
 from relay.web import client
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(argv: list[str], **kwargs: object) -> str:

@@ -396,7 +396,7 @@ def test_clients_moving_between_regions_get_every_event_once_through_replica_fau
 def test_a_stream_on_several_topics_waits_for_the_replica_on_the_topic_it_is_ahead_in(
     regions: Regions,
 ) -> None:
-    from tests.integration.test_multistream import by_topic, read, url
+    from tests.integration.node.test_multistream import by_topic, read, url
 
     a = regions.relay_a(heartbeat_s=0.5)
     b = regions.relay_b(heartbeat_s=0.5, feed_verify_s=0.5, replica_wait_s=5)

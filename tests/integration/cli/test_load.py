@@ -152,7 +152,7 @@ def test_plain_locust_runs_one_scenario_from_its_conf(stack: Stack, tmp_path: Pa
          "--run-time", "6s", "--ssedge-settle", "2", "--csv", str(out / "fanout"),
          "--html", str(out / "fanout.html"), "--ssedge-summary", str(out / "summary.json")],
         env={**os.environ, "SSEDGE_PUBLISH_TOKEN": TOKEN}, capture_output=True, text=True,
-        timeout=60, cwd=Path(__file__).parent.parent.parent)
+        timeout=60, cwd=Path(__file__).parents[3])
     summary = json.loads((out / "summary.json").read_text())
     assert done.returncode == 0 and summary["passed"], done.stdout[-2000:] + done.stderr[-2000:]
     # only the scenario's classes ran (by tag): 10 fan-out readers and the publisher

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser
 from relay.harness.servers import Relay, Varnish, metrics, publish
 from tests.integration.conftest import TOKEN
 from tests.integration.jwks_server import JwksServer, SigningKey
-from tests.integration.test_pages import _run
+from tests.integration.web.test_pages import _run
 
 TOPIC = "private-browser"
 SOURCES = 4
