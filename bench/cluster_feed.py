@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.cluster import LocalCluster
+from relay.harness.cluster import LocalCluster
 from relay.harness.processes import free_port
 from relay.harness.servers import RedisServer
 from relay.node.feed.cluster import ClusterFeed

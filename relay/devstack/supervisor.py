@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,12 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.harness.processes import group_members, kill_group, port_open
+from relay.harness.processes import SETPRIV, group_members, kill_group, port_open
 from relay.stackstatus import STATUS_FILE
 
 State = Literal["starting", "up", "backoff", "failed", "stopped"]
-#: util-linux's setpriv (Debian's essential set): a child told to stop when the stack dies
-SETPRIV = shutil.which("setpriv")
 POLL_S = 0.1
 
 

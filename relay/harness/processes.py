@@ -1,8 +1,9 @@
 """Child processes of local stacks, tests and benchmarks: ports, start, wait, stop.
 
 One set of helpers for ``ssedge up`` (``devstack.single``, ``devstack.cluster``, the
-supervisor), the test harness (``devstack.servers``) and the benchmarks: each child runs in a
-process group of its own, so it is stopped with everything it started.
+supervisor), the test harness (``harness.servers``, ``harness.edge``, ``harness.cluster``) and
+the benchmarks: each child runs in a process group of its own, so it is stopped with
+everything it started.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import contextlib
 import itertools
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+#: util-linux's setpriv (Debian's essential set): a child told to stop when its parent dies
+SETPRIV = shutil.which("setpriv")
 
 # Ports for the servers a test starts, each pytest-xdist worker in a range of its own below
 # the kernel's ephemeral range (32768 on): a port picked here is bound later by a child, and

@@ -23,7 +23,7 @@ from redis.cluster import ClusterNode as ClusterNodeSync
 from redis.cluster import RedisCluster as RedisClusterSync
 
 from relay.dashboard import collector, stats
-from relay.devstack.cluster import LocalCluster
+from relay.harness.cluster import LocalCluster
 from relay.harness.processes import free_port
 from relay.harness.servers import IngestProcess, Relay, metrics
 from relay.protocol.ids import parse
