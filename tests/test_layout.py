@@ -151,3 +151,11 @@ def test_production_imports_no_local_stack_and_no_harness() -> None:
 def test_the_harness_imports_no_local_stack() -> None:
     """The tests' and benchmarks' processes are their own: not ``ssedge up``'s."""
     assert "devstack" not in graph()["harness"]
+
+
+def test_every_folder_of_code_is_a_package() -> None:
+    """setuptools ships packages only: a folder of modules without ``__init__.py`` would be
+    left out of the wheel (and its ``ssedge up``)."""
+    for folder in ("relay", "replay", "loadtests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert (path.parent / "__init__.py").is_file(), path.parent
