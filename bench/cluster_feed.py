@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.cluster import LocalCluster
-from relay.devstack.processes import free_port
-from relay.devstack.servers import RedisServer
+from relay.harness.cluster import LocalCluster
+from relay.harness.processes import free_port
+from relay.harness.servers import RedisServer
 from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics

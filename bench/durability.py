@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relay.devstack.servers import RedisServer, Relay
+from relay.harness.servers import RedisServer, Relay
 from relay.web import client
 
 TOKEN = "bench"

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relay.devstack.servers import RedisServer, Relay, Varnish, metrics
+from relay.harness.servers import RedisServer, Relay, Varnish, metrics
 from relay.web import client
 
 TOKEN = "bench"

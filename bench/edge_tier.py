@@ -1,5 +1,5 @@
 """Benchmark: the edge's cost per stream. Streams of one topic through the edge (HAProxy in
-front of the relay, as ``make up`` runs it: varnish/haproxy.cfg) next to the same streams
+front of the relay, as ``make up`` runs it: relay/edge/haproxy/haproxy.cfg) next to the same streams
 straight to the relay, with the C load client (bench/sseload), at each number of streams and
 each publish rate.
 
@@ -46,9 +46,9 @@ from bench.peers import (
     tree,
     version_of,
 )
-from relay.devstack.edgeserver import Edge
-from relay.devstack.processes import free_port, spawn, stop_group
-from relay.devstack.servers import Relay, metrics
+from relay.harness.edge import Edge
+from relay.harness.processes import free_port, spawn, stop_group
+from relay.harness.servers import Relay, metrics
 
 Row = dict[str, Any]
 
@@ -355,7 +355,7 @@ def conditions(args: argparse.Namespace) -> dict[str, str]:
         "client": "bench/sseload (C, epoll, one thread, one HTTP/1.1 connection per stream, "
                   "reads every byte, decodes chunked bodies and `data:` lines)",
         "servers": "one relay process (Granian, 1 worker, heartbeat 15 s) and redis-server "
-                   "(no persistence); edge: varnish/haproxy.cfg as shipped (1 thread, "
+                   "(no persistence); edge: relay/edge/haproxy/haproxy.cfg as shipped (1 thread, "
                    "http-no-delay, leastconn, abortonclose), plain HTTP/1.1 listener. Edge CPU "
                    "and memory = HAProxy's master and worker (varnishd, behind it, carries no "
                    "stream). Memory per stream = resident memory after connecting minus "

@@ -49,7 +49,7 @@ from bench.peers import (
     rss_kib,
     version_of,
 )
-from relay.devstack.servers import metrics
+from relay.harness.servers import metrics
 
 SSELOAD = Path(__file__).with_name("sseload")
 SERVERS = ("ssedge-1w", "ssedge-2w", "ssedge-varnish", "ssedge-multi", "nchan-1w", "nchan-2w",

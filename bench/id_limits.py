@@ -26,8 +26,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from relay.devstack.processes import free_port
-from relay.devstack.servers import RedisServer, Relay, Varnish
+from relay.harness.processes import free_port
+from relay.harness.servers import RedisServer, Relay, Varnish
 
 CHROMIUM = "/usr/bin/chromium"
 SIZES = [1024, 8192, 65536, 1 << 20, 4 << 20]

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.servers import RedisServer
+from relay.harness.servers import RedisServer
 from relay.storage import clients, idempotency
 from relay.storage import streams as store
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relay.devstack.servers import RedisServer, Relay
+from relay.harness.servers import RedisServer, Relay
 from relay.web import client
 from relay.web.client import EventStream
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.devstack.processes import free_port, port_open, spawn, stop_group, wait_until
-from relay.devstack.servers import Relay, Varnish
+from relay.harness.processes import free_port, port_open, spawn, stop_group, wait_until
+from relay.harness.servers import Relay, Varnish
 
 TOKEN = "bench"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")

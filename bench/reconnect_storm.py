@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.peers import machine
-from relay.devstack.servers import RedisServer, Relay, metrics
+from relay.harness.servers import RedisServer, Relay, metrics
 from relay.web import client
 
 TOKEN = "bench"

@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.devstack.processes import free_port
-from relay.devstack.servers import RedisServer, Relay, metrics
+from relay.harness.processes import free_port
+from relay.harness.servers import RedisServer, Relay, metrics
 from relay.protocol import ids
 from relay.protocol.wire import Event
 from relay.web import client

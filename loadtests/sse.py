@@ -23,8 +23,8 @@ from urllib.parse import quote, urlsplit
 from locust import User
 from locust.env import Environment
 
-from loadtests.chunks import Dechunker
 from relay.protocol import tally
+from relay.protocol.chunked import Dechunker
 from relay.protocol.wire import Decoder, Event
 
 REQUEST_TYPE = "SSE"

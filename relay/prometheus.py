@@ -1,4 +1,5 @@
-"""The Prometheus text format (0.0.4): the one renderer every ssedge process's /metrics uses.
+"""The Prometheus text format (0.0.4): the one renderer every ssedge process's /metrics uses,
+and the one reader of it (``parse``: the dashboard's collector, the harness, the tests).
 
 Each process labels its samples with ``node`` and ``worker`` (Granian workers are processes of
 their own, each with its numbers; ``relay.scrape`` gathers a server's workers into one
@@ -16,8 +17,10 @@ import bisect
 import gc
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from relay import __version__
 
@@ -30,6 +33,49 @@ STARTED = time.time()
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# -- reading an exposition ----------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One line of an exposition: the metric's full name, its labels, its value."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse(text: str) -> list[Sample]:
+    """Every sample of an exposition, label values unescaped. Comments, blank lines and lines
+    that are not a sample (a value that is not a number) are passed over: a reader of another
+    program's numbers takes what it understands."""
+    out: list[Sample] = []
+    for line in text.splitlines():
+        found = _SAMPLE.match(line)
+        if found is None:
+            continue
+        try:
+            value = float(found.group(3))
+        except ValueError:
+            continue
+        labels = {name: _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), raw)
+                  for name, raw in _LABEL.findall(found.group(2) or "")}
+        out.append(Sample(found.group(1), labels, value))
+    return out
+
+
+def sums(text: str) -> dict[str, float]:
+    """Each metric's samples summed over their label sets."""
+    out: dict[str, float] = {}
+    for sample in parse(text):
+        out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 class Histogram:

@@ -34,10 +34,10 @@ from typing import Any
 import pytest
 import yaml
 
-from relay.devstack import haproxy as edge_haproxy
-from relay.devstack import tls as edge_tls
-from relay.devstack.edge import CACHE_PARAMS
-from relay.devstack.processes import free_port
+from relay.edge import tls as edge_tls
+from relay.edge.haproxy import config as edge_haproxy
+from relay.edge.varnish.config import CACHE_PARAMS
+from relay.harness.processes import free_port
 from relay.ingest.status import Status, render
 from relay.node.app import App
 from relay.settings import FILE_SUFFIX, env_name, fields, load
@@ -324,7 +324,7 @@ def test_the_edge_proxy_starts_unprivileged_within_the_units_file_limit() -> Non
 
 
 def test_the_deployments_haproxy_configs_are_the_shipped_one_and_load(tmp_path: Path) -> None:
-    """Each copy holds every line of varnish/haproxy.cfg in order (its own presetenv values
+    """Each copy holds every line of the shipped haproxy.cfg in order (its own presetenv values
     and relay nodes aside) and only adds to it; HAProxy loads it."""
     template = _skeleton(TEMPLATE.read_text())
     for name, path in COPIES.items():

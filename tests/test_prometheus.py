@@ -62,3 +62,17 @@ def test_every_process_kind_names_its_metrics_as_prometheus_asks() -> None:
         assert promtool(text) == "", text.decode()
         assert b"ssedge_build_info{" in text and b'worker="0"' in text
         assert b'pid="' not in text  # a pid is a value, never a label: no series per restart
+
+
+def test_the_one_reader_reads_what_the_renderer_wrote() -> None:
+    out = Exposition('a "node"\\x', worker="1")
+    out.counter("events_total", "Events.", 7)
+    out.metric("refused_total", "counter", "Refusals.", [({"reason": "line\nbreak, and"}, 2),
+                                                         ({"reason": "other"}, 3)])
+    samples = prometheus.parse(out.text().decode() + "not a sample\nx NaNs\n")
+    assert [(s.name, s.value) for s in samples] == [
+        ("ssedge_events_total", 7), ("ssedge_refused_total", 2), ("ssedge_refused_total", 3)]
+    assert samples[0].labels == {"node": 'a "node"\\x', "worker": "1"}
+    assert samples[1].labels["reason"] == "line\nbreak, and"
+    assert prometheus.sums(out.text().decode()) == {"ssedge_events_total": 7,
+                                                    "ssedge_refused_total": 5}

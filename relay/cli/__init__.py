@@ -14,9 +14,10 @@ from typing import Any
 from relay import __version__
 from relay import settings as settings_mod
 from relay.cli import flags
+from relay.web import client_settings
+from relay.web.client_settings import DEFAULT_URL
 
 STACK_DIR = Path(".ssedge")
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 # where the streams are: one Redis (and a replica of it) or a cluster's seeds, taken from one
@@ -39,10 +40,6 @@ def read_stack_env(directory: Path = STACK_DIR) -> None:
         if own_redis and name in _REDIS_LOCATION:
             continue
         os.environ.setdefault(name, value.strip())
-
-
-def _base_url(args: argparse.Namespace) -> str:
-    return (args.url or os.environ.get("SSEDGE_URL") or DEFAULT_URL).rstrip("/")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,12 +156,13 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from relay.web import client
-    token = args.token or os.environ.get("SSEDGE_PUBLISH_TOKEN", "")
+    # no token file here: a publish without a token is one the caller chose
+    token = client_settings.publish_token(args.token, stack=False)
     data: Any = json.loads(args.data) if args.json else args.data
     event: dict[str, Any] = {"data": data}
     if args.event:
         event["event"] = args.event
-    url = f"{_base_url(args)}/v1/streams/{args.topic}/events"
+    url = f"{client_settings.base_url(args.url)}/v1/streams/{args.topic}/events"
     try:
         response, key = asyncio.run(client.publish(url, event, token=token, key=args.key,
                                                    attempts=max(1, args.attempts)))
@@ -196,7 +194,7 @@ async def _tail(args: argparse.Namespace) -> int:
         query.append(f"since={args.since}")
     if args.backfill:
         query.append(f"backfill={args.backfill}")
-    url = f"{_base_url(args)}/v1/streams/{args.topic}/events"
+    url = f"{client_settings.base_url(args.url)}/v1/streams/{args.topic}/events"
     if query:
         url += "?" + "&".join(query)
     last_id = args.last_event_id or ""

@@ -11,13 +11,15 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from relay.duration import seconds
+from relay.web import client_settings
 
 
 @dataclass(frozen=True)
@@ -45,29 +47,6 @@ def _scenarios() -> dict[str, Scenario]:
 SCENARIOS = _scenarios()
 LOCUSTFILE = _loadtests() / "locustfile.py"
 SHAPES = ("ramp", "step", "soak")
-TOKEN_FILE = Path(".ssedge/publish-token")
-LOCAL_CA = Path(".ssedge/tls/ca.pem")
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
-
-
-def seconds(span: str) -> float:
-    """``90``, ``90s``, ``2m``, ``1h30m`` as seconds (Locust's --run-time spelling)."""
-    parts = _SPAN.findall(span)
-    if not parts or "".join(n + u for n, u in parts) != span.strip():
-        raise ValueError(f"not a duration: {span!r} (write e.g. 60s, 2m, 1h30m)")
-    return sum(float(n) * _UNIT[u] for n, u in parts)
-
-
-def token(explicit: str | None) -> str:
-    """--token, else SSEDGE_PUBLISH_TOKEN, else the local stack's .ssedge/publish-token."""
-    if explicit:
-        return explicit
-    if os.environ.get("SSEDGE_PUBLISH_TOKEN"):
-        return os.environ["SSEDGE_PUBLISH_TOKEN"]
-    if TOKEN_FILE.is_file():
-        return TOKEN_FILE.read_text().strip()
-    return ""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -176,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     summary = results / f"{args.scenario}-summary.json"
     summary.unlink(missing_ok=True)
     # Tokens travel in the environment, not argv, where `ps` would show them.
-    env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": token(args.token)}
-    ca = ca_file(args.ca, args.host)
+    env = {**os.environ, "SSEDGE_PUBLISH_TOKEN": client_settings.publish_token(args.token)}
+    ca = client_settings.ca_file(args.ca, args.host)
     if ca:
         # Locust's clients, and this process's own reads of the stats topic through the edge
         env["SSEDGE_CA_FILE"] = os.environ["SSEDGE_CA_FILE"] = ca
@@ -220,18 +199,10 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def ca_file(explicit: str | None, host: str) -> str | None:
-    """--ca, else SSEDGE_CA_FILE, else the local stack's CA for its own TLS edge."""
-    if explicit or os.environ.get("SSEDGE_CA_FILE"):
-        return explicit or os.environ["SSEDGE_CA_FILE"]
-    local = host.startswith(("https://127.0.0.1", "https://localhost"))
-    return str(LOCAL_CA) if local and LOCAL_CA.is_file() else None
-
-
 def subscribe_token(explicit: str | None, duration_s: float) -> str:
     """--subscribe-token, else SSEDGE_SUBSCRIBE_TOKEN, else one minted for ``private-*`` with
     SSEDGE_JWT_SECRET (the local stack's, from .ssedge/env), valid for the run and an hour."""
-    given = explicit or os.environ.get("SSEDGE_SUBSCRIBE_TOKEN")
+    given = client_settings.subscribe_token(explicit)
     if given:
         return given
     secret = os.environ.get("SSEDGE_JWT_SECRET")

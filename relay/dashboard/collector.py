@@ -1,8 +1,9 @@
 """``ssedge stats``: the dashboard's collector, one small process next to the stack.
 
 Every interval it scrapes each relay node's ``/metrics`` (all at once, each bounded by the
-interval), takes the edge's request counts from a ``varnishncsa`` it keeps running (and, given
-HAProxy's socket, the streams the edge proxy carries per relay: ``relay.dashboard.proxy``), and
+interval), takes the edge's request counts from a ``varnishncsa`` it keeps running (and,
+given HAProxy's socket, the streams the edge proxy carries per relay:
+``relay.edge.haproxy.stats``), and
 publishes one snapshot (``relay.dashboard.stats``) to the stats topic by XADD, with a retention
 of its own. The dashboard is then an EventSource on that topic through the edge like any other
 reader: the ring's history gives it the last minutes at once (``backfill``), and one collector
@@ -25,12 +26,11 @@ from pathlib import Path
 import msgspec
 from redis.exceptions import RedisError
 
-from relay import logs
-from relay.dashboard import proxy as edge_stats
+from relay import logs, stackstatus
 from relay.dashboard import stats
-from relay.devstack import haproxy as edge_haproxy
-from relay.devstack import supervisor
-from relay.devstack import varnish as edge
+from relay.edge.haproxy import stats as edge_stats
+from relay.edge.haproxy.admin import Admin
+from relay.edge.varnish import config as edge
 from relay.storage import clients
 from relay.storage import streams as store
 from relay.web import client
@@ -122,7 +122,7 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
                 edge_part = stats.edge_snapshot(previous_edge, counts, started - previous_t)
                 previous_edge = counts
             previous_t = started
-            stack = (stats.stack_part(supervisor.read_status(Path(options.supervisor)))
+            stack = (stats.stack_part(stackstatus.read_status(Path(options.supervisor)))
                      if options.supervisor else None)
             snap = stats.snapshot(started, options.interval_s, nodes, edge_part,
                                   edge_log.error if edge_log else "no edge configured", stack)
@@ -146,8 +146,8 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
 
 
 async def _proxy(path: str, timeout: float) -> dict[str, object]:
-    """The edge proxy's streams per relay (``relay.dashboard.proxy``), or why not."""
-    admin = edge_haproxy.Admin(Path(path), timeout=timeout)
+    """The edge proxy's streams per relay (``relay.edge.haproxy.stats``), or why not."""
+    admin = Admin(Path(path), timeout=timeout)
     try:
         rows = await asyncio.wait_for(asyncio.to_thread(admin.stat), timeout)
     except (OSError, TimeoutError, ValueError) as exc:

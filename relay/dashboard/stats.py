@@ -8,17 +8,16 @@ replay and pages, and builds the one JSON snapshot published to the stats topic.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from relay import prometheus
 
 TOPIC = "ssedge.stats"
 EVENT = "stats"
 VERSION = 1
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
-_NODE_LABEL = re.compile(r'(?:^|,)node="((?:[^"\\]|\\.)*)"')
 
 # counters shown as per-second rates, and their names in the snapshot
 RATES = {
@@ -60,18 +59,9 @@ def parse_metrics(text: str, t: float, default_node: str) -> Scrape:
     sums: dict[str, float] = {}
     maxima: dict[str, float] = {}
     node = default_node
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue  # comments, blank lines
-        name, labels, raw = m.group(1), m.group(3) or "", m.group(4)
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        found = _NODE_LABEL.search(labels)
-        if found:
-            node = found.group(1)
+    for sample in prometheus.parse(text):
+        name, value = sample.name, sample.value
+        node = sample.labels.get("node", node)
         sums[name] = sums.get(name, 0.0) + value
         maxima[name] = max(maxima.get(name, value), value)
     return Scrape(t, node, sums, maxima)

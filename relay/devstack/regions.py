@@ -13,13 +13,27 @@ of the stack; the replica's collector publishes to ``ssedge.stats.b``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from relay.devstack.single import Processes
+from pathlib import Path
+from typing import Any, Protocol
 
 NAME = "b"
+
+
+class Processes(Protocol):
+    """What region B asks of the stack that starts it (``single.Processes``), written here so
+    that this module needs nothing of the one that imports it."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def start(self, name: str, port: int, argv: list[str],
+              env: dict[str, str] | None = None) -> None: ...
+
+    def edge_tier(self, relay_ports: Sequence[int], replay_port: int, edge_port: int,
+                  tls_port: int = ..., *, region: str = "",
+                  env: dict[str, str] | None = None) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

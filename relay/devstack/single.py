@@ -21,9 +21,9 @@ from pathlib import Path
 from relay.devstack import demo
 from relay.devstack import edge as edge_stack
 from relay.devstack.demo import DEMO_TOPIC
-from relay.devstack.processes import port_open
 from relay.devstack.regions import RegionB
 from relay.devstack.supervisor import RestartPolicy, Supervisor
+from relay.harness.processes import port_open
 
 REDIS_PORT = 6390
 RELAY_PORTS = (8101, 8102)
@@ -97,8 +97,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         fsync: str = "everysec", tls_port: int = TLS_PORT,
         region_b: RegionB | None = None) -> int:
     """The stack; with ``region_b``, a second region reading a replica (``--regions``)."""
-    from relay.devstack import haproxy as edge_haproxy
-    from relay.devstack import varnish as edge
+    from relay.edge.haproxy import config as edge_haproxy
+    from relay.edge.varnish import config as edge
 
     redis_server = shutil.which("redis-server")
     for program, package in ((redis_server, "redis-server"), (edge.varnishd(), "varnish"),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,12 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from relay.devstack.processes import group_members, kill_group, port_open
+from relay.harness.processes import SETPRIV, group_members, kill_group, port_open
+from relay.stackstatus import STATUS_FILE
 
 State = Literal["starting", "up", "backoff", "failed", "stopped"]
-STATUS_FILE = "supervisor.json"
-#: util-linux's setpriv (Debian's essential set): a child told to stop when the stack dies
-SETPRIV = shutil.which("setpriv")
 POLL_S = 0.1
 
 
@@ -317,12 +314,3 @@ class Supervisor:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=1) + "\n")
         tmp.replace(self.status_path)
-
-
-def read_status(path: Path) -> dict[str, Any] | None:
-    """A stack's ``supervisor.json``, or None when there is none (or it is not JSON)."""
-    try:
-        status = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return status if isinstance(status, dict) else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from relay.devstack.supervisor import read_status
+from relay.stackstatus import read_status
 
 #: every kind of fault, with what it does on the local stack; in this order, ``--every`` puts
 #: other faults between two on relays (a relay back from one is healthy at the edge by then)

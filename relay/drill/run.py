@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import datetime
 import json
-import os
 import random
 import secrets
 import sys
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from relay.cli.load import seconds, token
 from relay.drill import report as drill_report
 from relay.drill.clients import Publisher, Reader, audit
 from relay.drill.faults import (
@@ -47,9 +45,11 @@ from relay.drill.faults import (
     schedule,
 )
 from relay.drill.report import Objectives, Timeline, Window
+from relay.duration import seconds
 from relay.protocol import ids
+from relay.web import client_settings
+from relay.web.client_settings import DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 SUBSCRIBE_TIMEOUT_S = 30.0
 
 
@@ -120,7 +120,7 @@ class Config:
 def _config(args: argparse.Namespace) -> tuple[Config, Faults, Objectives]:
     """Everything the drill needs from its arguments; FaultError or ValueError says what is
     wrong with them."""
-    url = (args.url or os.environ.get("SSEDGE_URL") or DEFAULT_URL).rstrip("/")
+    url = client_settings.base_url(args.url)
     for name in ("readers", "topics"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
@@ -160,7 +160,7 @@ def _config(args: argparse.Namespace) -> tuple[Config, Faults, Objectives]:
     faults = Faults(Hooks(hooks), local)
     faults.check([p.kind for p in planned])
     prefix = f"drill-{secrets.token_hex(3)}"
-    config = Config(url, token(args.token), args.readers,
+    config = Config(url, client_settings.publish_token(args.token), args.readers,
                     [f"{prefix}-{i}" for i in range(args.topics)], args.rate, args.payload,
                     args.retry_ms, duration, seconds(args.settle), seconds(args.audit_timeout),
                     planned)

@@ -31,13 +31,14 @@ import enum
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import httpx
 import msgspec
 from redis.exceptions import RedisError
 
+from relay.backoff import Backoff, Random
 from relay.ingest.config import Upstream
 from relay.ingest.status import Status
 from relay.protocol import names
@@ -72,24 +73,16 @@ class Policy:
     envelope: bool = False
 
 
-class Backoff:
+def backoff(retry_ms: int, max_s: float, rng: Random = random.random) -> Backoff:
     """The wait before the next connection: the upstream's ``retry`` after a stream that
-    worked, doubling per failed attempt up to a cap, always with jitter."""
+    worked (up to a quarter more), doubling per failed attempt up to a cap (half to the whole
+    step), always with jitter."""
+    return Backoff(first_wait(retry_ms), max_s, spread=(0.5, 1.0), settled=(1.0, 1.25), rng=rng)
 
-    def __init__(self, retry_ms: int, max_s: float, rng: Callable[[], float] = random.random):
-        self.retry_ms = retry_ms
-        self.failures = 0
-        self._max_s = max_s
-        self._rng = rng
 
-    def delay(self) -> float:
-        # floored: an upstream sending "retry: 0" and closing at once must not make a hot loop
-        base = max(self.retry_ms / 1000, _FLOOR_S)
-        if self.failures == 0:
-            return base * (1 + self._rng() / 4)
-        cap = max(self._max_s, base)  # an upstream asking for longer than the cap gets it
-        step: float = base * 2.0 ** min(self.failures, 30)
-        return min(cap, step) * (0.5 + self._rng() / 2)
+def first_wait(retry_ms: int) -> float:
+    # floored: an upstream sending "retry: 0" and closing at once must not make a hot loop
+    return max(retry_ms / 1000, _FLOOR_S)
 
 
 def entry(ev: Event, upstream: str, envelope: bool) -> Entry:
@@ -147,7 +140,7 @@ class Follower:
         self._journal = journal
         self._policy = policy
         self.status = status
-        self._backoff = Backoff(policy.retry_ms, policy.backoff_max_s)
+        self._backoff = backoff(policy.retry_ms, policy.backoff_max_s)
         self._headers = {"Accept": "text/event-stream", **dict(upstream.headers)}
         self._headers.setdefault("Cache-Control", "no-cache")
 
@@ -257,7 +250,7 @@ class Follower:
             except TimeoutError:
                 raise Failed("idle", f"nothing for {self._policy.idle_timeout_s:g} s") from None
             if es.decoder.retry is not None:
-                self._backoff.retry_ms = es.decoder.retry
+                self._backoff.first_s = first_wait(es.decoder.retry)
             events = [i for i in items if isinstance(i, Event | Oversize)]
             if repeat and events:
                 first = events[0]

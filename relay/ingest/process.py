@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import signal
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from relay import logs, prometheus
+from relay.backoff import jitter
 from relay.ingest import admin
 from relay.ingest.admin import Answer
 from relay.ingest.config import IngestTopic
@@ -110,7 +110,7 @@ class Ingest:
             held = await self._hold(w)
             clients.still_wanted()
             if not held:
-                await asyncio.sleep(self.lease_ms / 3000 * (0.5 + random.random() / 2))
+                await asyncio.sleep(jitter(self.lease_ms / 3000, 0.5, 1.0))
                 continue
             st.active, st.leases = True, st.leases + 1
             log.info("upstream %s of topic %s: following it (lease taken)", st.name, st.topic)

@@ -292,9 +292,6 @@ class App:
                 maxlen=s.retention_maxlen, max_age_s=s.retention_max_age_s,
                 replicas=self.relay.publish_replicas,
                 replica_timeout_ms=s.publish_replica_timeout_ms)
-        except idempotency.KeyReused:
-            raise Unprocessable("this Idempotency-Key was first used with other events (or "
-                                "another topic); nothing was published") from None
         except store.NotReplicated as exc:
             raise Unavailable(f"not acknowledged: {exc}; retry with the same "
                               "Idempotency-Key", 1) from None

@@ -15,7 +15,7 @@ all that time. Two kernel options bound it:
 
 The user timeout also ends a connection whose peer keeps its receive window shut that long
 (Linux counts unanswered zero-window time against it since 5.11; checked on 6.18 by
-``tests/integration/test_stuck_clients.py``): a client that never reads, whose stream the
+``tests/integration/node/test_stuck_clients.py``): a client that never reads, whose stream the
 sweeper already ended, does not hold its buffers forever. ``SO_SNDBUF``
 (``tcp_send_buffer_bytes``) bounds what the kernel holds for each such connection; left to
 autotuning it grows to ``net.ipv4.tcp_wmem``'s maximum (4 MiB), and a thousand stuck clients
@@ -31,7 +31,7 @@ Granian's own options (``SO_REUSEADDR``, ``SO_REUSEPORT``, ``TCP_NODELAY``) plus
 to the workers as a ``SocketHolder`` (so a node's workers share one accept queue instead of
 the kernel hashing connections over one queue each). It leans on Granian internals pinned in
 pyproject.toml; ``test_accepted_sockets_carry_the_tcp_options`` (in
-``tests/integration/test_dead_clients.py``) reads the options back from a connection a real
+``tests/integration/node/test_dead_clients.py``) reads the options back from a connection a real
 relay accepted, so an upgrade that bypasses the hook fails there.
 """
 

@@ -7,9 +7,8 @@ import contextlib
 import logging
 import time
 
+from relay.node.feed import backends as feeds
 from relay.node.feed.base import FeedBase
-from relay.node.feed.cluster import ClusterFeed
-from relay.node.feed.single import RedisFeed
 from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.replica import Waits
@@ -64,22 +63,8 @@ class Relay:
             max_topics=settings.max_topics,
             key_of=store.stream_key,
         )
-        self.feed: FeedBase
-        if isinstance(redis, clients.Cluster):
-            # one reader per primary node (relay/node/feed/cluster.py)
-            self.feed = ClusterFeed(self.hub, redis, self.metrics,
-                                    block_ms=settings.feed_block_ms,
-                                    read_count=settings.feed_read_count,
-                                    send_max=settings.send_max_bytes,
-                                    retention_maxlen=settings.retention_maxlen,
-                                    retention_max_age_s=settings.retention_max_age_s)
-        else:
-            self.feed = RedisFeed(
-                self.hub, redis, self.metrics, url=settings.read_url,
-                block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
-                send_max=settings.send_max_bytes, retention_maxlen=settings.retention_maxlen,
-                retention_max_age_s=settings.retention_max_age_s,
-            )
+        # chosen by the settings, through the feed's written interface (relay/node/feed/)
+        self.feed: FeedBase = feeds.make(settings, self.hub, redis, self.metrics)
         self.replayer = Replayer(
             settings.replay_url, redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
@@ -121,10 +106,6 @@ class Relay:
                 lambda: settings.max_streams)
         m.gauge("topics_limit", "Topics this process watches at most (SSEDGE_MAX_TOPICS).",
                 lambda: settings.max_topics)
-        if isinstance(self.feed, ClusterFeed):
-            feed = self.feed
-            m.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
-                    lambda: feed.nodes_connected)
         if self.redis.replica:
             self.replica = replica.Watch(self.redis)
             self.replica.register(m)

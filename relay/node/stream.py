@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from relay.backoff import jitter
 from relay.node import fanout, renewal
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
@@ -227,7 +227,7 @@ def attached(relay: Relay, topic: Topic) -> bool:
 
 def _spread(ms: int) -> int:
     """A wait of 0.5 to 1.5 times ``ms``: a crowd told to come back does not come together."""
-    return max(1, round(ms * (0.5 + random.random())))
+    return max(1, round(jitter(ms)))
 
 
 def turned_away(relay: Relay) -> tuple[str, str] | None:
@@ -258,7 +258,7 @@ async def refuse(relay: Relay, send: Send, reason: str, why: str,
 
     An edge that can retry only on a status (HAProxy) asks with ``X-Ssedge-Refuse-Status:
     503``: the same answer then says 503, and the edge turns the last one into a 200
-    (varnish/haproxy.cfg). Nothing else changes a refusal's status."""
+    (relay/edge/haproxy/haproxy.cfg). Nothing else changes a refusal's status."""
     settings = relay.settings
     retry = _spread(settings.drain_retry_ms if reason == "draining" else settings.refused_retry_ms)
     relay.metrics.refused(reason)

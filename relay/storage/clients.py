@@ -50,7 +50,7 @@ def still_wanted(task: asyncio.Task[Any] | None = None) -> None:
     cancel that arrives as the awaited call completes. redis-py sends through it (and the
     ingest waits on its upstream with it), so a loop that calls Redis again and again may never
     stop. Found twice: the feed blocked in its next XREAD, and every one after, and a relay's
-    shutdown waited for it for ever (tests/integration/test_feed.py); an ingest told to stop
+    shutdown waited for it for ever (tests/integration/node/test_feed.py); an ingest told to stop
     (SIGTERM) while Redis was away went on retrying until its backoff ended. Every such loop
     calls this once a turn."""
     task = task or asyncio.current_task()

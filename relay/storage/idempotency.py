@@ -29,7 +29,6 @@ from redis.exceptions import NoScriptError
 
 from relay.storage import clients
 from relay.storage import streams as store
-from relay.web.errors import BadRequest
 
 HEADER = b"idempotency-key"
 MAX_KEY = 255
@@ -64,9 +63,13 @@ return out
 _SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 
 
-class KeyReused(Exception):
+class BadKey(ValueError):
+    """What was sent as an Idempotency-Key is not one (the web layer answers 400)."""
+
+
+class KeyConflict(Exception):
     """The key was first used with another request (other topic, events or shape): nothing
-    was written."""
+    was written (the web layer answers 422)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +79,16 @@ class Outcome:
 
 
 def parse_key(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The request's ``Idempotency-Key``, None without one; 400 for an empty one, one over
-    255 characters, one that is not printable ASCII, or two of them."""
+    """The request's ``Idempotency-Key``, None without one; ``BadKey`` for an empty one, one
+    over 255 characters, one that is not printable ASCII, or two of them."""
     values = [v for k, v in headers if k.lower() == HEADER]
     if not values:
         return None
     if len(values) > 1:
-        raise BadRequest("send one Idempotency-Key")
+        raise BadKey("send one Idempotency-Key")
     raw = values[0].strip(b" \t")
     if not 1 <= len(raw) <= MAX_KEY or not all(0x20 <= c <= 0x7E for c in raw):
-        raise BadRequest(f"an Idempotency-Key is 1 to {MAX_KEY} printable ASCII characters")
+        raise BadKey(f"an Idempotency-Key is 1 to {MAX_KEY} printable ASCII characters")
     return raw.decode("ascii")
 
 
@@ -127,7 +130,7 @@ async def publish(r: clients.Client, topic: str, events: Sequence[tuple[bytes, s
 
     reply = await store.on_primary(r, keys[0], run)
     if reply[0] == -1:
-        raise KeyReused(key)
+        raise KeyConflict(key)
     if reply[0] == 0:
         return Outcome(_text(reply[1]).split(" ")[1:], replayed=True)
     return Outcome([_text(i) for i in reply[1:]], replayed=False)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import random
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -32,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay.backoff import jitter
+from relay.protocol.chunked import BadChunk, Dechunker
 from relay.protocol.wire import Decoder, Item
+from relay.web import client_settings
 
 _ERROR_BODY_WAIT_S = 2.0
 
@@ -74,44 +75,35 @@ class _Target:
 
 
 class _Body:
-    """Reads a response body as it arrives, de-chunking when needed."""
+    """Reads a response body as it arrives, de-chunking when needed (``protocol.chunked``)."""
 
     def __init__(self, reader: asyncio.StreamReader, headers: Mapping[str, str],
                  status: int = 200) -> None:
         self._reader = reader
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._dechunker = Dechunker() if chunked else None
         length = headers.get("content-length")
-        self._left = int(length) if length is not None and not self._chunked else None
-        self._chunk_left = 0
+        self._left = int(length) if length is not None and not chunked else None
         # these answers have no body whatever their headers say (RFC 9110 6.4.1)
         self.done = status in (204, 304) or 100 <= status < 200
 
     async def read(self) -> bytes:
+        """What arrived of the body next; empty only at its end."""
         if self.done:
             return b""
-        if self._chunked:
-            if self._chunk_left == 0:
-                size_line = await self._reader.readline()
-                if not size_line:
+        if self._dechunker is not None:
+            while True:  # a read may bring a size line or a CRLF and no data yet
+                raw = await self._reader.read(65536)
+                if not raw:
                     self.done = True
                     return b""
                 try:
-                    size = int(size_line.split(b";")[0].strip() or b"0", 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size line {size_line[:40]!r}") from None
-                if size == 0:
-                    await self._reader.readline()
-                    self.done = True
-                    return b""
-                self._chunk_left = size
-            data = await self._reader.read(self._chunk_left)
-            if not data:
-                self.done = True
-                return b""
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0:
-                await self._reader.readexactly(2)
-            return data
+                    data = self._dechunker.feed(raw)
+                except BadChunk as exc:
+                    raise ProtocolError(str(exc)) from None
+                self.done = self._dechunker.done
+                if data or self.done:
+                    return data
         if self._left is not None:
             if self._left == 0:
                 self.done = True
@@ -131,7 +123,7 @@ async def _open(method: str, url: str, headers: Mapping[str, str] | None,
     reader, writer = await asyncio.open_connection(
         target.host, target.port, limit=1 << 20,
         # SSEDGE_CA_FILE: a CA of its own to trust, as the local stack's TLS edge needs
-        ssl=ssl.create_default_context(cafile=os.environ.get("SSEDGE_CA_FILE") or None)
+        ssl=ssl.create_default_context(cafile=client_settings.ca_file())
         if target.tls else None,
     )
     lines = [f"{method} {target.path} HTTP/1.1", f"Host: {target.authority}",
@@ -206,7 +198,7 @@ async def publish(url: str, body: Any, *, token: str, key: str | None = None,
     raw = json.dumps(body).encode()  # the same bytes every time: a retry is the same request
     for attempt in range(1, attempts + 1):
         # backoff with jitter, or the server's Retry-After; both bounded
-        delay = min(delay_max, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+        delay = jitter(min(delay_max, 0.25 * 2 ** attempt), 0.5, 1.0)
         try:
             response = await request("POST", url, body=raw, timeout=timeout,
                                      headers={**headers, "Content-Type": "application/json"})

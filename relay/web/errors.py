@@ -1,6 +1,11 @@
-"""The errors a request can end in, each mapped to one HTTP answer in ``http.error_response``."""
+"""The errors a request can end in, each one HTTP answer (``http.answer`` sends it), and the one
+table that turns what the layers below raise, in their own words, into these answers."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+from relay.storage import idempotency
 
 
 class HTTPError(Exception):
@@ -72,3 +77,22 @@ class Unavailable(HTTPError):
             # the edge retries a request so answered on another node (varnish/default.vcl)
             headers["x-ssedge-draining"] = "1"
         super().__init__(message, headers=headers)
+
+
+# -- what the layers below say, and the answer each gets ----------------------------------
+
+#: each exception of a lower layer that a request can end in, and the answer made of it
+FROM_BELOW: tuple[tuple[type[Exception], Callable[[Exception], HTTPError]], ...] = (
+    (idempotency.BadKey, lambda exc: BadRequest(str(exc))),
+    (idempotency.KeyConflict, lambda exc: Unprocessable(
+        "this Idempotency-Key was first used with other events (or another topic); nothing "
+        "was published")),
+)
+
+
+def from_below(exc: Exception) -> HTTPError | None:
+    """The answer to a lower layer's exception, None when it is not one a request ends in."""
+    for kind, answer in FROM_BELOW:
+        if isinstance(exc, kind):
+            return answer(exc)
+    return None

@@ -23,6 +23,7 @@ import msgspec
 
 from relay import logs
 from relay.protocol import names
+from relay.web import errors
 from relay.web.cors import Cors, Headers
 from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
 
@@ -129,7 +130,11 @@ async def answer(responder: Responder, request: Request, send: Send,
         await handle
     except HTTPError as exc:
         await responder.error(send, exc)
-    except Exception:
+    except Exception as exc:
+        mapped = errors.from_below(exc)
+        if mapped is not None:  # a lower layer's words: the one table in errors.py
+            await responder.error(send, mapped)
+            return
         logging.getLogger("ssedge").exception("unexpected error on %s %s", request.method,
                                               request.path)
         await responder.json(send, 500, {"error": "internal",

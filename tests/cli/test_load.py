@@ -21,18 +21,6 @@ def option(cmd: list[str], name: str) -> str:
     return cmd[cmd.index(name) + 1]
 
 
-@pytest.mark.parametrize(("span", "secs"), [("60", 60), ("60s", 60), ("2m", 120),
-                                            ("1h30m", 5400), ("1.5s", 1.5)])
-def test_durations(span: str, secs: float) -> None:
-    assert load.seconds(span) == secs
-
-
-@pytest.mark.parametrize("span", ["", "abc", "10x", "5m junk"])
-def test_bad_durations(span: str) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        load.seconds(span)
-
-
 def test_headless_command_for_a_scenario(tmp_path: Path) -> None:
     cmd = load.command(args("reconnect-storm", "--users", "300", "--duration", "2m",
                             "--settle", "10", "--results", str(tmp_path),
@@ -65,18 +53,6 @@ def test_bad_knobs_and_settle() -> None:
         load.command(args("fanout", "--set", "rate"))
     with pytest.raises(ValueError, match="settle"):
         load.command(args("fanout", "--duration", "5s", "--settle", "5"))
-
-
-def test_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SSEDGE_PUBLISH_TOKEN", raising=False)
-    assert load.token(None) == ""
-    (tmp_path / ".ssedge").mkdir()
-    (tmp_path / ".ssedge" / "publish-token").write_text("from-file\n")
-    assert load.token(None) == "from-file"
-    monkeypatch.setenv("SSEDGE_PUBLISH_TOKEN", "from-env")
-    assert load.token(None) == "from-env"
-    assert load.token("flag") == "flag"
 
 
 def test_a_shape_is_one_more_locustfile_and_connect_time_an_objective() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from relay.dashboard.stats import snapshot, stack_part
-from relay.devstack.supervisor import Child, RestartPolicy, exit_text, group_members
+from relay.devstack.supervisor import Child, RestartPolicy, exit_text
+from relay.harness.processes import group_members
 
 POLICY = RestartPolicy()
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from relay import cli
-from relay.cli.load import seconds
 from relay.drill.clients import Reader
 from relay.drill.faults import KINDS, FaultError, Planned, parse_at, schedule
 from relay.drill.report import Objectives, Timeline, missed, table
+from relay.duration import seconds
 from relay.protocol import tally
 from relay.protocol.wire import Event
 

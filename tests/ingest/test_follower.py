@@ -16,18 +16,18 @@ from relay.storage.journal import Entry
 
 
 def test_backoff_honours_retry_then_doubles_with_jitter_up_to_the_cap() -> None:
-    low = up.Backoff(1000, 8.0, rng=lambda: 0.0)
-    high = up.Backoff(1000, 8.0, rng=lambda: 0.999999)
+    low = up.backoff(1000, 8.0, rng=lambda: 0.0)
+    high = up.backoff(1000, 8.0, rng=lambda: 0.999999)
     assert low.delay() == 1.0 and high.delay() == pytest.approx(1.25)  # never below retry
     for b in (low, high):
         b.failures = 3
     assert low.delay() == 4.0 and high.delay() == pytest.approx(8.0)  # half to whole step
     low.failures = high.failures = 50
     assert low.delay() == 4.0 and high.delay() == pytest.approx(8.0)  # capped
-    slow = up.Backoff(60_000, 8.0, rng=lambda: 0.0)
+    slow = up.backoff(60_000, 8.0, rng=lambda: 0.0)
     slow.failures = 2
     assert slow.delay() == 30.0  # an upstream asking for more than the cap gets it
-    zero = up.Backoff(0, 8.0, rng=lambda: 0.0)
+    zero = up.backoff(0, 8.0, rng=lambda: 0.0)
     assert zero.delay() > 0  # "retry: 0" cannot make a hot loop
 
 

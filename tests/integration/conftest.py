@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from relay.devstack.edgeserver import Edge
-from relay.devstack.servers import IngestProcess, RedisServer, Relay
+from relay.harness.edge import Edge
+from relay.harness.servers import IngestProcess, RedisServer, Relay
 from tests.integration.upstack import UpStack
 from tests.integration.upstreams import Upstreams
 

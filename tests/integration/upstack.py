@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.devstack.processes import free_port
-from relay.devstack.supervisor import group_members, kill_group
+from relay.harness.processes import free_port, group_members, kill_group
 from relay.web import client
 
 SSEDGE = [sys.executable, "-m", "relay"]

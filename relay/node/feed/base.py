@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from relay import backoff
 from relay.node import fanout
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
@@ -30,24 +30,15 @@ log = logging.getLogger("ssedge.feed")
 
 _BACKOFF_MIN = 0.05
 # at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
-# within that of Redis answering again (tests/integration/test_redis_restart.py measures it);
+# within that of Redis answering again (tests/integration/node/test_redis_restart.py measures it);
 # one refused connect a second per process costs Redis nothing
 _BACKOFF_MAX = 1.0
 
 
-class Backoff:
+def reconnect_backoff() -> backoff.Backoff:
     """The wait between two tries to reach Redis: doubling from 50 ms to 1 s, with jitter (so
     the relays of a deployment do not come back in step), reset once a try worked."""
-
-    def __init__(self) -> None:
-        self._next = _BACKOFF_MIN
-
-    def reset(self) -> None:
-        self._next = _BACKOFF_MIN
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self._next * (0.5 + random.random()))
-        self._next = min(self._next * 2, _BACKOFF_MAX)
+    return backoff.Backoff(_BACKOFF_MIN, _BACKOFF_MAX)
 
 
 class FeedBase(ABC):
@@ -92,7 +83,7 @@ class FeedBase(ABC):
     @abstractmethod
     async def run(self) -> None:
         """Read every primed topic for ever, from the last id each was read to; through any
-        Redis outage (reconnecting with ``Backoff``), raising only when cancelled."""
+        Redis outage (reconnecting with ``reconnect_backoff``), raising only when cancelled."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from relay.node.feed.base import Backoff, FeedBase
+from relay.node.feed.base import FeedBase, reconnect_backoff
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
 from relay.storage import clients
@@ -138,7 +138,7 @@ class ClusterFeed(FeedBase):
     async def run(self) -> None:
         """Refresh the slot map and (re)start node readers whenever one fails or a topic
         maps to a node without one."""
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while True:
             try:
                 self._stale.clear()

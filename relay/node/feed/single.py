@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from relay.node.feed.base import Backoff, FeedBase
+from relay.node.feed.base import FeedBase, reconnect_backoff
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
@@ -80,7 +80,7 @@ class RedisFeed(FeedBase):
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while True:
             try:
                 await self._connect()

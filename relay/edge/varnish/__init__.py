@@ -1,0 +1,1 @@
+"""varnishd behind HAProxy: the protocol cache (handshake, metadata, replay pages)."""

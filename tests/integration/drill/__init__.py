@@ -1,0 +1,1 @@
+"""Integration tests: ssedge drill against real processes (relay/drill/)."""

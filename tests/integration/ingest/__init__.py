@@ -1,0 +1,1 @@
+"""Integration tests: ssedge ingest against real upstreams (relay/ingest/)."""

@@ -1,0 +1,1 @@
+"""Integration tests: tokens, JWKS, token renewal, the pages (relay/web/)."""
