@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from relay.protocol import composite, ids
+from relay.protocol import composite, ids, wire
 from relay.protocol.composite import TopicSet
 from relay.protocol.resume import RESET, HistoryPage, Reader
 from relay.protocol.ring import Ring
 
-_RESET_LINE = b"event: " + RESET.encode() + b"\ndata: "
+_RESET_LINE = wire.event_and_data(RESET)
 # entries already encoded, by (tag, id): an event's entry is the same for every client that
 # gets it, so it is encoded once per process rather than once per delivery
 _entries: dict[tuple[str, int], bytes] = {}
@@ -72,7 +72,7 @@ class MultiReader:
         self.set = topic_set
         self.readers = list(readers)
         self._index = {id(r): i for i, r in enumerate(self.readers)}
-        self._marks = [b"id: " + t.encode() + composite.MARK.encode()
+        self._marks = [wire.ID_FIELD + t.encode() + composite.MARK.encode()
                        for t in topic_set.topics]
         self.entries = [_entry(g, r.last_id) for g, r in zip(topic_set.tags, self.readers,
                                                               strict=True)]
@@ -100,7 +100,7 @@ class MultiReader:
 
     def start_frame(self) -> bytes:
         """A frame that sets the browser's last event id without dispatching an event."""
-        return b"id: " + composite.join(b"", self.entries) + b"\n\n"
+        return wire.encode_position(composite.join(b"", self.entries))
 
     def _line(self, i: int, key: int) -> bytes:
         entries = self.entries

@@ -41,10 +41,14 @@ RESET = "ssedge.reset"
 _json = msgspec.json.Encoder()
 
 
-def reset_frame(reason: str, requested: int, resume_from: int | None, frame_id: int) -> bytes:
+def reset_frame(reason: str, requested: int, resume_from: int | None, frame_id: int,
+                topic: str | None = None) -> bytes:
     """An ``ssedge.reset`` event: the events after ``requested`` up to ``frame_id`` are gone
-    (``expired``), never existed here (``unknown``); the next one is ``resume_from``."""
-    data = _json.encode({
+    (``expired``), never existed here (``unknown``); the next one is ``resume_from``. A reset
+    every reader of a topic shares (a feed's, in its ring) names its ``topic``: a stream on
+    several topics sends it as it is."""
+    head = {"topic": topic} if topic is not None else {}
+    data = _json.encode({**head,
         "reason": reason,
         "requested": ids.format(requested),
         "resume_from": ids.format(resume_from) if resume_from is not None else None,

@@ -110,6 +110,8 @@ def encode_entry(entry_id: bytes, data: bytes,
     empty or would break its line (``names.field_value_ok``) is left out, the event goes out
     without it, and the entry is reported as malformed."""
     head = b"id: " + entry_id + b"\n"
+    if not fields:  # published entries (data alone): the fast path of every live event
+        return head + encode_data(data) + b"\n", True
     ok = True
     for name, value in fields:
         if value is None:
@@ -135,6 +137,16 @@ def split_frames(body: bytes) -> list[tuple[bytes, bytes]]:
         end = part.find(b"\n")
         out.append((part[4:end] if end != -1 else part[4:], part + b"\n\n"))
     return out
+
+
+#: the start of a frame's ``id:`` line; every frame this module writes starts with it (a stream
+#: on several topics rewrites that line alone: ``relay.protocol.multi``)
+ID_FIELD = b"id: "
+
+
+def event_and_data(event: str) -> bytes:
+    """The ``event:`` line of a frame and the start of its one ``data:`` line."""
+    return b"event: " + _field(event, "event") + b"\ndata: "
 
 
 def encode_position(id: str | bytes) -> bytes:

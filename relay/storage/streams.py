@@ -28,7 +28,7 @@ from redis.exceptions import (
 )
 
 from relay.protocol import ids
-from relay.protocol.wire import encode_data, encode_entry
+from relay.protocol.wire import encode_entry
 from relay.storage.clients import Client
 
 KEY_PREFIX = "ssedge:"
@@ -50,7 +50,7 @@ def entries_of(reply: Any) -> list[tuple[bytes, list[Entry]]]:
 def frame(entry_id: bytes, fields: list[bytes]) -> tuple[bytes, bool]:
     """One entry as an SSE frame, and whether the entry was well formed."""
     if len(fields) == 2 and fields[0] == b"d":  # published entries: the fast path
-        return b"id: " + entry_id + b"\n" + encode_data(fields[1]) + b"\n", True
+        return encode_entry(entry_id, fields[1])
     values = dict(zip(fields[::2], fields[1::2], strict=False))
     return encode_entry(entry_id, values.get(b"d", b""), (
         (b"event", values.get(b"e")), (b"upstream", values.get(b"o")),

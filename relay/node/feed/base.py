@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from relay import backoff
@@ -27,6 +28,10 @@ from relay.protocol import ids, resume
 from relay.storage import streams as store
 
 log = logging.getLogger("ssedge.feed")
+
+#: what one read of the watched streams brought: each topic's key and its new entries, oldest
+#: first, as a feed backend hands them over (``store.entries_of`` turns an XREAD reply into one)
+Read = Sequence[tuple[bytes, Sequence[store.Entry]]]
 
 _BACKOFF_MIN = 0.05
 # at most 1.5 s (with jitter) between tries: after an outage of any length the feed reads on
@@ -107,8 +112,9 @@ class FeedBase(ABC):
     def metrics(self) -> Metrics:
         return self._metrics
 
-    async def absorb(self, reply: Any) -> None:
-        """What an XREAD returned, checked and delivered: every feed hands its replies here.
+    async def absorb(self, read: Read) -> None:
+        """What one read of the stream returned (each topic's key and its new entries, oldest
+        first), checked and delivered: every feed hands its reads here.
 
         XREAD after an id that retention has trimmed silently starts at the first entry left:
         a feed that stalled (a frozen process, a slow node) while more than the retention
@@ -116,7 +122,7 @@ class FeedBase(ABC):
         could have jumped (``_suspect``) is checked against XINFO before it is delivered
         (``_gap``); one that did gets an ``ssedge.reset`` in the ring before its first entry,
         so every reader hears of the loss before the next event."""
-        suspects = [(key, entries) for key, entries in store.entries_of(reply)
+        suspects = [(key, entries) for key, entries in read
                     if entries and self._suspect(key, entries)]
         gaps: dict[bytes, int] = {}
         if suspects:
@@ -125,9 +131,9 @@ class FeedBase(ABC):
                 topic = self._hub.by_key.get(key)
                 if topic is not None:
                     gaps[key] = self._gap(topic, entries, info)
-        self.deliver(reply, gaps)
+        self.deliver(read, gaps)
 
-    def _suspect(self, key: bytes, entries: list[store.Entry]) -> bool:
+    def _suspect(self, key: bytes, entries: Sequence[store.Entry]) -> bool:
         """Whether a read may have jumped over trimmed entries: it is as long as a read gets
         (the feed is behind), or as the count retention keeps, or it follows an id older than
         the age retention keeps, or the count it follows from is not known."""
@@ -141,7 +147,8 @@ class FeedBase(ABC):
         read_ms = ids.from_redis(topic.read_from) >> 64
         return bool(self._max_age_ms) and read_ms < time.time() * 1000 - self._max_age_ms
 
-    def _gap(self, topic: Topic, entries: list[store.Entry], info: dict[str, Any] | None) -> int:
+    def _gap(self, topic: Topic, entries: Sequence[store.Entry], info: dict[str, Any] | None
+             ) -> int:
         """How many entries after the topic's last read id and before ``entries`` are gone
         (trimmed or deleted), by counting: ``entries-added`` only grows, one per entry, and
         the feed knows the count at the id it read from (``Topic.added``). -1: some, how many
@@ -173,14 +180,14 @@ class FeedBase(ABC):
             topic.added = known + gone
         return gone
 
-    def deliver(self, reply: Any, gaps: dict[bytes, int] | None = None) -> None:
-        """Entries an XREAD returned, to their topics' rings and parked connections; a topic
+    def deliver(self, read: Read, gaps: dict[bytes, int] | None = None) -> None:
+        """The entries of a read, to their topics' rings and parked connections; a topic
         in ``gaps`` (entries gone before its first one, ``_gap``) gets an ``ssedge.reset``
         first."""
         by_key = self._hub.by_key
         metrics = self._metrics
         newest = 0
-        for key, entries in store.entries_of(reply):
+        for key, entries in read:
             topic = by_key.get(key)
             if topic is None or not entries or not topic.primed:
                 continue  # forgotten while the read was in flight
@@ -218,7 +225,7 @@ class FeedBase(ABC):
                     "some" if gone < 0 else gone, ids.format(after))
         self._metrics.feed_gaps += 1
         self._metrics.resets += 1
-        frame = resume.reset_frame("expired", after, first, ids.predecessor(first))
+        frame = resume.reset_frame("expired", after, first, ids.predecessor(first), topic.name)
         return [ids.predecessor(first), *keys], [frame, *frames]
 
     # -- streams that went back -----------------------------------------------------------

@@ -326,7 +326,7 @@ class NodeReader:
         for reply in replies:
             if not reply:
                 continue
-            await feed.absorb(reply)
+            await feed.absorb(store.entries_of(reply))
             for key, entries in store.entries_of(reply):
                 if len(entries) >= feed.read_count:
                     self._dirty.add(key)  # more are waiting

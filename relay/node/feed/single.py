@@ -21,6 +21,7 @@ from relay.node.feed.base import FeedBase, reconnect_backoff
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub
 from relay.storage import clients
+from relay.storage import streams as store
 from relay.storage.clients import still_wanted
 
 log = logging.getLogger("ssedge.feed")
@@ -145,7 +146,7 @@ class RedisFeed(FeedBase):
             self._reading_generation = -1
             self._metrics.feed_reads += 1
             if reply:
-                await self.absorb(reply)
+                await self.absorb(store.entries_of(reply))
             else:
                 self._metrics.feed_lag_s = 0.0  # a whole block with nothing new: caught up
 
