@@ -38,6 +38,7 @@ MIB = 1024 * 1024
 @dataclass
 class Result:
     before: int = 0  # RSS (bytes) with the readers only
+    idle: int = 0  # with the stuck clients connected, before the publishing
     peak: int = 0  # the highest RSS while the stuck clients were connected
     published: list[str] = field(default_factory=list)
     complete: int = 0  # readers that got every event, once, in order
@@ -74,8 +75,8 @@ def stuck_connection(port: int, path: str) -> socket.socket:
     return s
 
 
-async def run(relay: Relay, *, stuck: int, readers: int, mb: float, event_bytes: int,
-              batch: int, rate_mb: float) -> Result:
+async def run(relay: Relay, *, stuck: int, readers: int, mb: float, warm_mb: float,
+              event_bytes: int, batch: int, rate_mb: float) -> Result:
     topic = "hostile"
     path = f"/v1/streams/{topic}/events"
     out = Result()
@@ -97,13 +98,14 @@ async def run(relay: Relay, *, stuck: int, readers: int, mb: float, event_bytes:
             await es.read_chunk()
     rs = [Reader(es) for es in streams]
     tasks = [asyncio.ensure_future(r.run()) for r in rs]
-    await publish_bytes(1 * MIB)  # warm: ring, buffers, allocator
+    await publish_bytes(warm_mb * MIB)  # warm: the ring full, buffers, allocator
     await asyncio.sleep(0.5)
     out.before = out.peak = rss(relay)
     drops = (await metrics(relay.url))["ssedge_backlog_drops_total"]
     socks = [stuck_connection(relay.port, path) for _ in range(stuck)]
     try:
         await asyncio.sleep(0.5)
+        out.idle = rss(relay)
         mark = [len(r.latency) for r in rs]
         began = time.monotonic()
         await publish_bytes(mb * MIB)
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stuck", type=int, default=300)
     parser.add_argument("--readers", type=int, default=20)
     parser.add_argument("--mb", type=float, default=30.0, help="megabytes published")
+    parser.add_argument("--warm-mb", type=float, default=17.0,
+                        help="megabytes published first (16 MiB fill the ring by default)")
     parser.add_argument("--event-bytes", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=16, help="events per publish")
     parser.add_argument("--rate-mb", type=float, default=3.0, help="MB published a second")
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             relay = Relay(Path(tmp), redis, TOKEN, max_connections=args.stuck + args.readers + 100,
                           **settings)
-            res = asyncio.run(run(relay, stuck=args.stuck, readers=args.readers, mb=args.mb,
+            res = asyncio.run(run(relay, stuck=args.stuck, readers=args.readers, mb=args.mb, warm_mb=args.warm_mb,
                                   event_bytes=args.event_bytes, batch=args.batch,
                                   rate_mb=args.rate_mb))
         finally:
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.mb:g} MB in {args.event_bytes} B events x{args.batch} at {args.rate_mb:g} "
             f"MB/s ({res.seconds:.1f} s) {' '.join(args.setting)} | RSS {res.before / MIB:.0f} "
             f"-> peak {res.peak / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB = "
-            f"{growth / max(1, args.stuck) / 1024:.0f} KiB per stuck client | "
+            f"{growth / max(1, args.stuck) / 1024:.0f} KiB per stuck client (connected, "
+            f"before publishing: {(res.idle - res.before) / max(1, args.stuck) / 1024:.0f}) | "
             f"{res.drops:.0f} closed by the sweeper | readers complete {res.complete}/"
             f"{args.readers}, p99 {res.latency_p99 * 1000:.0f} ms | {machine()}")
     print(line)
