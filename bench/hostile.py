@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             relay = Relay(Path(tmp), redis, TOKEN, max_connections=args.stuck + args.readers + 100,
                           **settings)
-            res = asyncio.run(run(relay, stuck=args.stuck, readers=args.readers, mb=args.mb, warm_mb=args.warm_mb,
-                                  event_bytes=args.event_bytes, batch=args.batch,
+            res = asyncio.run(run(relay, stuck=args.stuck, readers=args.readers, mb=args.mb,
+                                  warm_mb=args.warm_mb, event_bytes=args.event_bytes,
+                                  batch=args.batch,
                                   rate_mb=args.rate_mb))
         finally:
             if relay is not None:
