@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     print(line)
     if args.report:
         with args.report.open("a") as f:
-            f.write(line + "\n")
+            f.write(f"| {line} |\n")
 
 
 if __name__ == "__main__":
