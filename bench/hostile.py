@@ -161,12 +161,14 @@ def main(argv: list[str] | None = None) -> None:
                 relay.stop()
             redis.stop()
     growth = res.peak - res.before
+    per = " (the baseline: no stuck client)"
+    if args.stuck:
+        per = (f" = {growth / args.stuck / 1024:.0f} KiB per stuck client (connected, before "
+               f"publishing: {(res.idle - res.before) / args.stuck / 1024:.0f})")
     line = (f"{datetime.date.today()} | {args.stuck} stuck + {args.readers} readers, "
             f"{args.mb:g} MB in {args.event_bytes} B events x{args.batch} at {args.rate_mb:g} "
             f"MB/s ({res.seconds:.1f} s) {' '.join(args.setting)} | RSS {res.before / MIB:.0f} "
-            f"-> peak {res.peak / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB = "
-            f"{growth / max(1, args.stuck) / 1024:.0f} KiB per stuck client (connected, "
-            f"before publishing: {(res.idle - res.before) / max(1, args.stuck) / 1024:.0f}) | "
+            f"-> peak {res.peak / MIB:.0f} MiB, growth {growth / MIB:.1f} MiB{per} | "
             f"{res.drops:.0f} closed by the sweeper | readers complete {res.complete}/"
             f"{args.readers}, p99 {res.latency_p99 * 1000:.0f} ms | {machine()}")
     print(line)
