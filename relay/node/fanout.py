@@ -2,9 +2,10 @@
 
 A connection that has sent everything in its topic's ring parks (``Topic.park``). When the
 feed appends frames, ``kick`` starts a pass over the parked connections: the new frames are
-joined once and the same message goes to each one's ``send``, advancing its cursor; the
-connection's task sleeps on. Per delivery this is one call into the server instead of a future,
-a wake-up, a task step and a read of the ring per connection.
+joined once (in sends of at most ``send_bytes``) and the same messages go to each one's
+``send``, advancing its cursor; the connection's task sleeps on. Per delivery this is a call
+into the server instead of a future, a wake-up, a task step and a read of the ring per
+connection.
 
 A pass over many connections yields to the event loop every ``SLICE`` sends, in a task of its
 own: the feed goes on reading meanwhile, and the connections later in the pass get what it
@@ -49,9 +50,11 @@ HELD_SENDS = 8
 _READY: set[type] = set()  # types of awaitables a server returns for a send already done
 _READY_NAMES = {("granian._granian", "PyEmptyAwaitable")}
 
-# per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes,
-# id of its first frame)
-_Chunks = dict[int, tuple[int, dict[str, Any], int, int, int, int]]
+# one send of a pass: (message, the cursor after it, id of its last frame, frames, bytes)
+_Piece = tuple[dict[str, Any], int, int, int, int]
+# per pass: a connection's cursor -> (ring head, its sends up to the head, id of its first
+# frame, whether they reach the head: not when a frame larger than a send comes first)
+_Chunks = dict[int, tuple[int, list[_Piece], int, bool]]
 # per call of _send: a cursor of a stream on several topics -> its frames cut for re-framing,
 # or None when there is more than one send's worth (or it is gone from the ring)
 _Spans = dict[int, Span | None]
@@ -184,33 +187,38 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
             continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
-            if cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
-                # more than one send's worth, or gone from the ring: the task writes its own
+            if cursor < ring.tail or ring.lag_bytes(cursor) > HELD_SENDS * send_max:
+                # many sends' worth, or gone from the ring: the task writes its own
                 sub.resume()
                 continue
-            body, end = ring.read(cursor, send_max)
-            chunk = (head, {"type": "http.response.body", "body": body, "more_body": True},
-                     ring.id_at(end - 1), end - cursor, len(body), ring.id_at(cursor))
-            chunks[cursor] = chunk
-        if chunk[5] <= sub.last_id:
+            chunk = chunks[cursor] = _pieces(ring, cursor, send_max)
+        if chunk[2] <= sub.last_id or not chunk[1]:
             # the client has these already (it came from a node whose feed is ahead): its
-            # task skips them (resume.Reader.next_chunk); never an id at or below its own
+            # task skips them (resume.Reader.next_chunk); never an id at or below its own.
+            # Or a frame larger than a send: its task sends it in pieces (``write``)
             sub.resume()
             continue
-        try:
-            result = send(chunk[1])
-        except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
-            sub.resume()
-            continue
-        sub.cursor = head
-        sub.last_id = chunk[2]
-        sent += 1
-        events += chunk[3]
-        nbytes += chunk[4]
-        if done_at_once(result):
-            keep.append(sub)
+        for message, end, last_id, frames, size in chunk[1]:
+            try:
+                result = send(message)
+            except Exception:  # noqa: BLE001  the task meets the same error, ends the stream
+                sub.resume()
+                break
+            sub.cursor = end
+            sub.last_id = last_id
+            sent += 1
+            events += frames
+            nbytes += size
+            if not done_at_once(result):
+                # the client is slow: its task waits until it took this, and sends the rest
+                # itself; nothing more is handed to the server for it meanwhile
+                sub.resume(result)
+                break
         else:
-            sub.resume(result)  # the client is slow: its task waits until it took these
+            if chunk[3]:
+                keep.append(sub)
+            else:
+                sub.resume()  # a frame larger than a send follows: its task sends it
     metrics.sends += sent
     metrics.parked_sends += sent
     metrics.events_out += events
@@ -218,6 +226,22 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     if flushing:
         asyncio.get_running_loop().call_soon(flush, flushing, metrics, send_max)
     return keep
+
+
+def _pieces(ring: Ring, cursor: int, size: int) -> tuple[int, list[_Piece], int, bool]:
+    """The frames from ``cursor`` to the head, cut into sends of at most ``size`` bytes (a
+    frame is never split: the sends stop before one larger than ``size``)."""
+    head = ring.head
+    out: list[_Piece] = []
+    at = cursor
+    while at < head:
+        body, end = ring.read(at, size)
+        if len(body) > size:
+            break
+        out.append(({"type": "http.response.body", "body": body, "more_body": True}, end,
+                    ring.id_at(end - 1), end - at, len(body)))
+        at = end
+    return head, out, ring.id_at(cursor), at == head
 
 
 def _send_multi(sub: Subscription, multi: MultiReader, ring: Ring, send_max: int,
