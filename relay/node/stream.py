@@ -325,9 +325,8 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
     catch_up = sub.catch_up
     assert catch_up is not None
     metrics = relay.metrics
-    send_max = relay.settings.send_max_bytes
-    began = time.monotonic()
     send_max = relay.send_bytes
+    began = time.monotonic()
     while sub.catch_up is not None:
         fresh = catch_up.fresh
         try:
