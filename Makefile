@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
-	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics \
+	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics bench-stuck \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -82,6 +82,14 @@ bench-idempotency: venv system
 # docs/results/regions.md, see docs/SCALING.md)
 bench-regions: venv system
 	$(BIN)/python -m bench.regions --seconds 15 --rate 50 --link-delay-ms 0,25,75
+
+# What a client that never reads costs a relay: 300 of them beside 20 readers while 30 MB are
+# published, with client_queue_bytes 16, 48 (the default) and 256 KiB (about 1 minute;
+# appends to docs/results/stuck-clients.md)
+bench-stuck: venv system
+	for q in 16384 49152 262144; do $(BIN)/python -m bench.stuck --stuck 300 --readers 20 \
+		--mb 30 --event-bytes 1024 --batch 200 --rate-mb 10 --setting client_queue_bytes=$$q \
+		--report docs/results/stuck-clients.md || exit 1; done
 
 # What one /metrics scrape of a relay costs with 1, 2 and 4 workers (every worker's numbers
 # gathered into one answer; docs/results/metrics-scrape.md)

@@ -81,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Bytes a client may stay behind for over a second before it is closed (it resumes by id)."""
     send_max_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
     """Most bytes of pending frames joined into one send."""
+    client_queue_bytes: Annotated[int, Meta(ge=16 * 1024, le=64 * 1024 * 1024)] = 48 * 1024
+    """Bytes of sends the relay holds for a client that does not read (sends: 1/8 of it)."""
     topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     """How long a topic stays watched after its last client left (reconnects find it warm)."""
     max_topics: Positive = 10_000

@@ -2,9 +2,10 @@
 
 A connection that has sent everything in its topic's ring parks (``Topic.park``). When the
 feed appends frames, ``kick`` starts a pass over the parked connections: the new frames are
-joined once and the same message goes to each one's ``send``, advancing its cursor; the
-connection's task sleeps on. Per delivery this is one call into the server instead of a future,
-a wake-up, a task step and a read of the ring per connection.
+joined once (in sends of at most ``send_bytes``) and the same messages go to each one's
+``send``, advancing its cursor; the connection's task sleeps on. Per delivery this is a call
+into the server instead of a future, a wake-up, a task step and a read of the ring per
+connection.
 
 A pass over many connections yields to the event loop every ``SLICE`` sends, in a task of its
 own: the feed goes on reading meanwhile, and the connections later in the pass get what it
@@ -18,6 +19,12 @@ does). A pending send is given to the connection's task to await, so backpressur
 task sends nothing more until the client has taken it, its cursor stops, and the sweep closes
 it when it stays too far behind (``Relay._sweep``). With any other server (``send`` a
 coroutine function) ``Subscription.send`` stays None and every task writes its own frames.
+
+"Taken" is not "written": Granian takes a send into a queue of its own for the connection, so
+a client that does not read holds several sends in the relay before one is left pending
+(``HELD_SENDS``), each a copy of its own. What bounds that copy per client
+(``client_queue_bytes``) is the size of each send (``send_bytes``), whoever makes it: the
+fan-out, a stream's task (``write``) or ``flush``.
 """
 
 from __future__ import annotations
@@ -29,18 +36,46 @@ from relay.node.metrics import Metrics
 from relay.node.topics import Subscription, Topic
 from relay.protocol.multi import MultiReader, Span
 from relay.protocol.ring import Ring
+from relay.web.http import Send
 
 SLICE = 256  # sends between two yields to the event loop in one pass
+
+# Sends a connection whose client does not read holds in the relay, beyond the kernel's
+# buffers, counted generously (measured with granian 2.8.9, hyper 1.x; docs/results/
+# stuck-clients.md): hyper's write buffer (8 KiB, relay.node.server) and the send that
+# overfills it, Granian's body channel (4 sends), the send left pending, and the chunk the
+# stream's task holds while it awaits that one; 8 KiB more for hyper's buffer makes 8.
+HELD_SENDS = 8
 
 _READY: set[type] = set()  # types of awaitables a server returns for a send already done
 _READY_NAMES = {("granian._granian", "PyEmptyAwaitable")}
 
-# per pass: a connection's cursor -> (ring head, message, id of its last frame, frames, bytes,
-# id of its first frame)
-_Chunks = dict[int, tuple[int, dict[str, Any], int, int, int, int]]
+# one send of a pass: (message, the cursor after it, id of its last frame, frames, bytes)
+_Piece = tuple[dict[str, Any], int, int, int, int]
+# per pass: a connection's cursor -> (ring head, its sends up to the head, id of its first
+# frame, whether they reach the head: not when a frame larger than a send comes first)
+_Chunks = dict[int, tuple[int, list[_Piece], int, bool]]
 # per call of _send: a cursor of a stream on several topics -> its frames cut for re-framing,
 # or None when there is more than one send's worth (or it is gone from the ring)
 _Spans = dict[int, Span | None]
+
+
+def send_bytes(client_queue_bytes: int, send_max_bytes: int) -> int:
+    """The most bytes of one send to a stream: a client that does not read holds
+    ``HELD_SENDS`` of them at most (``client_queue_bytes``), readers get up to
+    ``send_max_bytes`` in one."""
+    return max(1024, min(send_max_bytes, client_queue_bytes // HELD_SENDS))
+
+
+async def write(send: Send, body: bytes, size: int) -> None:
+    """``body`` sent in pieces of at most ``size`` bytes, each awaited: a frame larger than a
+    send (an event of a megabyte) is held once in the ring, never whole per client."""
+    if len(body) <= size:
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        return
+    for start in range(0, len(body), size):
+        await send({"type": "http.response.body", "body": body[start:start + size],
+                    "more_body": True})
 
 
 def done_at_once(sent: Any) -> bool:
@@ -152,40 +187,61 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
             continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
-            if cursor < ring.tail or ring.lag_bytes(cursor) > send_max:
-                # more than one send's worth, or gone from the ring: the task writes its own
+            if cursor < ring.tail or ring.lag_bytes(cursor) > HELD_SENDS * send_max:
+                # many sends' worth, or gone from the ring: the task writes its own
                 sub.resume()
                 continue
-            body, end = ring.read(cursor, send_max)
-            chunk = (head, {"type": "http.response.body", "body": body, "more_body": True},
-                     ring.id_at(end - 1), end - cursor, len(body), ring.id_at(cursor))
-            chunks[cursor] = chunk
-        if chunk[5] <= sub.last_id:
+            chunk = chunks[cursor] = _pieces(ring, cursor, send_max)
+        if chunk[2] <= sub.last_id or not chunk[1]:
             # the client has these already (it came from a node whose feed is ahead): its
-            # task skips them (resume.Reader.next_chunk); never an id at or below its own
+            # task skips them (resume.Reader.next_chunk); never an id at or below its own.
+            # Or a frame larger than a send: its task sends it in pieces (``write``)
             sub.resume()
             continue
-        try:
-            result = send(chunk[1])
-        except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
-            sub.resume()
-            continue
-        sub.cursor = head
-        sub.last_id = chunk[2]
-        sent += 1
-        events += chunk[3]
-        nbytes += chunk[4]
-        if done_at_once(result):
-            keep.append(sub)
+        for message, end, last_id, frames, size in chunk[1]:
+            try:
+                result = send(message)
+            except Exception:  # noqa: BLE001  the task meets the same error, ends the stream
+                sub.resume()
+                break
+            sub.cursor = end
+            sub.last_id = last_id
+            sent += 1
+            events += frames
+            nbytes += size
+            if not done_at_once(result):
+                # the client is slow: its task waits until it took this, and sends the rest
+                # itself; nothing more is handed to the server for it meanwhile
+                sub.resume(result)
+                break
         else:
-            sub.resume(result)  # the client is slow: its task waits until it took these
+            if chunk[3]:
+                keep.append(sub)
+            else:
+                sub.resume()  # a frame larger than a send follows: its task sends it
     metrics.sends += sent
     metrics.parked_sends += sent
     metrics.events_out += events
     metrics.bytes_out += nbytes
     if flushing:
-        asyncio.get_running_loop().call_soon(flush, flushing, metrics)
+        asyncio.get_running_loop().call_soon(flush, flushing, metrics, send_max)
     return keep
+
+
+def _pieces(ring: Ring, cursor: int, size: int) -> tuple[int, list[_Piece], int, bool]:
+    """The frames from ``cursor`` to the head, cut into sends of at most ``size`` bytes (a
+    frame is never split: the sends stop before one larger than ``size``)."""
+    head = ring.head
+    out: list[_Piece] = []
+    at = cursor
+    while at < head:
+        body, end = ring.read(at, size)
+        if len(body) > size:
+            break
+        out.append(({"type": "http.response.body", "body": body, "more_body": True}, end,
+                    ring.id_at(end - 1), end - at, len(body)))
+        at = end
+    return head, out, ring.id_at(cursor), at == head
 
 
 def _send_multi(sub: Subscription, multi: MultiReader, ring: Ring, send_max: int,
@@ -215,8 +271,9 @@ def _send_multi(sub: Subscription, multi: MultiReader, ring: Ring, send_max: int
     return len(body)
 
 
-def flush(subs: list[Subscription], metrics: Metrics) -> None:
-    """Hand each connection's outbox to the server in one send.
+def flush(subs: list[Subscription], metrics: Metrics, send_max: int) -> None:
+    """Hand each connection's outbox to the server in one send (in sends of at most
+    ``send_max`` bytes when it is larger, until one is left pending).
 
     Called soon after the feed's delivery, once every topic it read has had its pass: what
     several topics brought a client in one read goes out in one write, as the frames of one
@@ -232,17 +289,24 @@ def flush(subs: list[Subscription], metrics: Metrics) -> None:
         send = sub.send
         if sub.closed_because is not None or send is None:
             continue
-        try:
-            result = send({"type": "http.response.body", "body": body, "more_body": True})
-        except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
-            sub.resume()
-            continue
-        sent += 1
-        if not done_at_once(result):
-            # the client is slow: its task waits until it took these. Its cursors stay in
-            # their parked lists (a pass hands them back to the running task): resuming this
-            # one would leave it listed without a waiter, and listed twice once it parks
-            sub.pending = result
-            multi.wake()
+        for start in range(0, len(body), send_max):
+            piece = body if len(body) <= send_max else body[start:start + send_max]
+            try:
+                result = send({"type": "http.response.body", "body": piece, "more_body": True})
+            except Exception:  # noqa: BLE001  the task meets the same error and ends the stream
+                sub.resume()
+                break
+            sent += 1
+            if not done_at_once(result):
+                # the client is slow: its task waits until it took these, then writes the
+                # rest. Its cursors stay in their parked lists (a pass hands them back to the
+                # running task): resuming this one would leave it listed without a waiter,
+                # and listed twice once it parks
+                rest = body[start + send_max:]
+                if rest:
+                    multi.outbox.append(rest)
+                sub.pending = result
+                multi.wake()
+                break
     metrics.sends += sent
     metrics.parked_sends += sent

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 
-from relay.node import stream
+from relay.node import fanout, stream
 from relay.node.metrics import Metrics
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
@@ -284,7 +284,7 @@ async def _follow(relay: Relay, conn: Connection, send: Send) -> None:
     cursors = conn.cursors
     hub = relay.hub
     metrics = relay.metrics
-    send_max = relay.settings.send_max_bytes
+    send_max = relay.send_bytes
     ticks = hub.ticks
     turn = 0
     count = len(cursors)
@@ -295,7 +295,7 @@ async def _follow(relay: Relay, conn: Connection, send: Send) -> None:
             continue
         if multi.outbox:  # frames the feed built for it, not flushed yet: they come first
             body = multi.take_outbox()
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await fanout.write(send, body, send_max)
             metrics.sends += 1
             continue
         for k in range(count):
@@ -307,7 +307,7 @@ async def _follow(relay: Relay, conn: Connection, send: Send) -> None:
             chunk, n = multi.ring_chunk(i, cursor.topic.ring, send_max)
             if chunk:
                 ticks = hub.ticks  # data is as good as a keep-alive
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await fanout.write(send, chunk, send_max)
                 metrics.events_out += n
                 metrics.sends += 1
                 metrics.bytes_out += len(chunk)
@@ -368,9 +368,9 @@ async def _catch_up(relay: Relay, conn: Connection, i: int, send: Send) -> None:
     resets = catch_up.resets
     frames = multi.page_frames(i, page, fresh=fresh)
     metrics.resets += catch_up.resets - resets
-    for chunk, count in stream.pieces(frames, relay.settings.send_max_bytes):
+    for chunk, count in stream.pieces(frames, relay.send_bytes):
         cursor.sending = True
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await fanout.write(send, chunk, relay.send_bytes)
         cursor.sending = False
         cursor.sends += 1
         metrics.events_out += count

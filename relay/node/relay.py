@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from relay.node import fanout
 from relay.node.feed import backends as feeds
 from relay.node.feed.base import FeedBase
 from relay.node.metrics import Metrics
@@ -57,6 +58,8 @@ class Relay:
         # decides a client's fate (rule 2, verify) takes them from there
         self.redis = clients.connect_pair(settings)
         redis = self.redis.read
+        # the most bytes of one send to a stream: what bounds a client that does not read
+        self.send_bytes = fanout.send_bytes(settings.client_queue_bytes, settings.send_max_bytes)
         self.hub = Hub(
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
@@ -308,7 +311,7 @@ class Relay:
                     if sub.catch_up is not None:
                         # reading history, its cursor waits at the ring's tail: how far that
                         # is says nothing of the client. A send it has not taken since the
-                        # last sweep does (each send is at most send_max_bytes).
+                        # last sweep does (each send is at most send_bytes).
                         over = sub.sending and sub.sends == 0
                         sub.sends = 0
                         if over and sub.behind and sub.closed_because is None:

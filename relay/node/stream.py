@@ -8,7 +8,7 @@ floor noted at registration, so nothing is missed and nothing is sent twice.
 
 A connection that has sent everything in the ring parks; new frames reach it from the feed
 without waking its task (``relay.node.fanout``). When it is awake it sends everything pending in one
-write (bounded by ``send_max_bytes``), so the number of syscalls per event falls as load
+write (bounded by ``Relay.send_bytes``), so the number of syscalls per event falls as load
 rises. A connection that falls behind the ring's tail catches up the same way from the last id
 it sent. One that stays more than ``client_backlog_bytes`` behind (see ``Relay._sweep``) is
 closed; it reconnects with Last-Event-ID and resumes where it was.
@@ -338,12 +338,12 @@ class DisconnectWatch:
 
 async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
     """History after the last id the client has, up to the ring's floor noted when its cursor
-    was fixed (``resume.CatchUp``); sent in pieces of at most ``send_max_bytes``, so a page of
-    large events is not copied whole per client."""
+    was fixed (``resume.CatchUp``); sent in pieces of at most ``Relay.send_bytes``, so a page
+    of large events is not copied whole per client."""
     catch_up = sub.catch_up
     assert catch_up is not None
     metrics = relay.metrics
-    send_max = relay.settings.send_max_bytes
+    send_max = relay.send_bytes
     began = time.monotonic()
     while sub.catch_up is not None:
         fresh = catch_up.fresh
@@ -357,7 +357,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
         metrics.resets += catch_up.resets - resets
         for chunk, count in pieces(frames, send_max):
             sub.sending = True
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await fanout.write(send, chunk, send_max)
             sub.sending = False
             sub.sends += 1
             metrics.events_out += count
@@ -372,18 +372,18 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
     metrics.catchup_seconds.observe(time.monotonic() - began)
 
 
-def pieces(frames: list[bytes], size: int) -> list[tuple[bytes, int]]:
-    """Frames joined into pieces of about ``size`` bytes (a frame is never split)."""
-    out: list[tuple[bytes, int]] = []
+def pieces(frames: list[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """Frames joined into pieces of at most ``size`` bytes, but for a frame larger alone (a
+    frame is never split here), and how many frames each; joined one at a time, as sent."""
     start = total = 0
     for i, frame in enumerate(frames):
+        if total and total + len(frame) > size:
+            yield (frames[start] if i - start == 1 else b"".join(frames[start:i])), i - start
+            start, total = i, 0
         total += len(frame)
-        if total >= size:
-            out.append((b"".join(frames[start:i + 1]), i + 1 - start))
-            start, total = i + 1, 0
     if start < len(frames):
-        out.append((b"".join(frames[start:]), len(frames) - start))
-    return out
+        rest = frames[start:]
+        yield (rest[0] if len(rest) == 1 else b"".join(rest)), len(rest)
 
 
 async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
@@ -391,7 +391,7 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
     ring = topic.ring
     hub = relay.hub
     metrics = relay.metrics
-    send_max = relay.settings.send_max_bytes
+    send_max = relay.send_bytes
     ticks = hub.ticks
     while sub.closed_because is None:
         pending = sub.pending
@@ -405,7 +405,7 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
         chunk, count = sub.next_chunk(ring, send_max)
         if chunk:
             ticks = hub.ticks  # data is as good as a keep-alive
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await fanout.write(send, chunk, send_max)
             metrics.events_out += count
             metrics.sends += 1
             metrics.bytes_out += len(chunk)

@@ -250,41 +250,81 @@ async def heads(r: Client, keys: Sequence[bytes]) -> list[tuple[int, int]]:
             if info is not None else (ids.ZERO, 0) for info in await infos(r, keys)]
 
 
-async def newest(r: Client, key: bytes, count: int
-                 ) -> tuple[list[Entry], int, dict[str, Any] | None]:
-    """The newest ``count`` entries, oldest first; the floor below which entries may exist
-    that were not read: the oldest entry read when the read was full; just below the first
-    entry when the stream was ever trimmed (everything trimmed is older than it); else 0-0,
-    the read holds the whole stream; and the XINFO STREAM the read was anchored on (None: no
-    stream).
+# the first read of ``newest``: one more round trip after XINFO for rings of small events
+_NEWEST_FIRST_BATCH = 100
 
-    XINFO comes first and the entries are read downward from its ``last-generated-id``, so its
-    ``entries-added`` counts exactly the entries up to the newest one read: the feed counts on
-    from there to tell a read that jumped over trimmed entries (``FeedBase.absorb``)."""
+
+async def newest(r: Client, key: bytes, count: int,
+                 max_bytes: int) -> tuple[list[Entry], int, dict[str, Any] | None]:
+    """The newest entries, oldest first, up to ``count`` of them or until they hold
+    ``max_bytes`` (the entry that crosses it is the oldest read); the floor, the id at and
+    below which entries may exist that were not read; and the XINFO STREAM it was read by
+    (None: no such stream).
+
+    XINFO first, then XREVRANGE from its ``last-generated-id`` down, in batches sized from
+    the largest entry seen (as history pages are, ``relay.storage.history``): what was read is
+    exactly the stream up to that id, whatever is added meanwhile, and a topic of large events
+    costs about ``max_bytes``, never ``count`` of them.
+
+    The floor: the oldest entry read when a bound stopped the read; else (the read reached
+    the stream's start) 0-0 when the stream as XINFO saw it was never trimmed and the read got
+    every entry it held, else just below the oldest entry read (anything trimmed, before or
+    during the read, is older than it)."""
     try:
         info: dict[str, Any] | None = await r.xinfo_stream(key)
     except ResponseError as exc:
         if "no such key" not in str(exc).lower():
             raise
-        info = None
-    entries: list[Entry] = []
-    if info is not None:
+        return [], ids.ZERO, None
+    assert info is not None
+    top = info["last-generated-id"]
+    top = top.decode() if isinstance(top, bytes) else str(top)
+    read: list[Entry] = []  # newest first
+    size = 0
+    # the first read is sized from the last entry (XINFO holds it): one round trip for a ring
+    # of small events, a few entries for large ones
+    largest = _info_entry_bytes(info.get("last-entry"))
+    asked = min(count, _NEWEST_FIRST_BATCH, max_bytes // max(largest, 1) + 1)
+    bounded = False
+    while True:
         # raw replies (clients.client): lists of (id, [field, value, ...])
-        reply = cast(list[Entry], await r.xrevrange(key, max=info["last-generated-id"],
-                                                    min="-", count=count))
-        entries = list(reversed(reply))
-    oldest = ids.from_redis(entries[0][0]) if entries else None
-    return entries, newest_floor(oldest, len(entries) == count, info), info
+        batch = cast(list[Entry], await r.xrevrange(key, max=top, min="-", count=asked))
+        read.extend(batch)
+        for _, fields in batch:
+            n = sum(len(f) for f in fields)
+            size += n
+            largest = max(largest, n)
+        if len(batch) < asked:
+            break  # the stream's start
+        if len(read) >= count or size >= max_bytes:
+            bounded = True
+            break
+        asked = min(count - len(read), max(1, (max_bytes - size) // max(largest, 1) + 1))
+        top = "(" + read[-1][0].decode()
+    read.reverse()
+    oldest = ids.from_redis(read[0][0]) if read else None
+    return read, newest_floor(oldest, bounded, info, len(read)), info
 
 
-def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None) -> int:
+def _info_entry_bytes(entry: Any) -> int:
+    """Bytes of the fields of an entry as XINFO STREAM gives it ((id, {field: value}))."""
+    if not entry or len(entry) != 2 or not isinstance(entry[1], dict):
+        return 0
+    return sum(len(k) + len(v) for k, v in entry[1].items())
+
+
+def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None,
+                 read: int | None = None) -> int:
     """The floor of a ring primed with a stream's newest entries (``oldest`` the oldest read,
-    ``full`` whether the read got as many as it asked for, ``info`` XINFO STREAM or None)."""
+    ``full`` whether a bound stopped the read, ``info`` XINFO STREAM or None, ``read`` how
+    many entries were read when XINFO was taken before the read: fewer than its ``length``
+    means some were trimmed meanwhile)."""
     if info is None:
         return ids.ZERO
     if oldest is not None and full:
         return oldest
-    if int(info["entries-added"]) > int(info["length"]):
+    length = int(info["length"])
+    if int(info["entries-added"]) > length or (read is not None and read < length):
         if oldest is not None:
             return ids.predecessor(oldest)
         return ids.from_redis(info["last-generated-id"])

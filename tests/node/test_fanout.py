@@ -91,7 +91,7 @@ def test_closed_connections_get_nothing_and_leave_the_parked_list() -> None:
     asyncio.run(run())
 
 
-def test_more_than_one_send_wakes_every_task_to_write_its_own() -> None:
+def test_a_frame_larger_than_a_send_wakes_the_task_to_write_it() -> None:
     async def run() -> None:
         topic = topic_with(1)
         client = Client()
@@ -183,3 +183,82 @@ def test_a_connection_ahead_of_the_feed_is_woken_not_sent_what_it_has() -> None:
         assert b.next_chunk(topic.ring, 1 << 16) == (b"id: 5\n\n", 1)
 
     asyncio.run(run())
+
+
+# -- a client that does not read holds a bounded number of bytes (issue #28) -------------------
+
+FRAMES = [f"id: {i}\n\n".encode() for i in range(2, 12)]  # 10 frames of 7 or 8 bytes
+
+
+def test_what_a_connection_lacks_goes_in_sends_of_at_most_send_max_bytes() -> None:
+    async def run() -> None:
+        topic = topic_with(1)
+        client = Client()
+        sub = parked(topic, client)
+        topic.ring.extend(list(range(2, 12)), FRAMES)
+        metrics = Metrics("n")
+        fanout.kick(topic, metrics, 24)
+        assert all(len(body) <= 24 for body in client.bodies)
+        assert b"".join(client.bodies) == b"".join(FRAMES)
+        assert (sub.cursor, sub.last_id) == (topic.ring.head, 11) and topic.parked == [sub]
+        assert metrics.sends == len(client.bodies) > 1 and metrics.events_out == 10
+
+    asyncio.run(run())
+
+
+def test_nothing_more_is_sent_to_a_connection_whose_send_is_pending() -> None:
+    """A client that does not read: once the server leaves a send pending, the feed hands
+    it nothing more; its cursor stops after what was handed over, its task awaits that
+    send and writes the rest itself."""
+    async def run() -> None:
+        topic = topic_with(1)
+        client = Client(slow=True)
+        sub = parked(topic, client)
+        topic.ring.extend(list(range(2, 12)), FRAMES)
+        fanout.kick(topic, Metrics("n"), 24)
+        assert len(client.bodies) == 1 and len(client.bodies[0]) <= 24
+        assert sub.pending is not None and sub.waiter is None and topic.parked == []
+        frames = client.bodies[0].count(b"\n\n")
+        assert sub.cursor == 1 + frames and sub.last_id == 1 + frames
+        topic.ring.extend([12], [b"id: 12\n\n"])
+        fanout.kick(topic, Metrics("n"), 24)
+        assert len(client.bodies) == 1  # not parked: the feed sends it nothing
+
+    asyncio.run(run())
+
+
+def test_small_frames_go_then_the_task_writes_a_frame_larger_than_a_send() -> None:
+    async def run() -> None:
+        topic = topic_with(1)
+        client = Client()
+        sub = parked(topic, client)
+        big = b"id: 4\n" + b"data: " + b"x" * 100 + b"\n\n"
+        topic.ring.extend([2, 3, 4], [b"id: 2\n\n", b"id: 3\n\n", big])
+        fanout.kick(topic, Metrics("n"), 24)
+        assert client.bodies == [b"id: 2\n\nid: 3\n\n"]
+        assert sub.cursor == 3 and sub.last_id == 3 and sub.waiter is None  # task woken
+
+    asyncio.run(run())
+
+
+def test_a_task_writes_a_large_body_in_pieces() -> None:
+    async def run() -> None:
+        sent: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            assert message["more_body"] is True
+            sent.append(message["body"])
+
+        await fanout.write(send, b"x" * 100, 30)
+        assert [len(b) for b in sent] == [30, 30, 30, 10]
+        sent.clear()
+        await fanout.write(send, b"y" * 30, 30)
+        assert sent == [b"y" * 30]
+
+    asyncio.run(run())
+
+
+def test_the_size_of_a_send_follows_the_client_queue_bound() -> None:
+    assert fanout.send_bytes(48 * 1024, 256 * 1024) == 6 * 1024
+    assert fanout.send_bytes(4 * 1024 * 1024, 256 * 1024) == 256 * 1024
+    assert fanout.send_bytes(16 * 1024, 1024) == 1024

@@ -243,7 +243,8 @@ class Client:
         cursor.send = send
         if fanout._send_multi(cursor, multi, ring, 4 * len(frame(1)),  # type: ignore[arg-type]
                               [], {}):
-            fanout.flush([cursor], Metrics("model"))  # type: ignore[list-item]
+            fanout.flush([cursor], Metrics("model"),  # type: ignore[list-item]
+                         4 * len(frame(1)))
         for body in sent:
             self.receive(body)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from relay.node import fanout
 from relay.node.feed.base import FeedBase
 from relay.node.feed.cluster import ClusterFeed
 from relay.node.feed.single import RedisFeed
@@ -25,16 +26,21 @@ from relay.settings import Settings
 Make = Callable[[Settings, Hub, Any, Metrics], FeedBase]
 
 
+def _send_max(settings: Settings) -> int:
+    """The most one send to a stream carries (``fanout.send_bytes``)."""
+    return fanout.send_bytes(settings.client_queue_bytes, settings.send_max_bytes)
+
+
 def _redis(settings: Settings, hub: Hub, redis: Any, metrics: Metrics) -> FeedBase:
     return RedisFeed(hub, redis, metrics, url=settings.read_url,
                      block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
-                     send_max=settings.send_max_bytes, retention_maxlen=settings.retention_maxlen,
+                     send_max=_send_max(settings), retention_maxlen=settings.retention_maxlen,
                      retention_max_age_s=settings.retention_max_age_s)
 
 
 def _cluster(settings: Settings, hub: Hub, redis: Any, metrics: Metrics) -> FeedBase:
     feed = ClusterFeed(hub, redis, metrics, block_ms=settings.feed_block_ms,
-                       read_count=settings.feed_read_count, send_max=settings.send_max_bytes,
+                       read_count=settings.feed_read_count, send_max=_send_max(settings),
                        retention_maxlen=settings.retention_maxlen,
                        retention_max_age_s=settings.retention_max_age_s)
     metrics.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",

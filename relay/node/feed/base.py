@@ -4,8 +4,9 @@ A feed is the one reader of every watched topic in a relay process. Each entry i
 framed once and appended to its topic's ring, and the new frames go out to the topic's
 parked connections in one pass (``relay.node.fanout``).
 
-- A new topic is *primed* before any client of it is answered: its newest entries are read
-  (XREVRANGE) into the ring and its last id noted, and the feed reads on from exactly that id.
+- A new topic is *primed* before any client of it is answered: its newest entries, up to the
+  ring's bounds in events and in bytes (``store.newest``), are read into the ring and its last
+  id noted, and the feed reads on from exactly that id.
   So a stream whose ``retry:`` has been sent misses nothing published after it.
 - A stream that went back (deleted and made again, XSETID, a lossy failover) is found by
   ``verify`` (``Relay`` calls it every ``feed_verify_s`` and after a reconnect).
@@ -276,7 +277,8 @@ class FeedBase(ABC):
     async def _prime(self, topic: Topic) -> None:
         try:
             ring = topic.ring
-            entries, floor, info = await store.newest(self._redis, topic.key, ring.max_events)
+            entries, floor, info = await store.newest(self._redis, topic.key, ring.max_events,
+                                                      ring.max_bytes)
             keys, frames, bad = store.frames(entries)
             self._metrics.invalid_entries += bad
             ring.prime(keys, frames, floor)

@@ -191,3 +191,86 @@ def test_stuck_clients_are_closed_and_cost_bounded_memory(
         assert _p99(beside) < max(0.5, 5 * _p99(alone))
 
     asyncio.run(run())
+
+
+# -- many stuck clients beside readers while much is published (issue #28) ----------------
+
+HOSTILE_STUCK = 300
+HOSTILE_READERS = 20
+HOSTILE_BYTES = 30 * 1000 * 1000  # published while the stuck clients are connected
+HOSTILE_EVENT = 1024  # 200 per publish: feed reads of up to a MiB, sends of up to send_max
+HOSTILE_BATCH = 200
+HOSTILE_RATE = 10 * 1024 * 1024  # bytes published a second
+# the relay's growth over all of it (measured before the sends were bounded: 375-380 MiB;
+# after: 26-43 MiB, docs/results/stuck-clients.md)
+HOSTILE_GROWTH = 150 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_300_stuck_clients_beside_readers_while_30_mb_are_published(
+    start_relay: Callable[..., Relay],
+) -> None:
+    """A client that does not read costs a cursor, not a copy of the stream: 300 of them
+    (4 KiB receive buffers) beside 20 readers while 30 MB are published grow the relay by
+    at most 150 MiB (the ring, full before, grows no more), and every reader gets every
+    event once, in order."""
+    relay = start_relay(max_connections=1000, ring_bytes=4 * 1024 * 1024)
+    (worker,) = relay.worker_pids()
+    path = "/v1/streams/hostile/events"
+    padding = "x" * (HOSTILE_EVENT - 32)
+    published: list[str] = []
+    peak = 0
+
+    async def publish_bytes(total: int) -> None:
+        nonlocal peak
+        sent = 0
+        while sent < total:
+            body = [{"data": f"{time.monotonic()} {padding}"} for _ in range(HOSTILE_BATCH)]
+            published.extend(await publish(relay.url, TOKEN, "hostile", body))
+            sent += HOSTILE_BATCH * HOSTILE_EVENT
+            peak = max(peak, rss_bytes(worker))
+            await asyncio.sleep(HOSTILE_BATCH * HOSTILE_EVENT / HOSTILE_RATE)
+
+    async def run() -> None:
+        nonlocal peak
+        readers = [Reader(es) for es in await asyncio.gather(
+            *(subscribe(relay.url + path) for _ in range(HOSTILE_READERS)))]
+        tasks = [asyncio.ensure_future(r.run()) for r in readers]
+        await publish_bytes(5 * 1024 * 1024)  # warm: the ring full, buffers, allocator
+        await asyncio.sleep(0.5)
+        before = peak = rss_bytes(worker)
+        stuck = []
+        for _ in range(HOSTILE_STUCK):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", relay.port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            stuck.append(s)
+        try:
+            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            await publish_bytes(HOSTILE_BYTES)
+            seconds = time.monotonic() - began
+            deadline = time.monotonic() + 20
+            while (any(len(r.ids) < len(published) for r in readers)
+                   and time.monotonic() < deadline):
+                peak = max(peak, rss_bytes(worker))
+                await asyncio.sleep(0.1)
+            peak = max(peak, rss_bytes(worker))
+        finally:
+            for s in stuck:
+                s.close()
+        for task in tasks:
+            task.cancel()
+        mib = 1024 * 1024
+        print(f"\n{HOSTILE_STUCK} stuck + {HOSTILE_READERS} readers, "
+              f"{HOSTILE_BYTES / 1e6:.0f} MB in {seconds:.1f} s: RSS {before / mib:.0f} -> "
+              f"peak {peak / mib:.0f} MiB (+{(peak - before) / mib:.1f} MiB, "
+              f"{(peak - before) / HOSTILE_STUCK / 1024:.0f} KiB per stuck client)")
+        for n, r in enumerate(readers):
+            assert r.ids == published, f"reader {n}: lost, repeated or reordered events"
+            r.es.close()
+        assert peak - before <= HOSTILE_GROWTH, (
+            f"the relay grew by {(peak - before) / mib:.0f} MiB")
+
+    asyncio.run(run())
