@@ -86,9 +86,6 @@ class FakeRedis:
         self.delay = delay
         self.history: list[tuple[bytes, Stream | None]] = []  # (key, state before a write)
         self.calls: dict[str, int] = {}
-        # (key, id) of every entry some read returned: a failover that loses entries nobody
-        # ever read loses writes no reader could know of (the model's truth drops them)
-        self.served: set[tuple[bytes, int]] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -238,11 +235,7 @@ class FakeRedis:
         if stream is None:
             return []
         out = [[fmt(k), list(f)] for k, f, _ in stream.entries if low <= k <= high]
-        return self._serve(key_of(name), out[:count] if count is not None else out)
-
-    def _serve(self, key: bytes, entries: list[list[Any]]) -> list[list[Any]]:
-        self.served.update((key, parse_id(e[0])) for e in entries)
-        return entries
+        return out[:count] if count is not None else out
 
     def do_xrevrange(self, name: str | bytes, max: str | bytes = "+", min: str | bytes = "-",
                      count: int | None = None) -> list[list[Any]]:
@@ -251,7 +244,7 @@ class FakeRedis:
         if stream is None:
             return []
         out = [[fmt(k), list(f)] for k, f, _ in reversed(stream.entries) if low <= k <= high]
-        return self._serve(key_of(name), out[:count] if count is not None else out)
+        return out[:count] if count is not None else out
 
     def do_xinfo_stream(self, name: str | bytes, full: bool = False) -> dict[str, Any]:
         stream = self.streams.get(key_of(name))
@@ -291,7 +284,7 @@ class FakeRedis:
             if count is not None:
                 got = got[:count]
             if got:
-                out[key] = self._serve(key, got)
+                out[key] = got
         return out or None
 
     # -- not a command: the model's faults -----------------------------------------------------

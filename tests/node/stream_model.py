@@ -67,6 +67,24 @@ class Taken:
 fanout._READY.add(Taken)
 
 
+# What the world holds back while a hole is known (tests/node/test_stream_model.py,
+# ``KNOWN_HOLES``): each gate keeps the random world out of one hole, so that everything else
+# is still checked; the hole's own scenario shows it.
+GATES = {
+    "re-anchor": "a browser that reconnects with no id is owed only what comes after that "
+                 "reconnect (the checker's side: without the position line it has no id)",
+    "trim-behind-feeds": "trims never remove entries a watching feed has not read",
+    "recreate-quiet": "a stream is deleted only when every browser has all of it, checked by "
+                      "every relay at once, made again only with lower ids, and every "
+                      "browser has reconnected before anything else happens",
+    "forget-between-awaits": "topics are not forgotten (expired, or by verify) while a "
+                             "stream of that relay is in its awaits before it subscribed: "
+                             "the forget waits until it has",
+    "no-trim-at-zero": "no trim while a browser holds position 0 of the topic",
+    "one-batch-pages": "history pages are read in one batch (no trim between batches)",
+}
+
+
 # -- the truth ---------------------------------------------------------------------------------
 
 
@@ -77,8 +95,10 @@ class Published:
     token: str
     at: int  # world time it was published
     alive: list[list[int]] = field(default_factory=list)  # [from, to) spans; to -1: still
-    # lost in a failover before any reader got it: no relay could ever know of it, nothing
-    # is owed (to its readers it was never written)
+    # lost in a failover: a relay whose feed never read it cannot tell that it existed (the
+    # stream it reads is a consistent one without it), so its loss is not required to be
+    # told; what a failover breaks for readers (ids that go back, events that never come) is
+    # still checked: out-of-order, duplicate, stall, unknown-id
     phantom: bool = False
 
     def existed_before(self, t: int) -> bool:
@@ -335,13 +355,15 @@ class World:
     def __init__(self, rnd: random.Random, relays: list[RelayConfig],
                  browsers: list[tuple[str, ...]], *, max_delay: int = 2,
                  edge_fail: float = 0.1, edge_stale: float = 0.4,
-                 safe_trims: bool = False, re_anchor: bool = False) -> None:
+                 gates: frozenset[str] = frozenset()) -> None:
+        unknown = gates - set(GATES)
+        if unknown:
+            raise ValueError(f"no such gate: {sorted(unknown)}")
         self.rnd = rnd
-        self.re_anchor = re_anchor
+        self.gates = gates
         self.max_delay = max_delay
         self.edge_fail = edge_fail
         self.edge_stale = edge_stale
-        self.safe_trims = safe_trims
         self.redis = FakeRedis(delay=self.delay)
         self.time = 0
         self.received = 0
@@ -349,6 +371,7 @@ class World:
         self.tokens: dict[str, Published] = {}
         self.counter = 0
         self.max_ms = 0
+        self.low_ms = 1_000  # ids of streams made again with lower ids, going down
         self.trace: list[str] = []
         self.errors: list[Violation] = []
         self.edge = Edge(self)
@@ -362,6 +385,7 @@ class World:
             b.world = self
         self.authority = FakeAuthority()
         self._saved_request: Any = None
+        self._saved_batch = history._FIRST_BATCH
 
     def delay(self) -> int:
         return self.rnd.randrange(self.max_delay + 1) if self.max_delay else 0
@@ -374,6 +398,9 @@ class World:
 
     async def start(self) -> None:
         fanout._at_once.sends = 0
+        self._saved_batch = history._FIRST_BATCH
+        if "one-batch-pages" not in self.gates:
+            history._FIRST_BATCH = 2  # pages of several reads, a trim may come between
         self._saved_request = web_client.request
         web_client.request = self.edge.request  # type: ignore[assignment]
         for i, config in enumerate(self.configs):
@@ -394,6 +421,8 @@ class World:
             self.multis.append(multistream.MultiStreams(relay.metrics))
             self.reading.append(None)
             self.verifiers.append(asyncio.ensure_future(relay._verify()))
+            if "forget-between-awaits" in self.gates:
+                self._gate_forget(i)
 
     async def stop(self) -> None:
         for b in self.browsers:
@@ -410,6 +439,7 @@ class World:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         web_client.request = self._saved_request
+        history._FIRST_BATCH = self._saved_batch
 
     async def settle(self, turns: int) -> None:
         for _ in range(turns):
@@ -442,24 +472,32 @@ class World:
                 approximate: bool = True) -> None:
         for _ in range(n):
             self._clock(self.rnd.randrange(2))
-            self.counter += 1
-            token = f"{topic}#{self.counter}"
-            key = ids.from_redis(self.redis.do_xadd(store.stream_key(topic), {"d": token},
-                                                    maxlen=self.safe(topic, maxlen),
-                                                    approximate=approximate))
-            self.max_ms = max(self.max_ms, key >> 64)
-            p = Published(topic, key, token, self.step())
-            self.published[topic].append(p)
-            self.tokens[token] = p
+            self._add(topic, "*", self.safe(topic, maxlen), approximate)
         self.trace.append(f"publish {topic} x{n} maxlen={maxlen}")
         self.sync_truth()
 
+    def _add(self, topic: str, entry_id: str, maxlen: int | None = None,
+             approximate: bool = True) -> None:
+        self.counter += 1
+        token = f"{topic}#{self.counter}"
+        key = ids.from_redis(self.redis.do_xadd(store.stream_key(topic), {"d": token},
+                                                id=entry_id, maxlen=maxlen,
+                                                approximate=approximate))
+        self.max_ms = max(self.max_ms, key >> 64)
+        p = Published(topic, key, token, self.step())
+        self.published[topic].append(p)
+        self.tokens[token] = p
+
     def safe(self, topic: str, maxlen: int | None) -> int | None:
-        """With ``safe_trims``, a trim never removes what a watching feed has not read."""
-        if maxlen is None or not self.safe_trims:
-            return maxlen
+        """The MAXLEN a trim may use under the gates: never past what a watching feed has
+        not read (``trim-behind-feeds``); nothing while a browser holds position 0 of the
+        topic (``no-trim-at-zero``)."""
         s = self.redis.streams.get(store.stream_key(topic).encode())
-        if s is None:
+        if maxlen is None or s is None:
+            return maxlen
+        if "no-trim-at-zero" in self.gates and self._zero_held(topic):
+            return max(maxlen, len(s.entries))
+        if "trim-behind-feeds" not in self.gates:
             return maxlen
         unread = 0
         for relay in self.relays:
@@ -470,29 +508,64 @@ class World:
             unread = max(unread, sum(1 for e in s.entries if e[0] > read))
         return max(maxlen, unread + 1)
 
+    def _zero_held(self, topic: str) -> bool:
+        tag = composite.tag(topic)
+        for b in self.browsers:
+            ids_held = [b.last_event_id] + ([b.conn.decoder.last_event_id] if b.conn else [])
+            for held in ids_held:
+                if b.multi and held and composite.parse(held).positions.get(tag) == 0:
+                    return True
+                if not b.multi and held in ("0-0", "0"):
+                    return True
+        return False
+
     def trim(self, topic: str, keep: int, approximate: bool) -> None:
         keep2 = self.safe(topic, keep)
         self.redis.do_xtrim(store.stream_key(topic), maxlen=keep2, approximate=approximate)
         self.trace.append(f"trim {topic} keep={keep2} approx={approximate}")
         self.sync_truth()
 
-    def recreate(self, topic: str, n: int) -> None:
-        self.redis.do_delete(store.stream_key(topic))
+    async def recreate(self, topic: str, n: int, lower: bool) -> None:
+        """DEL, then ``n`` entries: with ids ahead of every old one (``XADD *``), or ``lower``
+        ones (a fixture loaded again with explicit ids, below what feeds have read)."""
+        key = store.stream_key(topic)
+        quiet = "recreate-quiet" in self.gates
+        if quiet:
+            await self.quiesce()
+        self.redis.do_delete(key)
         self.redis.now_ms = max(self.redis.now_ms, self.max_ms + 1)
-        self.trace.append(f"delete {topic}")
+        self.trace.append(f"delete {topic}, then {n} {'lower' if lower else 'newer'} entries")
         self.sync_truth()
-        if n:
-            self.publish(topic, n)
+        if quiet:
+            await self.verify_all()
+            n = n if lower else 0
+        self.low_ms -= 10
+        for i in range(n):
+            if lower:  # below what feeds read, and never an id an earlier life had
+                self._add(topic, f"{self.low_ms + i}-0")
+            else:
+                self.publish(topic, 1)
+        self.sync_truth()
+        if quiet:
+            await self.quiesce()
+
+    async def verify_all(self) -> None:
+        for relay in self.relays:
+            relay.verify_soon()
+        await self.settle(12)
 
     def failover(self, writes: int) -> None:
+        """A replica that missed the last ``writes`` writes (any kind: XADD, XTRIM, DEL) takes
+        over; new entries get ids above every id ever given."""
         was = {p.token for p in self.tokens.values() if p.alive_now()}
         self.redis.failover(writes)
+        # ids name events: a new entry never takes the id of a lost one (when it does, in the
+        # same millisecond, no reader can tell the two apart by ids; see the module's notes)
         self.redis.now_ms = max(self.redis.now_ms, self.max_ms + 1)
         self.trace.append(f"failover losing {writes} writes")
         self.sync_truth()
         for p in self.tokens.values():
-            key = (store.stream_key(p.topic).encode(), p.key)
-            if p.token in was and not p.alive_now() and key not in self.redis.served:
+            if p.token in was and not p.alive_now():
                 p.phantom = True
 
     def read(self, r: int, count: int, delay: int) -> None:
@@ -520,8 +593,28 @@ class World:
         self.relays[r].verify_soon()
 
     def expire(self, r: int) -> None:
+        if "forget-between-awaits" in self.gates and self._awaiting(r):
+            return
         self.trace.append(f"expire r{r}")
         self.relays[r].hub.expire(time.monotonic() + 1e6, 0)
+
+    def _awaiting(self, r: int) -> bool:
+        """Whether a stream of relay ``r`` is in its awaits before it subscribed (a stream
+        subscribes and sends its first bytes in one step)."""
+        return any(b.conn is not None and b.conn.relay == r and not b.conn.started
+                   and not b.conn.over for b in self.browsers)
+
+    def _gate_forget(self, r: int) -> None:
+        hub = self.relays[r].hub
+        forget = hub.forget
+
+        def later(topic: Any) -> None:
+            if self._awaiting(r):
+                asyncio.get_running_loop().call_soon(later, topic)
+            else:
+                forget(topic)
+
+        hub.forget = later  # type: ignore[method-assign]
 
     def overflow(self, r: int, pick: int) -> None:
         """The sweeper closes a connection it found too far behind."""
@@ -622,10 +715,14 @@ class World:
             if browser.conn is not None:
                 browser.conn.release()
         await self.quiesce()
+        # what a browser waits for in vain now is a stall (a last event would turn it into
+        # a jump over it)
+        stalls = [v for v in check(self) if v.kind == "stall"]
         for topic in TOPICS:  # a last event on each topic: every browser must get it
             self.publish(topic, 1)
         await self.quiesce()
         violations = check(self)
+        violations += [v for v in stalls if v not in violations]
         await self.stop()
         return violations
 
@@ -655,9 +752,12 @@ def _check_topic(world: World, browser: Browser, topic: str, records: list[Recor
     truth = world.published[topic]
     got: set[str] = {r.token for r in records if r.kind == "event"}
     prev: int | None = None  # the id the browser has (an event's, a reset's, a position's)
-    # when the relay named ``prev`` as a position or a reset's id: what it claims is had is
-    # the stream as it was then (an entry gone before, a stream deleted before, is no gap)
-    named_at: int | None = None
+    # when the browser's unbroken run of positions began (its anchor, or the last reset or
+    # position the relay named): an entry gone before it is no gap of this run (the relay
+    # named positions in the stream as it was then; an entry deleted before the browser was
+    # subscribed was never owed to it)
+    since: int | None = None
+    had_at = 0  # when the browser came to have ``prev``
     anchor: int | None = None  # world time it was subscribed without an id
     seen: set[str] = set()
 
@@ -671,9 +771,9 @@ def _check_topic(world: World, browser: Browser, topic: str, records: list[Recor
         for p in truth:
             if p.token in got or p.phantom or not p.existed_before(at):
                 continue
-            if prev is not None and p.key <= prev:
-                continue
-            if named_at is not None and not p.alive_since(named_at):
+            if prev is not None and p.key <= prev and p.at <= had_at:
+                continue  # (one published after it, below it: the stream went back)
+            if since is not None and not p.alive_since(since):
                 continue
             if prev is None and anchor is not None and p.at <= anchor:
                 continue
@@ -685,21 +785,23 @@ def _check_topic(world: World, browser: Browser, topic: str, records: list[Recor
 
     for r in records:
         if r.kind == "anchor":
-            if prev is None and (anchor is None or world.re_anchor):
-                anchor = r.at
+            if prev is None and (anchor is None or "re-anchor" in world.gates):
+                anchor = since = r.at
             continue
         if r.kind == "position":
             gap(r.key, True, r.at, f"a position {ids.format(r.key)}")
             if prev is not None and r.key < prev:
                 v("out-of-order", f"position {ids.format(r.key)} below {ids.format(prev)}")
             if prev is None or r.key != prev:
-                prev, named_at = r.key, r.at
+                prev, since, had_at = r.key, r.at, r.at
             continue
         if r.kind == "reset":
-            if prev is not None and r.key < prev and r.reason != "unknown":
-                v("out-of-order", f"{r.reason} reset {ids.format(r.key)} below "
-                                  f"{ids.format(prev)}")
-            prev, named_at = r.key, r.at
+            if prev is not None and r.key < prev:
+                if r.reason != "unknown":
+                    v("out-of-order", f"{r.reason} reset {ids.format(r.key)} below "
+                                      f"{ids.format(prev)}")
+                seen.clear()  # the stream went back: what it holds again may come again
+            prev, since, had_at = r.key, r.at, r.at
             anchor = None
             continue
         p = world.tokens.get(r.token)
@@ -715,12 +817,12 @@ def _check_topic(world: World, browser: Browser, topic: str, records: list[Recor
             v("out-of-order", f"{ids.format(r.key)} ({r.token}) after {ids.format(prev)}")
             continue
         gap(r.key, False, r.at, f"{ids.format(r.key)} ({r.token})")
-        prev, named_at = r.key, None
+        prev, had_at = r.key, r.at
     if connected and (prev is not None or anchor is not None):
         for p in truth:
             if p.token in got or p.phantom or not p.alive_now():
                 continue
-            if (prev is not None and p.key > prev) or (
+            if (prev is not None and (p.key > prev or p.at > had_at)) or (
                     prev is None and anchor is not None and p.at > anchor):
                 v("stall", f"{ids.format(p.key)} ({p.token}) exists and never came "
                            f"(it has {ids.format(prev) if prev is not None else 'nothing'})")
@@ -736,16 +838,17 @@ async def run_actions(world: World, actions: list[Action]) -> list[Violation]:
     await world.start()
     try:
         for action in actions:
-            do(world, action)
+            await do(world, action)
             extra = action[1] if action[0] == "settle" else 0
             await world.settle(world.rnd.randrange(6) + extra)
         return await world.finish()
     finally:
         if world._saved_request is not None:
             web_client.request = world._saved_request
+            history._FIRST_BATCH = world._saved_batch
 
 
-def do(world: World, action: Action) -> None:
+async def do(world: World, action: Action) -> None:
     """One action (they come before ``world.settle``, which lets the loop run)."""
     name, *args = action
     nr = len(world.relays)
@@ -757,8 +860,8 @@ def do(world: World, action: Action) -> None:
         topic, keep, approximate = args
         world.trim(TOPICS[topic], keep, approximate)
     elif name == "recreate":
-        topic, n = args
-        world.recreate(TOPICS[topic], n)
+        topic, n, lower = args
+        await world.recreate(TOPICS[topic], n, lower)
     elif name == "failover":
         world.failover(args[0])
     elif name == "read":
@@ -803,3 +906,41 @@ def run(actions: list[Action], *, seed: int = 0, relays: list[RelayConfig] | Non
 
 
 Hook = Callable[[World], None]
+
+
+# -- what hypothesis draws ---------------------------------------------------------------------
+
+
+def strategies() -> Any:
+    """(actions, relay configs, seed) for ``run``. Swarm testing: each case draws which kinds
+    of fault it has, so that a case with many trims, or many drops, is as likely as any."""
+    from hypothesis import strategies as st
+
+    topic = st.integers(0, 1)
+    relay = st.integers(0, 2)
+    browser = st.integers(0, 3)
+    core = [
+        st.tuples(st.just("publish"), topic, st.integers(1, 5),
+                  st.one_of(st.none(), st.integers(1, 8))),
+        st.tuples(st.just("read"), relay, st.integers(1, 6), st.integers(0, 3)),
+        st.tuples(st.just("connect"), browser, relay, st.booleans()),
+        st.tuples(st.just("settle"), st.integers(0, 30)),
+    ]
+    faults = {
+        "trim": st.tuples(st.just("trim"), topic, st.integers(0, 4), st.booleans()),
+        "recreate": st.tuples(st.just("recreate"), topic, st.integers(0, 3), st.booleans()),
+        "failover": st.tuples(st.just("failover"), st.integers(1, 4)),
+        "verify": st.tuples(st.just("verify"), relay),
+        "expire": st.tuples(st.just("expire"), relay),
+        "overflow": st.tuples(st.just("overflow"), relay, st.integers(0, 7)),
+        "tick": st.tuples(st.just("tick"), relay),
+        "drop": st.tuples(st.just("drop"), browser),
+        "release": st.tuples(st.just("release"), browser),
+        "reload": st.tuples(st.just("reload"), browser),
+    }
+    actions = st.sets(st.sampled_from(sorted(faults)), min_size=1, max_size=5).flatmap(
+        lambda kinds: st.lists(st.one_of(*core, *(faults[k] for k in sorted(kinds))),
+                               min_size=12, max_size=45))
+    configs = st.lists(st.builds(RelayConfig, st.integers(3, 6), st.booleans(),
+                                 st.sampled_from([0.0, 3600.0])), min_size=1, max_size=3)
+    return st.tuples(actions, configs, st.integers(0, 2**32 - 1))
