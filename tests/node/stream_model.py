@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from relay.node import fanout, multistream, stream
 from relay.node.relay import Relay
 from relay.protocol import composite, ids
+from relay.protocol import ring as ring_mod
 from relay.protocol.resume import RESET
 from relay.protocol.wire import Decoder, Event
 from relay.settings import Settings
@@ -320,6 +322,9 @@ class Edge:
     def __init__(self, world: World) -> None:
         self.world = world
         self.kept: dict[str, list[web_client.Response]] = {}
+        # a stale answer the edge keeps giving for a while (its TTL and grace): URL -> (the
+        # answer, how many more requests)
+        self.pinned: dict[str, tuple[web_client.Response, int]] = {}
         self.fetches = 0
 
     async def request(self, method: str, url: str, *, timeout: float = 30.0,
@@ -333,8 +338,14 @@ class Edge:
         roll = rnd.random()
         if roll < world.edge_fail:
             raise OSError("the edge is away")
+        pinned = self.pinned.pop(url, None)
+        if pinned is not None and pinned[1] > 0:
+            self.pinned[url] = (pinned[0], pinned[1] - 1)
+            return pinned[0]
         if kept and roll < world.edge_fail + world.edge_stale:
-            return rnd.choice(kept)
+            stale = rnd.choice(kept)
+            self.pinned[url] = (stale, rnd.randrange(300))
+            return stale
         parts = urlsplit(url)
         topic = unquote(parts.path.rsplit("/", 1)[1])
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -584,9 +595,17 @@ class World:
         async def absorb() -> None:
             await self.settle(delay)
             if reply:
-                await relay.feed.absorb(reply)
+                await self.absorb(r, reply)
 
         self.reading[r] = asyncio.ensure_future(absorb())
+
+    async def absorb(self, r: int, reply: Any) -> None:
+        """The feed's delivery; an exception in it (the feed task would die) is an error."""
+        try:
+            await self.relays[r].feed.absorb(reply)
+        except Exception as exc:  # noqa: BLE001
+            self.errors.append(Violation("error", f"r{r}", "*", f"the feed's delivery raised "
+                                                               f"{type(exc).__name__}: {exc}"))
 
     def verify(self, r: int) -> None:
         self.trace.append(f"verify r{r}")
@@ -629,7 +648,7 @@ class World:
     def connect(self, b: int, r: int, slow: bool) -> None:
         browser = self.browsers[b]
         if browser.conn is not None and not browser.conn.over:
-            return
+            self.drop(b)  # it moves: drops, and comes back at once (to another relay)
         if browser.conn is not None:
             browser.last_event_id = browser.conn.decoder.last_event_id or browser.last_event_id
         conn = Conn(self, browser, r, slow)
@@ -659,6 +678,18 @@ class World:
         except Exception as exc:  # noqa: BLE001  a stream task that raised: a violation
             self.errors.append(Violation("error", browser.name, ",".join(browser.topics),
                                          f"{type(exc).__name__}: {exc}"))
+
+    def move(self, b: int) -> None:
+        """The browser comes back (at once) to the relay whose feed is furthest behind on its
+        topic: the worst a balancer can do."""
+        topic = self.browsers[b].topics[0]
+
+        def read_to(r: int) -> int:
+            t = self.relays[r].hub.topics.get(topic)
+            return ids.from_redis(t.read_from) if t is not None and t.primed else 1 << 128
+
+        behind = min(range(len(self.relays)), key=lambda r: (read_to(r), self.rnd.random()))
+        self.connect(b, behind, self.rnd.random() < 0.2)
 
     def drop(self, b: int) -> None:
         conn = self.browsers[b].conn
@@ -696,7 +727,7 @@ class World:
                 reply = self.redis.do_xread(watched, count=100) if watched else None
                 if reply:
                     moved = True
-                    await relay.feed.absorb(reply)
+                    await self.absorb(r, reply)
                 relay.verify_soon()
                 relay.hub.tick()
             for i, browser in enumerate(self.browsers):
@@ -880,6 +911,8 @@ async def do(world: World, action: Action) -> None:
         world.connect(b % nb, r % nr, slow)
     elif name == "drop":
         world.drop(args[0] % nb)
+    elif name == "move":
+        world.move(args[0] % nb)
     elif name == "release":
         world.release(args[0] % nb)
     elif name == "reload":
@@ -893,13 +926,41 @@ async def do(world: World, action: Action) -> None:
 DEFAULT_BROWSERS: list[tuple[str, ...]] = [("t0",), ("t0",), ("t1",), ("t0", "t1")]
 
 
+class Starved(BaseException):
+    """The event loop did not get control back: a task loops without awaiting anything."""
+
+
+def _starved(signum: int, frame: Any) -> None:
+    raise Starved
+
+
+WATCHDOG_S = 10.0  # a case takes milliseconds; one this long has a task that never yields
+
+
 def run(actions: list[Action], *, seed: int = 0, relays: list[RelayConfig] | None = None,
         browsers: list[tuple[str, ...]] | None = None, **world_args: Any) -> World:
-    """Run a case; raises ``ModelViolation`` naming every violation found."""
+    """Run a case; raises ``ModelViolation`` naming every violation found. A case whose loop
+    is starved (a stream task that loops without awaiting) is a ``stall`` of everyone."""
     world = World(random.Random(seed), relays or [RelayConfig(4, True, 3600),
                                                   RelayConfig(5, False, 0)],
                   browsers or DEFAULT_BROWSERS, **world_args)
-    violations = asyncio.run(run_actions(world, actions))
+    saved = signal.signal(signal.SIGALRM, _starved)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_S)
+    compact = ring_mod._COMPACT_MIN
+    ring_mod._COMPACT_MIN = 1  # rings drop their dead frames at once: a read below the
+    # tail gets nothing right
+    try:
+        violations = asyncio.run(run_actions(world, actions))
+    except Starved:
+        violations = [Violation("stall", "*", "*", f"the event loop was not given back for "
+                                                   f"{WATCHDOG_S:.0f} s: a task loops "
+                                                   "without awaiting")]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved)
+        ring_mod._COMPACT_MIN = compact
+        web_client.request = world._saved_request or web_client.request
+        history._FIRST_BATCH = world._saved_batch
     if violations:
         raise ModelViolation(violations, world.trace)
     return world
@@ -919,14 +980,13 @@ def strategies() -> Any:
     topic = st.integers(0, 1)
     relay = st.integers(0, 2)
     browser = st.integers(0, 3)
-    core = [
-        st.tuples(st.just("publish"), topic, st.integers(1, 5),
-                  st.one_of(st.none(), st.integers(1, 8))),
-        st.tuples(st.just("read"), relay, st.integers(1, 6), st.integers(0, 3)),
-        st.tuples(st.just("connect"), browser, relay, st.booleans()),
-        st.tuples(st.just("settle"), st.integers(0, 30)),
-    ]
-    faults = {
+    kinds = {
+        "publish": st.tuples(st.just("publish"), topic, st.integers(1, 5),
+                             st.one_of(st.none(), st.integers(1, 8))),
+        "read": st.tuples(st.just("read"), relay, st.integers(1, 6), st.integers(0, 3)),
+        "connect": st.tuples(st.just("connect"), browser, relay, st.booleans()),
+        "settle": st.tuples(st.just("settle"), st.integers(0, 30)),
+        "move": st.tuples(st.just("move"), browser),
         "trim": st.tuples(st.just("trim"), topic, st.integers(0, 4), st.booleans()),
         "recreate": st.tuples(st.just("recreate"), topic, st.integers(0, 3), st.booleans()),
         "failover": st.tuples(st.just("failover"), st.integers(1, 4)),
@@ -938,9 +998,14 @@ def strategies() -> Any:
         "release": st.tuples(st.just("release"), browser),
         "reload": st.tuples(st.just("reload"), browser),
     }
-    actions = st.sets(st.sampled_from(sorted(faults)), min_size=1, max_size=5).flatmap(
-        lambda kinds: st.lists(st.one_of(*core, *(faults[k] for k in sorted(kinds))),
-                               min_size=12, max_size=45))
+    # every case publishes, reads, connects (and moves) and lets time pass, more often than
+    # it has any fault
+    core = ["publish", "publish", "read", "read", "read", "connect", "connect", "move",
+            "settle"]
+    faults = sorted(set(kinds) - set(core))
+    actions = st.sets(st.sampled_from(faults), min_size=1, max_size=5).flatmap(
+        lambda chosen: st.lists(st.sampled_from(core + sorted(chosen)).flatmap(kinds.get),
+                                min_size=12, max_size=45))
     configs = st.lists(st.builds(RelayConfig, st.integers(3, 6), st.booleans(),
-                                 st.sampled_from([0.0, 3600.0])), min_size=1, max_size=3)
+                                 st.sampled_from([0.0, 3600.0])), min_size=2, max_size=3)
     return st.tuples(actions, configs, st.integers(0, 2**32 - 1))
