@@ -973,7 +973,7 @@ Hook = Callable[[World], None]
 
 
 def strategies() -> Any:
-    """(actions, relay configs, seed) for ``run``. Swarm testing: each case draws which kinds
+    """Cases for ``run_case``: actions, relay configs, a seed, the edge. Swarm testing: each case draws which kinds
     of fault it has, so that a case with many trims, or many drops, is as likely as any."""
     from hypothesis import strategies as st
 
@@ -1008,4 +1008,17 @@ def strategies() -> Any:
                                 min_size=12, max_size=45))
     configs = st.lists(st.builds(RelayConfig, st.integers(3, 6), st.booleans(),
                                  st.sampled_from([0.0, 3600.0])), min_size=2, max_size=3)
-    return st.tuples(actions, configs, st.integers(0, 2**32 - 1))
+    # the edge: (fails, answers stale) of its answers; one that never fails and always has
+    # a stale answer is the worst for a catch-up
+    edge = st.sampled_from([(0.1, 0.4), (0.0, 1.0), (0.3, 0.2)])
+    return st.tuples(actions, configs, st.integers(0, 2**32 - 1), edge)
+
+
+Case = tuple[list[Action], list[RelayConfig], int, tuple[float, float]]
+
+
+def run_case(case: Case, gates: frozenset[str]) -> World:
+    """``run`` of what ``strategies`` drew."""
+    actions, relays, seed, (fail, stale) = case
+    return run(actions, seed=seed, relays=relays, gates=gates, edge_fail=fail,
+               edge_stale=stale)

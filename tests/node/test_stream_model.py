@@ -25,9 +25,11 @@ from tests.node.stream_model import (
     GATES,
     KINDS,
     Action,
+    Case,
     ModelViolation,
     RelayConfig,
     run,
+    run_case,
     strategies,
 )
 
@@ -119,10 +121,9 @@ _ran = [0]
           phases=[Phase.explicit, Phase.generate, Phase.shrink],
           suppress_health_check=list(HealthCheck))
 @given(strategies())
-def _the_world(case: tuple[list[Action], list[RelayConfig], int]) -> None:
-    actions, relays, seed = case
+def _the_world(case: Case) -> None:
     _ran[0] += 1
-    run(actions, seed=seed, relays=relays, gates=_gates())
+    run_case(case, _gates())
 
 
 def test_the_world_keeps_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
