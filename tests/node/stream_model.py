@@ -33,7 +33,7 @@ import json
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -173,7 +173,7 @@ class Conn:
     def receive(self) -> asyncio.Future[dict[str, Any]]:
         return self.leave
 
-    def send(self, message: dict[str, Any]) -> Any:
+    def send(self, message: MutableMapping[str, Any]) -> Any:
         if message["type"] == "http.response.start":
             headers = dict(message.get("headers", []))
             self.refused = b"x-ssedge-refused" in headers or message["status"] != 200
@@ -307,7 +307,7 @@ class Browser:
 class RelayConfig:
     ring_events: int
     replay: bool  # through the edge (else history from Redis only)
-    open_ttl: float  # how long the relay keeps a page that reached the head (0 or for ever)
+    open_ttl: int  # how long the relay keeps a page that reached the head (0 or for ever)
 
 
 class FakeAuthority:
@@ -328,7 +328,7 @@ class Edge:
         self.fetches = 0
 
     async def request(self, method: str, url: str, *, timeout: float = 30.0,
-                      **_: Any) -> web_client.Response:
+                      **options: Any) -> web_client.Response:
         world = self.world
         rnd = world.rnd
         for _ in range(world.delay()):
@@ -349,8 +349,9 @@ class Edge:
         parts = urlsplit(url)
         topic = unquote(parts.path.rsplit("/", 1)[1])
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        page, _ = await history.read_page(world.redis, topic, ids.parse(query["after"]),
-                                          int(query["limit"]))  # type: ignore[arg-type]
+        redis: Any = world.redis
+        page, _ = await history.read_page(redis, topic, ids.parse(query["after"]),
+                                          int(query["limit"]))
         headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count),
                    "x-ssedge-through": ids.format(page.through)}
         if page.last_id is not None:
@@ -413,7 +414,7 @@ class World:
         if "one-batch-pages" not in self.gates:
             history._FIRST_BATCH = 2  # pages of several reads, a trim may come between
         self._saved_request = web_client.request
-        web_client.request = self.edge.request  # type: ignore[assignment]
+        web_client.request = self.edge.request
         for i, config in enumerate(self.configs):
             settings = Settings(
                 node_name=f"r{i}", ring_events=config.ring_events, replay_page=3,
@@ -973,8 +974,9 @@ Hook = Callable[[World], None]
 
 
 def strategies() -> Any:
-    """Cases for ``run_case``: actions, relay configs, a seed, the edge. Swarm testing: each case draws which kinds
-    of fault it has, so that a case with many trims, or many drops, is as likely as any."""
+    """Cases for ``run_case``: actions, relay configs, a seed, the edge. Swarm testing:
+    each case draws which kinds of fault it has, so that a case with many trims, or many
+    drops, is as likely as any."""
     from hypothesis import strategies as st
 
     topic = st.integers(0, 1)
@@ -1004,10 +1006,10 @@ def strategies() -> Any:
             "settle"]
     faults = sorted(set(kinds) - set(core))
     actions = st.sets(st.sampled_from(faults), min_size=1, max_size=5).flatmap(
-        lambda chosen: st.lists(st.sampled_from(core + sorted(chosen)).flatmap(kinds.get),
+        lambda chosen: st.lists(st.sampled_from(core + sorted(chosen)).flatmap(lambda k: kinds[k]),
                                 min_size=12, max_size=45))
     configs = st.lists(st.builds(RelayConfig, st.integers(3, 6), st.booleans(),
-                                 st.sampled_from([0.0, 3600.0])), min_size=2, max_size=3)
+                                 st.sampled_from([0, 3600])), min_size=2, max_size=3)
     # the edge: (fails, answers stale) of its answers; one that never fails and always has
     # a stale answer is the worst for a catch-up
     edge = st.sampled_from([(0.1, 0.4), (0.0, 1.0), (0.3, 0.2)])

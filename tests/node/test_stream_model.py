@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -33,9 +34,8 @@ from tests.node.stream_model import (
     strategies,
 )
 
-CASES = int(os.environ.get("SSEDGE_MODEL_CASES", "400"))
+CASES = int(os.environ.get("SSEDGE_MODEL_CASES", "250"))
 ONE = [RelayConfig(4, False, 0)]
-TWO = [RelayConfig(4, True, 3600), RelayConfig(5, False, 0)]
 
 
 @dataclass(frozen=True)
