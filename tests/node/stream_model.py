@@ -21,9 +21,31 @@ One asyncio event loop holds everything:
   in flight), and come back with that id (or none, when none was ever set).
 
 The checker (``check``) reads each browser's receipts against the truth (every event ever
-published, when it existed) and names every violation's kind: ``lost``, ``duplicate``,
-``out-of-order``, ``silent-gap``, ``stall``, ``unknown-id`` (and ``error`` for a stream task
-that raised).
+published, and when it existed) and names every violation's kind. Per browser (a reload
+starts a new one) and topic, the browser *has* a position: the id of the last event it got,
+or of a reset (everything up to it is told lost), or of a position frame (an ``id:`` with no
+data: the relay says it has everything up to there), or, before any of these, the moment it
+was first subscribed (its first bytes, when it came without an id). An event is *owed* when
+its id is above the position (or, after the stream went back, it was published after the
+browser had the position) and it existed at some moment since the browser's run of positions
+began (a reset or a position names the stream as it was then). Then:
+
+- ``duplicate``: an event got twice (after an ``unknown`` reset that took the position back,
+  what the stream holds again may come again);
+- ``out-of-order``: an id at or below the position with no reset that went back first;
+- ``lost``: an owed event jumped over (a later one came) while it still existed;
+- ``silent-gap``: an owed event jumped over after it was gone (trimmed, deleted), with no
+  reset between;
+- ``stall``: a connected browser lacks an owed event that exists, once the world is quiet
+  (checked before, and again after, one last event on each topic);
+- ``unknown-id``: an event whose id and data no stream life had;
+- ``error``: a stream task or the feed's delivery raised.
+
+What the world assumes: ids name events (a stream made again, or a failover, never gives an id
+that an earlier life gave: in the same millisecond a reader could not tell them apart, and
+no relay could keep the contract); events a failover lost are not owed (a relay whose feed
+never read them reads a consistent stream without them and cannot know), but what a failover
+does to readers (ids that go back, events that never come) is checked.
 """
 
 from __future__ import annotations
