@@ -51,7 +51,11 @@ class Hole:
 
 # Holes of the code as it is (found by this model); each row's scenario must fail with its
 # kind. When a fix lands, its scenario passes and its row goes (the gate opens with it).
-KNOWN_HOLES: list[Hole] = [
+KNOWN_HOLES: list[Hole] = []
+
+# The holes this model found in the resume path of 2026-12-07 (each failed with its kind on
+# f15c5b7); fixed since, their scenarios are kept as cases that must pass, with every gate open.
+FIXED_HOLES: list[Hole] = [
     Hole("no position id line: a browser that drops before its first event reconnects with "
          "no id and starts live; what was published meanwhile is lost (DESIGN: the stream "
          "opens with the client's position as an id: line)",
@@ -105,9 +109,25 @@ KNOWN_HOLES: list[Hole] = [
 ]
 
 
+# What the contract does not promise (docs/ARCHITECTURE.md, "Known limits"): gates kept shut
+# for good, each with why.
+KNOWN_LIMITS: dict[str, str] = {
+    "zero-across-lives": "a reader that holds 0-0 (it joined an empty topic and no event "
+                         "reached it) when the stream is deleted and made again is served the "
+                         "new life from its start: what the old life had is not told (0-0 is "
+                         "a position in every life)",
+    "lower-past-a-client": "a client whose id is past the end of its stream is told "
+                           "`unknown` and goes on live from the stream's last id (after a "
+                           "lossy failover it had every event up to there); a stream made "
+                           "again with explicit ids below that id looks the same, and those "
+                           "events are not sent to it",
+}
+
+
 def _gates() -> frozenset[str]:
-    """The gates the random world keeps shut: those of the holes still known."""
-    return frozenset(h.gate for h in KNOWN_HOLES)
+    """The gates the random world keeps shut: those of the holes still known, and the known
+    limits."""
+    return frozenset(h.gate for h in KNOWN_HOLES) | frozenset(KNOWN_LIMITS)
 
 
 def test_every_gate_is_a_known_holes() -> None:
@@ -137,13 +157,15 @@ def test_the_world_keeps_the_contract(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 @pytest.mark.parametrize("hole", [
-    pytest.param(h, id=f"{i}-{h.gate}",
-                 marks=pytest.mark.xfail(strict=True, raises=ModelViolation, reason=h.name))
-    for i, h in enumerate(KNOWN_HOLES)])
-def test_known_hole(hole: Hole) -> None:
+    pytest.param(h, id=f"{i}-{h.gate}", marks=pytest.mark.xfail(
+        strict=True, raises=ModelViolation, reason=h.name))
+    for i, h in enumerate(KNOWN_HOLES)] or [pytest.param(None, id="none")])
+def test_known_hole(hole: Hole | None) -> None:
     """The scenario of a known hole, checked like any case (with every other hole's gate
     shut): expected to fail with the hole's kind of violation, and nothing else. Once the hole
     is fixed it passes, which fails the suite (strict): remove the row."""
+    if hole is None:
+        return  # none known
     assert hole.kind in KINDS and hole.gate in GATES
     try:
         run(hole.actions, seed=hole.seed, relays=hole.relays, gates=_gates() - {hole.gate},
@@ -152,3 +174,11 @@ def test_known_hole(hole: Hole) -> None:
         if hole.kind not in exc.kinds:
             raise AssertionError(f"expected {hole.kind}, got {exc}") from None
         raise
+
+
+@pytest.mark.parametrize("hole", [pytest.param(h, id=f"{i}-{h.gate}")
+                                  for i, h in enumerate(FIXED_HOLES)])
+def test_a_fixed_hole_stays_fixed(hole: Hole) -> None:
+    """The scenario of a hole fixed since it was found, with every gate open: no violation."""
+    run(hole.actions, seed=hole.seed, relays=hole.relays, gates=_gates(),
+        max_delay=hole.max_delay)
