@@ -39,7 +39,8 @@ class EdgeTier:
     https: int  # 0: no TLS listener
     cache: int  # varnishd
     stats: int  # HAProxy's /metrics and /stats
-    admin_socket: Path
+    admin_socket: Path  # level admin: set server … state
+    stats_socket: Path  # level operator: show stat (the dashboard's collector)
     varnish_workdir: Path
     ca: Path | None  # the stack's CA, for clients of the TLS listener
 
@@ -87,7 +88,8 @@ def start(supervisor: Supervisor, relay_ports: Sequence[int], replay_port: int,
     proxy.write(haproxy_dir, relays)
     check(proxy, haproxy_dir)
     proxy.start(supervisor, haproxy_dir, http_port, f"{prefix}edge")
-    return EdgeTier(http_port, https_port, cache_port, stats_port, admin, work,
+    return EdgeTier(http_port, https_port, cache_port, stats_port, admin,
+                    proxy.listen.read_socket, work,
                     certificates.ca.resolve() if certificates else None)
 
 
@@ -99,5 +101,5 @@ def banner(tier: EdgeTier) -> str:
                      f"CA {tier.ca} (curl --cacert)")
     lines.append(f"  edge cache   http://127.0.0.1:{tier.cache}   (varnishd, behind HAProxy)")
     lines.append(f"  edge stats   http://127.0.0.1:{tier.stats}/stats  /metrics "
-                 f"(HAProxy; socket {tier.admin_socket})")
+                 f"(HAProxy; sockets {tier.admin_socket} admin, {tier.stats_socket} read)")
     return "\n".join(lines)

@@ -60,9 +60,7 @@ class Edge:
             stats=f"127.0.0.1:{self.stats_port}", admin_socket=self._socket_dir / "admin.sock",
             https=f"127.0.0.1:{self.https_port}" if tls else None,
             cert=self.certificates.edge if self.certificates else None,
-            stream_timeout=stream_timeout, maxconn=maxconn, limits=limits,
-            # the harness forces relays out and back (set_health): `set server` needs admin
-            socket_level="admin"))
+            stream_timeout=stream_timeout, maxconn=maxconn, limits=limits))
         self.admin = self.proxy.admin
         self.config = self.proxy.write(directory / "haproxy", [("127.0.0.1", r.port)
                                                                for r in relays])

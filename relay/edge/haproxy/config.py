@@ -45,9 +45,12 @@ class Listen:
     maxconn: int | None = None  # None: the template's
     # the per-client limits and the networks exempt from them (relay/edge/haproxy/limits.py)
     limits: Limits = DEFAULT
-    # the stats socket's level: `operator` reads (the shipped one); the tests' harness asks
-    # for `admin` (it forces relays out and back with `set server`)
-    socket_level: str = "operator"
+    # the runtime API's reading socket (level operator); None: stats.sock beside admin_socket
+    stats_socket: Path | None = None
+
+    @property
+    def read_socket(self) -> Path:
+        return self.stats_socket or self.admin_socket.with_name("stats.sock")
 
 
 def _set_env(text: str, name: str, value: str) -> str:
@@ -69,27 +72,18 @@ def _set_exempt(text: str, networks: list[str]) -> str:
     return pattern.sub(lambda m: m.group(1) + acl, text, count=1)
 
 
-def _set_socket_level(text: str, level: str) -> str:
-    if level not in ("user", "operator", "admin"):
-        raise ConfigError(f"a stats socket's level is user, operator or admin, not {level!r}")
-    pattern = re.compile(r"^(\s*stats socket .* level )\S+(.*)$", re.MULTILINE)
-    if not pattern.search(text):
-        raise ConfigError(f"no `stats socket … level` in {TEMPLATE}")
-    return pattern.sub(lambda m: m.group(1) + level + m.group(2), text, count=1)
-
-
 def render(relays: Sequence[tuple[str, int]], listen: Listen, template: str | None = None) -> str:
     """The template with ``listen``'s addresses and these relay nodes."""
     text = TEMPLATE.read_text() if template is None else template
     for name, value in (("EDGE_HTTP_ADDR", listen.http), ("EDGE_CACHE_ADDR", listen.cache),
                         ("EDGE_STATS_ADDR", listen.stats),
                         ("EDGE_ADMIN_SOCKET", str(listen.admin_socket)),
+                        ("EDGE_STATS_SOCKET", str(listen.read_socket)),
                         ("EDGE_STREAM_TIMEOUT", listen.stream_timeout)):
         text = _set_env(text, name, value)
     for name, value in listen.limits.env().items():
         text = _set_env(text, name, value)
     text = _set_exempt(text, listen.limits.networks())
-    text = _set_socket_level(text, listen.socket_level)
     if listen.maxconn is not None:
         text = _set_env(text, "EDGE_MAXCONN", str(listen.maxconn))
     if listen.https is None:
