@@ -22,9 +22,9 @@ from typing import Any
 import jwt
 import pytest
 
+from relay.drill.hostile import flood_replay, flood_streams, request
 from relay.edge.haproxy.limits import REFUSALS, Limits
 from relay.harness.edge import Edge
-from relay.harness.hostile import flood_replay, flood_streams, request
 from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.protocol.ids import parse
 from tests.integration.conftest import TOKEN

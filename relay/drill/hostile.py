@@ -1,7 +1,9 @@
-"""A hostile client, for the edge's tests and its benchmark (bench/hostile.py): raw HTTP/1.1
-from a chosen source address (127.0.0.2: the edge's limits key on it), so that anything a
-client may send, the odd spellings and absolute-form request lines among them, is sent
-exactly as written."""
+"""A hostile client: raw HTTP/1.1 from a chosen source address (127.0.0.2: the edge's limits
+key on it, and ``ssedge up`` exempts only 127.0.0.1), so that anything a client may send, the
+odd spellings and absolute-form request lines among them, is sent exactly as written.
+
+``ssedge drill``'s ``hostile`` fault floods the local stack's edge with it; the edge's tests
+(tests/integration/edge/test_hostile.py) and its benchmark (bench/hostile.py) use it too."""
 
 from __future__ import annotations
 
@@ -81,9 +83,10 @@ def multi_stream_target(topics: list[str]) -> str:
 
 
 async def flood_streams(port: int, seconds: float, *, workers: int = 16, names: int = 16,
-                        seed: int = 1) -> dict[str, int]:
+                        seed: int = 1, hold: bool = True) -> dict[str, int]:
     """Streams on random topics (``names`` a request) asked for as fast as ``workers``
-    connections can, each served one held open, for ``seconds``: the answers by kind."""
+    connections can, each served one held open (with ``hold``) until the end, for
+    ``seconds``: the answers by kind."""
     rng = random.Random(seed)
     counts = {"served": 0, "refused_limit": 0, "other": 0, "errors": 0}
     held: list[Answer] = []
@@ -94,16 +97,17 @@ async def flood_streams(port: int, seconds: float, *, workers: int = 16, names: 
         while loop.time() < deadline:
             try:
                 answer = await request(port, multi_stream_target(random_topics(names, rng)),
-                                       hold=True, timeout=5)
+                                       hold=hold, timeout=5)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                 counts["errors"] += 1
                 await asyncio.sleep(0.01)
                 continue
             if answer.headers.get("x-ssedge-refused") == "limit":
                 counts["refused_limit"] += 1
-            elif answer.status == 200 and answer.writer is not None:
+            elif answer.status == 200 and b"retry:" in answer.body:
                 counts["served"] += 1
-                held.append(answer)
+                if answer.writer is not None:
+                    held.append(answer)
             else:
                 counts["other"] += 1
 
@@ -137,3 +141,42 @@ async def flood_replay(port: int, topic: str, seconds: float, *, workers: int = 
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return counts
+
+
+ODD_STREAMS = ("/v1/streams/demo/events/", "//v1/streams/demo/events",
+               "/v1/streams/demo/%65vents", "/v1/streams/x/../demo/events")
+OPERATOR = ("/metrics", "/readyz", "//metrics", "/%6detrics", "https://x/metrics")
+
+
+async def odd_requests(port: int, seconds: float) -> dict[str, int]:
+    """Odd spellings of a stream and operator endpoints (absolute form among them), one at a
+    time for ``seconds``: how many were refused (4xx) and how many were not (``leaked``)."""
+    counts = {"refused": 0, "leaked": 0, "errors": 0}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    targets = [*ODD_STREAMS, *OPERATOR]
+    n = 0
+    while loop.time() < deadline:
+        target = targets[n % len(targets)]
+        n += 1
+        try:
+            answer = await request(port, target, timeout=5,
+                                   headers={"Host": "x"} if target.startswith("https:") else None)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+            counts["errors"] += 1
+            continue
+        counts["refused" if 400 <= answer.status < 500 else "leaked"] += 1
+    return counts
+
+
+async def abuse(port: int, seconds: float, *, workers: int = 4) -> dict[str, int]:
+    """One source abusing the edge on ``port`` in every way at once for ``seconds``: streams
+    on random topics (not held), random replay pages, odd spellings and operator endpoints.
+    The answers by kind (``stream_*``, ``replay_<status>``, ``odd_*``)."""
+    streams, replay, odd = await asyncio.gather(
+        flood_streams(port, seconds, workers=workers, hold=False),
+        flood_replay(port, "demo", seconds, workers=max(1, workers // 2)),
+        odd_requests(port, seconds))
+    return {**{f"stream_{k}": v for k, v in streams.items()},
+            **{f"replay_{k}": v for k, v in replay.items()},
+            **{f"odd_{k}": v for k, v in odd.items()}}
