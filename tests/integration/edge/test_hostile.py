@@ -192,6 +192,7 @@ ODD_STREAMS = [
     "/v1/streams/demo/%65vents", "/v1/streams/d%65mo/events", "/v1/%73treams/demo/events",
     "/v1/streams/x/../demo/events", "/v1/streams/./demo/events", "/v1/streams/demo/events/.",
     "/v1/streams/demo/%2e%2e/demo/events", "/v1//streams/events?topic=demo",
+    "/v1/streams/events?%74opic=demo",
 ]
 
 
