@@ -188,13 +188,15 @@ def haproxy_check(config: Path, env: dict[str, str]) -> None:
 
 
 def _skeleton(text: str) -> list[str]:
-    """A haproxy.cfg's lines with the ``presetenv`` values and the relay nodes taken out."""
+    """A haproxy.cfg's lines with the ``presetenv`` values, the networks exempt from the
+    limits and the relay nodes taken out."""
     out, nodes = [], False
     for line in text.splitlines():
         if edge_haproxy.END in line:
             nodes = False
         if nodes:
             continue
+        line = re.sub(r"^(\s*acl limits_exempt) .*$", r"\1", line)  # the deployment's
         out.append(re.sub(r"^(\s*presetenv \w+) .*$", r"\1", line))
         if edge_haproxy.BEGIN in line:
             nodes = True
