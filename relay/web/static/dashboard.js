@@ -178,7 +178,17 @@ function drawProxy(proxy) {
   $("proxy-streams").textContent = fmt(proxy.streams, 0);
   $("proxy-relays").textContent = "· " + proxy.relays.map((r) =>
     `${r.name} ${r.status} ${fmt(r.streams, 0)}`).join(" · ") +
-    ` · retries ${fmt(proxy.retries, 0)}, redispatches ${fmt(proxy.redispatches, 0)}`;
+    ` · retries ${fmt(proxy.retries, 0)}, redispatches ${fmt(proxy.redispatches, 0)}` +
+    refusals(proxy.refused);
+}
+
+// what the edge refused itself since it started (per-client limits, odd spellings, operator
+// endpoints: docs/SECURITY.md), by reason; nothing when it refused nothing
+function refusals(refused) {
+  const seen = Object.entries(refused || {}).filter(([, n]) => n > 0);
+  if (!seen.length) return "";
+  return " · refused " + seen.map(([reason, n]) => `${reason.replace(/_/g, " ")} ${fmt(n, 0)}`)
+    .join(", ");
 }
 
 // the children of `ssedge up` (its supervisor.json): restarts made visible; absent elsewhere
