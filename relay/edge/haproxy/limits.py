@@ -61,7 +61,8 @@ REFUSALS = (
     Refusal("refuse_publish_limit", 429, "a publish over its token's rate: Retry-After"),
     Refusal("refuse_spelling", 400,
             "a path in a non-canonical spelling (//, dot segments, a trailing slash, "
-            "percent-encoding other than %3A) or an absolute-form HTTP/1 request line"),
+            "percent-encoding other than %3A), an escape in a query parameter's name or in "
+            "a topic= other than %3A, or an absolute-form HTTP/1 request line"),
     Refusal("refuse_replay_query", 400,
             "a replay URL with a parameter other than after, until, limit and access_token, "
             "one given twice, an id not in canonical form, or a limit other than the page"),

@@ -192,7 +192,7 @@ ODD_STREAMS = [
     "/v1/streams/demo/%65vents", "/v1/streams/d%65mo/events", "/v1/%73treams/demo/events",
     "/v1/streams/x/../demo/events", "/v1/streams/./demo/events", "/v1/streams/demo/events/.",
     "/v1/streams/demo/%2e%2e/demo/events", "/v1//streams/events?topic=demo",
-    "/v1/streams/events?%74opic=demo",
+    "/v1/streams/events?%74opic=demo", "/v1/streams/events?topic=demo&topic=%73sedge.stats",
 ]
 
 
@@ -269,7 +269,8 @@ def test_replay_urls_have_one_form_and_a_flood_of_them_is_bounded(stack: Stack) 
     refused = ["/v1/replay/history?after=0-0&junk=1", "/v1/replay/history?after=0-0&after=0-0",
                "/v1/replay/history?after=00-0", "/v1/replay/history?after=0-0&limit=10",
                "/v1/replay/history?after=0-0&limit=1000&limit=1000",
-               "/v1/replay/history?utm_source=x", "/v1/replay/history?after=0-0&"]
+               "/v1/replay/history?utm_source=x", "/v1/replay/history?after=0-0&",
+               "/v1/replay/history?after=0-0&limit=0" + page]
     served = ["/v1/replay/history?after=0-0", f"/v1/replay/history?after=0-0&limit={page}",
               f"/v1/replay/history?limit={page}&after=0-0", "/v1/replay/history"]
 
