@@ -21,7 +21,7 @@ catch-up; this module adds only what a shared connection needs:
   first connection started, not from "now" again.
 
 Plain state, no I/O: the node's connection task (``relay.node.multistream``) and the feed's
-fan-out (``relay.node.fanout``) call it; ``tests/protocol/test_multi_model.py`` drives it in a
+fan-out (``relay.node.fanout``) call it; ``tests/node/test_stream_model.py`` drives it in a
 model of several relays with lagging feeds, an edge and trimmed streams.
 """
 

@@ -40,12 +40,6 @@ from relay.protocol.wire import split_frames
 from relay.storage import clients
 from relay.storage import streams as store
 
-
-def frame_id_of(frame: bytes) -> int:
-    """The id of a frame this module made (``id:`` first)."""
-    return ids.parse(frame[4:frame.index(b"\n")])
-
-
 # the first batch of a page: one round trip (with XINFO) for pages of small events
 _FIRST_BATCH = 100
 _MAX_ID = ids.parse("18446744073709551615-18446744073709551615")
@@ -163,10 +157,9 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
         return Page(body, 0, None, True, False, last_generated), 0
     head = _retention(after, below, trimmed_info if trimmed_info is not None else info,
                       entries)
-    if head and frame_id_of(head) == ids.ZERO:
-        # an id that is none of this stream's: the reset alone; the reader starts the stream
-        # over after 0-0 (``resume.CatchUp``), so nothing below the foreign id is skipped
-        return Page(head, 0, None, True, False, after), 0
+    # (an ``unknown`` reset with id 0-0 for an id that is none of this stream's: a relay's
+    # catch-up starts the stream over from it, ``resume.CatchUp``; a reader of the replay API
+    # asking for what came after a time, ``after=<ms>-0``, is told and gets it)
     reset = bool(head)
     # the page's entries: up to ``limit``, or through the one that crosses ``max_bytes``
     size = 0

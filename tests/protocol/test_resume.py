@@ -6,8 +6,8 @@ the moment of each fetch through the replay service's own page function, or an o
 for the same page, as a cache serves it), follows the ring, and falls behind the ring's tail
 now and then. Whatever the interleaving, the client gets every event after its id exactly
 once, in order, except events trimmed before it could read them, which are announced by an
-``ssedge.reset`` first. (tests/test_resume_model.py adds several relays, an edge cache with
-grace, and clients moving between nodes.)
+``ssedge.reset`` first. (tests/node/test_stream_model.py runs the real stream code: several
+relays, an edge cache with grace, and clients moving between nodes.)
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ def test_reset_only_when_events_were_trimmed(
     time.sleep(0.01)  # a new millisecond: ids <ms>-<seq> between the batches never existed
     ids += fill(relay.url, "tr", 20)
     # not trimmed: an id below the stream, or inside it, that is none of its entries (another
-    # topic's, an earlier life's) gets an ``unknown`` reset, then everything that follows it;
-    # the reset's id is the entry below (0-0 below the stream): resuming from it, no reset
+    # topic's, an earlier life's, a time: after=<ms>-0) gets an ``unknown`` reset with id 0-0
+    # (a relay's catch-up starts the stream over from it), then everything that follows it
     page = get(f"{replay.url}/v1/replay/tr?after=1-0&limit=50")
     got = events_of(page.body)
     assert page.headers["x-ssedge-reset"] == "1"
@@ -85,7 +85,7 @@ def test_reset_only_when_events_were_trimmed(
     assert never not in ids
     page = get(f"{replay.url}/v1/replay/tr?after={never}&limit=50")
     got = events_of(page.body)
-    assert (got[0].event, got[0].id) == ("ssedge.reset", ids[9])
+    assert (got[0].event, got[0].id) == ("ssedge.reset", "0-0")
     assert [e.id for e in got[1:]] == ids[10:]
     page = get(f"{replay.url}/v1/replay/tr?after={ids[9]}&limit=50")
     assert [e.id for e in events_of(page.body)] == ids[10:]
