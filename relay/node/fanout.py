@@ -30,10 +30,12 @@ fan-out, a stream's task (``write``) or ``flush``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from relay.node.metrics import Metrics
 from relay.node.topics import Subscription, Topic
+from relay.protocol.deflate import Shared
 from relay.protocol.multi import MultiReader, Span
 from relay.protocol.ring import Ring
 from relay.web.http import Send
@@ -165,6 +167,10 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     sent = events = nbytes = 0
     spans: _Spans = {}
     flushing: list[Subscription] = []
+    shared = topic.shared
+    if shared is not None:  # compressed once here for every compressed client of the pass
+        shared.sync(ring, time.monotonic())
+        shared.trim(ring)
     for sub in parked:
         waiter = sub.waiter
         if waiter is None or waiter.done():
@@ -184,6 +190,12 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
                 nbytes += size
                 if len(sub.multi.outbox) == 1:  # the first of this read: flush it soon
                     flushing.append(sub)
+            continue
+        if sub.coding is not None and shared is not None:
+            size = _send_shared(sub, shared, ring, send_max, keep)
+            sent += size > 0
+            events += sub.cursor - cursor
+            nbytes += size
             continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
@@ -226,6 +238,37 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     if flushing:
         asyncio.get_running_loop().call_soon(flush, flushing, metrics, send_max)
     return keep
+
+
+def _send_shared(sub: Subscription, shared: Shared, ring: Ring, send_max: int,
+                 keep: list[Subscription]) -> int:
+    """A parked compressed connection: the topic's shared bytes when it is on them (or joins
+    them here, at an epoch start), else its task sends its own (``relay.node.shared``). The
+    bytes sent, or 0."""
+    send = sub.send
+    assert sub.coding is not None and send is not None
+    cursor = sub.cursor
+    taken = shared.take(sub.coding, ring, cursor, sub.last_id, send_max)
+    if taken is None or not taken[0] or len(taken[0]) > send_max:
+        sub.resume()  # its own bytes, nothing new, or more than a send: its task writes
+        return 0
+    body, end = taken
+    try:
+        result = send({"type": "http.response.body", "body": body, "more_body": True})
+    except Exception:  # noqa: BLE001  the task meets the same error, ends the stream
+        sub.coding.segment = None  # not sent: it may not go on with the shared bytes
+        sub.resume()
+        return 0
+    if end > cursor:
+        sub.cursor = end
+        sub.last_id = ring.id_at(end - 1)
+    if not done_at_once(result):
+        sub.resume(result)
+    elif end == ring.head:
+        keep.append(sub)
+    else:
+        sub.resume()
+    return len(body)
 
 
 def _pieces(ring: Ring, cursor: int, size: int) -> tuple[int, list[_Piece], int, bool]:
