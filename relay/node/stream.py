@@ -207,11 +207,11 @@ async def begin(relay: Relay, request: Request, send: Send, first: bytes,
 
 async def end(relay: Relay, send: Send, reason: str | None,
               coding: Coding | None = None) -> None:
-    """End a stream closed for ``reason``: cleanly, so the client reconnects with its
-    Last-Event-ID (a compressed stream ends its deflate stream). A drain asks it to come back
-    soon (to another node) rather than after the usual retry, and a relay that lost Redis (or
-    whose replica stayed behind) spreads its clients' returns like a refusal; a token's expiry asks for a quick return too: the page
-    renewed it when told (relay.node.renewal)."""
+    """End a stream closed for ``reason``: cleanly, so the client reconnects with its Last-Event-ID
+    (a compressed stream ends its deflate stream). A drain asks it to come back soon (to another
+    node) rather than after the usual retry, and a relay that lost Redis (or whose replica stayed
+    behind) spreads its clients' returns like a refusal; a token's expiry asks for a quick return
+    too: the page renewed it when told (relay.node.renewal)."""
     if reason == "disconnect":
         return
     settings = relay.settings
