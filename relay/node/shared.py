@@ -64,40 +64,17 @@ def last(sub: Subscription, plain: bytes) -> bytes:
 
 def next_chunk(sub: Subscription, send_max: int) -> tuple[bytes, int]:
     """What to send next from the ring and how many events (``Reader.next_chunk``): the
-    shared bytes when it may have them, else its own (up to where it may join them)."""
-    ring = sub.topic.ring
+    shared bytes when it may have them, else its own (``Shared.next_chunk``)."""
     coding, shared = sub.coding, sub.topic.shared
     if coding is None or shared is None:
-        return sub.next_chunk(ring, send_max)
-    cursor = sub.cursor
-    if sub.catch_up is None:
-        update(shared, sub.topic)
-        taken = shared.take(coding, ring, cursor, sub.last_id, send_max)
-        if taken is not None:
-            body, end = taken
-            if end > cursor:
-                sub.last_id = ring.id_at(end - 1)
-                sub.cursor = end
-            return body, end - cursor
-        stop = shared.next_epoch(cursor)
-        if stop is not None and ring.tail <= cursor < stop <= ring.head:
-            send_max = min(send_max, ring.lag_bytes(cursor) - ring.lag_bytes(stop))
-    chunk, count = sub.next_chunk(ring, send_max)
-    return (coding.own(chunk) if chunk else b""), count
-
-
-def update(shared: Shared, topic: Topic) -> None:
-    """Compress what the ring got since, and let go of what it dropped."""
-    shared.sync(topic.ring, time.monotonic())
-    shared.trim(topic.ring)
+        return sub.next_chunk(sub.topic.ring, send_max)
+    return shared.next_chunk(coding, sub, sub.topic.ring, send_max, time.monotonic())
 
 
 def beat(sub: Subscription, tick: int) -> bool:
     """A heartbeat for a client on the shared bytes: the topic's keep-alive, compressed once
     (sent by ``next_chunk``). False: the client sends its own."""
     shared = sub.topic.shared
-    if sub.coding is None or sub.coding.segment is None or shared is None:
+    if sub.coding is None or shared is None:
         return False
-    shared.heartbeat(sub.topic.ring, tick, time.monotonic())
-    shared.trim(sub.topic.ring)
-    return True
+    return shared.beat(sub.coding, sub.topic.ring, tick, time.monotonic())

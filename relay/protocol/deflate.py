@@ -36,6 +36,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from enum import Enum
 
+from relay.protocol.resume import Reader
 from relay.protocol.ring import Ring
 
 _MAX_STORED = 65535  # a stored block's LEN is 16 bits
@@ -261,6 +262,45 @@ class Shared:
             if coding.encoding is Encoding.GZIP:
                 body = GZIP_HEADER + body
         return body, end
+
+    def next_chunk(self, coding: Coding, reader: Reader, ring: Ring, max_bytes: int,
+                   now: float) -> tuple[bytes, int]:
+        """What a stream's task sends next from the ring, and how many events
+        (``Reader.next_chunk``): the shared bytes when it may have them, else its own, up to
+        the next epoch start, where it joins the shared ones."""
+        cursor = reader.cursor
+        if reader.catch_up is None:
+            self.sync(ring, now)
+            self.trim(ring)
+            taken = self.take(coding, ring, cursor, reader.last_id, max_bytes)
+            if taken is not None:
+                body, end = taken
+                if end > cursor:
+                    reader.last_id = ring.id_at(end - 1)
+                    reader.cursor = end
+                return body, end - cursor
+            stop = self.next_epoch(cursor)
+            if stop is not None and ring.tail <= cursor < stop <= ring.head:
+                max_bytes = min(max_bytes, ring.lag_bytes(cursor) - ring.lag_bytes(stop))
+        chunk, count = reader.next_chunk(ring, max_bytes)
+        return (coding.own(chunk) if chunk else b""), count
+
+    def beat(self, coding: Coding, ring: Ring, tick: int, now: float) -> bool:
+        """A heartbeat: for a client on the shared bytes, the topic's keep-alive compressed
+        once (``next_chunk`` sends it); False for one on its own (it sends its own)."""
+        if coding.segment is None:
+            return False
+        self.heartbeat(ring, tick, now)
+        self.trim(ring)
+        return True
+
+    def plain(self, ring: Ring, first: int, stop: int) -> bytes:
+        """What segments ``first`` to ``stop`` (held) decode to; for tests."""
+        out = []
+        for i in range(first - self._base, stop - self._base):
+            start, end = self.starts[i], self.ends[i]
+            out.append(self.heartbeat_frame if start == end else b"".join(ring.frames(start, end)))
+        return b"".join(out)
 
     def span(self, segment: int, max_bytes: int) -> tuple[bytes, int, int]:
         """Segments from ``segment`` (held) joined up to ``max_bytes`` (at least one), the
