@@ -87,12 +87,12 @@ def test_a_client_joins_the_shared_bytes_at_an_epoch_and_shares_them() -> None:
     a, b = Coding(Encoding.GZIP), Coding(Encoding.DEFLATE)
     a.own(b"")
     ring.extend([ids.parse("2-0")], frames[1:2])
-    body, count = shared.next_chunk(a, first, ring, 1 << 16, 1.0)
+    _, count = shared.next_chunk(a, first, ring, 1 << 16, 1.0)
     assert count == 1 and a.segment == shared.head
     late = Reader(ring.head, ring.last_id)  # mid-epoch: on its own until the next one
     b.own(b"")
     ring.extend([ids.parse("3-0")], frames[2:3])
-    shared_body, _ = shared.next_chunk(a, first, ring, 1 << 16, 11.0)  # ends the epoch
+    shared.next_chunk(a, first, ring, 1 << 16, 11.0)  # ends the epoch
     own_body, _ = shared.next_chunk(b, late, ring, 1 << 16, 11.0)
     assert own_body == stored(frames[2]) and b.segment is None
     ring.extend([ids.parse("4-0")], frames[3:4])
