@@ -194,6 +194,7 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
         if sub.coding is not None and shared is not None:
             size = _send_shared(sub, shared, ring, send_max, keep)
             sent += size > 0
+            metrics.shared_sends += size > 0
             events += sub.cursor - cursor
             nbytes += size
             continue

@@ -131,6 +131,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     hub.subscribe(topic, sub)
     if sub.coding is not None:
         shared.attach(settings, topic)
+        relay.metrics.compressed_streams += 1
     if wait_for_replica:
         relay.replica_waits.add(sub, plan.last_id, time.monotonic())
     # the client's position at once: one that drops before any event (a quiet topic)
