@@ -7,9 +7,13 @@ boundary and a decoder that has every segment before it turns it into exactly it
 once (a browser dispatches the events as they arrive).
 
 A client may only be sent the shared segments in order, from a point where the bytes before
-do not matter to them. That point is an *epoch* start: every so often (``epoch_bytes`` of
-frames or ``epoch_s``, whichever comes first) a segment ends with a full flush instead, and
-what the compressor writes after it refers to nothing before it.
+do not matter to them. That point is an *epoch* start: a segment ends with a full flush
+instead, and what the compressor writes after it refers to nothing before it. A full flush
+costs ratio (the next bytes start with no history: 3.9x instead of 4.4x for 5 s epochs of a
+ticker feed at 10 events/s), so epochs end only while a client waits to join (one on its own
+asked for the shared bytes since the last epoch), once the epoch is ``epoch_s`` old or has
+``epoch_bytes`` of frames: no client waits longer than that, and a topic whose clients are
+all on the shared bytes keeps its compressor's history for ever.
 
 Each client has its own ``Coding``: the gzip header it needs (or none for raw ``deflate``), and
 whether it is on the shared stream (the next segment it gets) or on its own. On its own, every
@@ -153,6 +157,7 @@ class Shared:
         self.epochs: dict[int, int] = {}
         self._epoch_plain = 0
         self._epoch_began = now
+        self.waiting = False  # a client on its own asked for the shared bytes this epoch
         self.nbytes = 0  # compressed bytes held
         self.plain_in = 0  # counters: frames compressed, and what they came to
         self.bytes_out = 0
@@ -191,8 +196,8 @@ class Shared:
     def _append(self, plain: bytes, start: int, end: int, now: float) -> None:
         z = self._z
         self._epoch_plain += len(plain)
-        ends_epoch = (self._epoch_plain >= self.epoch_bytes
-                      or now - self._epoch_began >= self.epoch_s)
+        ends_epoch = self.waiting and (self._epoch_plain >= self.epoch_bytes
+                                       or now - self._epoch_began >= self.epoch_s)
         body = z.compress(plain) + z.flush(zlib.Z_FULL_FLUSH if ends_epoch else zlib.Z_SYNC_FLUSH)
         self._segments.append(body)
         self.starts.append(start)
@@ -205,6 +210,7 @@ class Shared:
         if ends_epoch:
             self._epoch_plain, self._epoch_began = 0, now
             self.epochs[end] = self.head
+            self.waiting = False
         self._memo.clear()
 
     def trim(self, ring: Ring) -> None:
@@ -280,7 +286,9 @@ class Shared:
                     reader.cursor = end
                 return body, end - cursor
             stop = self.next_epoch(cursor)
-            if stop is not None and ring.tail <= cursor < stop <= ring.head:
+            if stop is None:
+                self.waiting = True  # the next epoch comes for it
+            elif ring.tail <= cursor < stop <= ring.head:
                 max_bytes = min(max_bytes, ring.lag_bytes(cursor) - ring.lag_bytes(stop))
         chunk, count = reader.next_chunk(ring, max_bytes)
         return (coding.own(chunk) if chunk else b""), count

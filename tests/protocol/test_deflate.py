@@ -91,10 +91,13 @@ def test_a_client_joins_the_shared_bytes_at_an_epoch_and_shares_them() -> None:
     assert count == 1 and a.segment == shared.head
     late = Reader(ring.head, ring.last_id)  # mid-epoch: on its own until the next one
     b.own(b"")
+    assert shared.next_chunk(b, late, ring, 1 << 16, 1.0) == (b"", 0)
+    assert shared.waiting  # it asked: the next wake-up after epoch_s ends the epoch
     ring.extend([ids.parse("3-0")], frames[2:3])
     shared.next_chunk(a, first, ring, 1 << 16, 11.0)  # ends the epoch
     own_body, _ = shared.next_chunk(b, late, ring, 1 << 16, 11.0)
     assert own_body == stored(frames[2]) and b.segment is None
+    assert not shared.waiting
     ring.extend([ids.parse("4-0")], frames[3:4])
     one, _ = shared.next_chunk(a, first, ring, 1 << 16, 12.0)
     two, _ = shared.next_chunk(b, late, ring, 1 << 16, 12.0)
