@@ -47,7 +47,7 @@ bench: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.fanout --profile
 
 bench/sseload: bench/sseload.c
-	$(CC) -O2 -Wall -Wextra -o $@ $<
+	$(CC) -O2 -Wall -Wextra -o $@ $< -lz
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system

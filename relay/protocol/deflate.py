@@ -163,6 +163,7 @@ class Shared:
         self.bytes_out = 0
         self.beats = 0  # the last heartbeat tick compressed
         self.clients = 0  # compressed streams reading it (kept by their relay)
+        self.epochs_ended = 0  # full flushes: what clients waiting to join cost the ratio
         self._memo: dict[tuple[int, int], tuple[bytes, int, int]] = {}
 
     # -- what the feed's side does -------------------------------------------------------
@@ -211,6 +212,7 @@ class Shared:
             self._epoch_plain, self._epoch_began = 0, now
             self.epochs[end] = self.head
             self.waiting = False
+            self.epochs_ended += 1
         self._memo.clear()
 
     def trim(self, ring: Ring) -> None:
