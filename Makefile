@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
 	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics bench-stuck \
+	bench-compression \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -48,6 +49,13 @@ bench: venv system bench-system bench/sseload
 
 bench/sseload: bench/sseload.c
 	$(CC) -O2 -Wall -Wextra -o $@ $< -lz
+
+# Shared compression: one topic of price ticks to 1,000 streams at 10 and 100 events/s through
+# the edge, uncompressed vs compressed once per topic by the relay vs HAProxy's per-connection
+# compression; bytes, CPU and p99 per delivery (about 5 minutes; writes
+# docs/results/compression.md)
+bench-compression: venv system bench-system bench/sseload
+	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system

@@ -41,6 +41,7 @@ from bench.peers import TOKEN, BenchRedis, machine, tree, version_of
 from relay.harness.edge import Edge
 from relay.harness.servers import Relay, metrics
 from relay.protocol.ticker import Feed
+from relay.web import client
 
 Row = dict[str, Any]
 MODES = ("plain", "shared", "haproxy")
@@ -105,10 +106,25 @@ class Setup:
                 config.write_text(text.replace("    option http-no-delay\n", HAPROXY_COMPRESSION))
                 assert self.edge.process is not None
                 os.kill(self.edge.process.pid, signal.SIGUSR2)  # reload: a new worker
-                time.sleep(2)
+                self._until_compressed(self.edge.url)
         except BaseException:
             self.stop()
             raise
+
+    @staticmethod
+    def _until_compressed(url: str) -> None:
+        """Wait until the reloaded HAProxy answers a stream gzip-compressed."""
+        async def encoding() -> str | None:
+            es = await client.stream(f"{url}/v1/streams/probe/events", compressed=True)
+            es.close()
+            return es.response.headers.get("content-encoding")
+
+        deadline = time.monotonic() + 20
+        while asyncio.run(encoding()) != "gzip":
+            if time.monotonic() > deadline:
+                raise RuntimeError("HAProxy does not compress after its reload")
+            time.sleep(0.5)
+        time.sleep(1)  # the old worker's probes gone
 
     def relay_pids(self) -> list[int]:
         assert self.relay is not None
