@@ -55,7 +55,7 @@ bench/sseload: bench/sseload.c
 # compression; bytes, CPU and p99 per delivery (about 5 minutes; writes
 # docs/results/compression.md)
 bench-compression: venv system bench-system bench/sseload
-	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100
+	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100 --rx-at-wake
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system

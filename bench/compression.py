@@ -151,10 +151,15 @@ def bench(mode: str, n: int, rate: int, args: argparse.Namespace, directory: Pat
         assert setup.edge is not None
         if mode != "plain":
             os.environ["SSELOAD_ACCEPT_ENCODING"] = "gzip"
+        if args.rx_at_wake:
+            os.environ["SSELOAD_RX_AT_WAKE"] = "1"
         try:
-            client = LoadClient(setup.edge.port, f"/v1/streams/{topic}/events", n)
+            assert setup.relay is not None
+            port = setup.relay.port if args.direct else setup.edge.port
+            client = LoadClient(port, f"/v1/streams/{topic}/events", n)
         finally:
             os.environ.pop("SSELOAD_ACCEPT_ENCODING", None)
+            os.environ.pop("SSELOAD_RX_AT_WAKE", None)
         ready = client.expect("ready", 180)
         # a warm-up run (its events are not counted): every stream reaches its topic's shared
         # bytes at the first epoch, the feed and the pools warm up
@@ -241,7 +246,13 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
         f"counted; zlib level {args.level}, epochs {args.epoch_s:g} s. Bytes are what came over",
         "the wire per delivery (HTTP/1.1 chunked framing included); CPU is the relay's and",
         "HAProxy's (user + system, loopback: the sender's system time also pays the receiver's",
-        "TCP path); one run each, on 2 cores shared with the client and Redis.",
+        "TCP path); one run each, on 2 cores shared with the client and Redis"
+        + " (and with other work on this machine).",
+        "Latency is publish to receipt"
+        + (", the receipt timed when the client's epoll_wait returned the stream's readiness"
+           " (SSELOAD_RX_AT_WAKE: not after this one thread inflated the streams before it;"
+           " a browser inflates its one stream)." if args.rx_at_wake else
+           ", the receipt timed at the client's read."),
         "",
         table(rows),
         "",
@@ -267,6 +278,10 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=6)
     parser.add_argument("--epoch-s", type=float, default=5.0)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--rx-at-wake", action="store_true",
+                        help="time receipts at the client's wake-up (SSELOAD_RX_AT_WAKE)")
+    parser.add_argument("--direct", action="store_true",
+                        help="streams straight to the relay (HAProxy idle): the relay alone")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).resolve().parents[1] / "docs" / "results"
                         / "compression.md")
