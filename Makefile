@@ -10,6 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
 	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics bench-stuck \
 	bench-hostile \
+	bench-compression \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -48,7 +49,14 @@ bench: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.fanout --profile
 
 bench/sseload: bench/sseload.c
-	$(CC) -O2 -Wall -Wextra -o $@ $<
+	$(CC) -O2 -Wall -Wextra -o $@ $< -lz
+
+# Shared compression: one topic of price ticks to 1,000 streams at 10 and 100 events/s through
+# the edge, uncompressed vs compressed once per topic by the relay vs HAProxy's per-connection
+# compression; bytes, CPU and p99 per delivery (about 5 minutes; writes
+# docs/results/compression.md)
+bench-compression: venv system bench-system bench/sseload
+	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100 --rx-at-wake
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system
@@ -151,6 +159,13 @@ system:
 
 # nginx with Nchan, the C peer of `make bench`; installed like `system`
 bench-system:
+	@test -f /usr/include/zlib.h || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      zlib1g-dev >/dev/null; \
+	  else \
+	    echo "missing: zlib headers for bench/sseload (sudo apt-get install zlib1g-dev)"; exit 1; \
+	  fi; }
 	@test -f /usr/lib/nginx/modules/ngx_nchan_module.so || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing nginx libnginx-mod-nchan with apt-get"; \

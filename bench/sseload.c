@@ -21,6 +21,15 @@
  *     redis  XADD TARGET MAXLEN ~ 100000 * d DATA, pipelined per tick (TARGET is the key)
  *     post   one POST TARGET per event, pipelined per tick (Nchan's publisher: one message each)
  *     lines  one POST TARGET per tick, events separated by "\n" (the sse-starlette peer)
+ *
+ * SSELOAD_ACCEPT_ENCODING=gzip (or deflate, or "gzip, deflate"): the streams ask for it, and
+ * a stream answered `Content-Encoding: gzip` or `deflate` (raw deflate, as ssedge sends it) is
+ * inflated as it arrives (zlib, one inflater per stream); `bytes` in the report stays what
+ * came over the wire, `inflate_errors` counts streams whose bytes did not decode.
+ * SSELOAD_RX_AT_WAKE=1: an event's receipt is timed when epoll_wait returned its stream's
+ * readiness, not when this one thread got round to reading it: the latency then leaves out
+ * the client's own work on the streams read before it in the same wake-up (a browser inflates
+ * its one stream; this client inflates a thousand, one after another).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -38,6 +47,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 static double now_s(void) {
     struct timespec ts;
@@ -119,6 +129,7 @@ struct conn {
     uint8_t done;              /* saw everything up to end_last (several topics) */
     uint8_t topics[MAX_PER];   /* several topics: the topics it follows ... */
     int64_t tnext[MAX_PER];    /* ... and the next sequence number of each */
+    z_stream *z;               /* a compressed stream's inflater */
 };
 
 static struct conn *conns;
@@ -134,8 +145,12 @@ static int64_t run = -1;      /* the run being counted */
 static int64_t end_last = -1; /* waiting for every stream to see this sequence number */
 static int64_t done_count;    /* streams that saw end_last */
 static uint64_t events, stale, bytes_in, recvs, bad_status, closed, connect_failures;
+static uint64_t inflate_errors, compressed_streams;
+static const char *accept_encoding; /* SSELOAD_ACCEPT_ENCODING */
 static double t_start, t_first, t_last, cpu_start;
 static int64_t rx_us; /* wall clock at the current recv */
+static int rx_at_wake;  /* SSELOAD_RX_AT_WAKE */
+static int64_t wake_us; /* wall clock when epoll_wait returned */
 
 static void multi_seq(struct conn *c, int64_t seq);
 
@@ -240,8 +255,29 @@ static void feed_lines(struct conn *c, const char *p, size_t n) {
     }
 }
 
+static char zbuf[1 << 18];
+
+/* the body's bytes as they came: inflated first when the stream is compressed */
+static void feed_decoded(struct conn *c, const char *p, size_t n) {
+    z_stream *z = c->z;
+    if (!z) { feed_lines(c, p, n); return; }
+    if (z->opaque) return; /* broke earlier */
+    z->next_in = (Bytef *)p;
+    z->avail_in = (uInt)n;
+    for (;;) {
+        z->next_out = (Bytef *)zbuf;
+        z->avail_out = sizeof zbuf;
+        int r = inflate(z, Z_SYNC_FLUSH);
+        size_t out = sizeof zbuf - z->avail_out;
+        if (out) feed_lines(c, zbuf, out);
+        if (r == Z_STREAM_END) return;
+        if (r != Z_OK && r != Z_BUF_ERROR) { inflate_errors++; z->opaque = (voidpf)1; return; }
+        if (z->avail_in == 0 && z->avail_out != 0) return;
+    }
+}
+
 static void feed_body(struct conn *c, const char *p, size_t n) {
-    if (!c->chunked) { feed_lines(c, p, n); return; }
+    if (!c->chunked) { feed_decoded(c, p, n); return; }
     while (n) {
         switch (c->cstate) {
         case CH_SIZE: {
@@ -261,7 +297,7 @@ static void feed_body(struct conn *c, const char *p, size_t n) {
         }
         case CH_DATA: {
             size_t take = n < c->chunk_left ? n : c->chunk_left;
-            feed_lines(c, p, take);
+            feed_decoded(c, p, take);
             p += take; n -= take; c->chunk_left -= (uint32_t)take;
             if (!c->chunk_left) c->cstate = CH_CR;
             break;
@@ -298,6 +334,7 @@ static void start_connect(struct conn *c) {
 static void close_conn(struct conn *c, int retry) {
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    if (c->z) { inflateEnd(c->z); free(c->z); c->z = NULL; }
     int was_connecting = c->state == CONNECTING || c->state == HEAD;
     if (was_connecting) connecting--;
     if (was_connecting && retry && c->retries < 20) { /* refused or reset during a storm */
@@ -333,6 +370,12 @@ static void on_head(struct conn *c, char *buf, size_t n) {
         return;
     }
     c->chunked = strcasestr(c->head, "transfer-encoding: chunked") != NULL;
+    int gz = strcasestr(c->head, "content-encoding: gzip") != NULL;
+    if (gz || strcasestr(c->head, "content-encoding: deflate")) {
+        c->z = calloc(1, sizeof *c->z);
+        if (!c->z || inflateInit2(c->z, gz ? 31 : -15) != Z_OK) die("inflateInit2");
+        compressed_streams++;
+    }
     c->state = BODY;
     connecting--;
     heads++;
@@ -384,7 +427,7 @@ static void on_event(struct conn *c, uint32_t events_mask) {
         bytes_in += (uint64_t)n;
         if (c->state == HEAD) { on_head(c, rbuf, (size_t)n); }
         else {
-            rx_us = wall_us();
+            rx_us = rx_at_wake ? wake_us : wall_us();
             uint64_t before = events;
             feed_body(c, rbuf, (size_t)n);
             if (events != before) {
@@ -427,11 +470,13 @@ static void report(int64_t last) {
            "\"stale\": %lu, \"complete_streams\": %lu, \"live\": %lu, \"closed\": %lu, "
            "\"first_s\": %.4f, \"last_s\": %.4f, \"deliveries_per_s\": %.0f, "
            "\"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
-           "\"max_ms\": %.3f, \"bytes\": %lu, \"reads\": %lu, \"cpu_s\": %.3f}\n",
+           "\"max_ms\": %.3f, \"bytes\": %lu, \"reads\": %lu, \"cpu_s\": %.3f, "
+           "\"compressed_streams\": %lu, \"inflate_errors\": %lu}\n",
            events, expected, lost, dup, stale, complete, live,
            closed, t_first ? t_first - t_start : -1, t_last ? t_last - t_start : -1,
            span > 0 ? events / span : 0, quantile_ms(0.5), quantile_ms(0.9), quantile_ms(0.99),
-           quantile_ms(0.999), quantile_ms(1.0), bytes_in, recvs, cpu_s() - cpu_start);
+           quantile_ms(0.999), quantile_ms(1.0), bytes_in, recvs, cpu_s() - cpu_start,
+           compressed_streams, inflate_errors);
     fflush(stdout);
 }
 
@@ -482,9 +527,13 @@ static int sub_main(int argc, char **argv) {
     inet_pton(AF_INET, argv[2], &addr.sin_addr);
     nconns = atoi(argv[5]);
     max_connecting = argc > 6 ? atoi(argv[6]) : 1000;
+    accept_encoding = getenv("SSELOAD_ACCEPT_ENCODING");
+    rx_at_wake = getenv("SSELOAD_RX_AT_WAKE") != NULL;
     request_len = snprintf(request, sizeof request,
                            "GET %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: text/event-stream\r\n"
-                           "Cache-Control: no-cache\r\n\r\n", argv[4], argv[2], argv[3]);
+                           "%s%s%sCache-Control: no-cache\r\n\r\n", argv[4], argv[2], argv[3],
+                           accept_encoding ? "Accept-Encoding: " : "",
+                           accept_encoding ? accept_encoding : "", accept_encoding ? "\r\n" : "");
     conns = calloc((size_t)nconns, sizeof *conns);
     req_host = argv[2], req_port = argv[3], req_path = argv[4];
     if (argc > 7) {
@@ -517,6 +566,7 @@ static int sub_main(int argc, char **argv) {
             ready_sent = 1;
         }
         int n = epoll_wait(ep, evs, 1024, 20);
+        if (rx_at_wake) wake_us = wall_us();
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
             if (c) { on_event(c, evs[i].events); continue; }

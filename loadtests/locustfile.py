@@ -38,7 +38,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadtests import hostile
 from loadtests.scenarios import tags_of
 from loadtests.sse import TALLIES, SSEUser, tls_context
-from relay.protocol import tally
+from relay.protocol import tally, ticker
 
 log = logging.getLogger("ssedge.load")
 
@@ -65,6 +65,9 @@ def _options(parser: Any) -> None:
     add("--ssedge-prefix", default="load", help="topic name prefix")
     add("--ssedge-rate", type=float, default=10.0, help="events per second per topic")
     add("--ssedge-payload", type=int, default=128, help="padding bytes per event")
+    add("--ssedge-payload-shape", default="pad", choices=("pad", "ticker"),
+        help="what follows each event's load fields: padding, or a price tick's JSON "
+             "(relay/protocol/ticker.py: compresses as a real feed does)")
     add("--ssedge-topics", type=int, default=20, help="topics in many-topics and edge-cache")
     add("--ssedge-storm-every", type=float, default=15.0, help="seconds between storms")
     add("--ssedge-storm-share", type=float, default=0.9, help="share of readers a storm drops")
@@ -100,6 +103,17 @@ def _options(parser: Any) -> None:
     add("--ssedge-hostile-rate", type=float, default=200.0,
         help="hostile: the hostile source's requests per second (of every kind)")
     add("--ssedge-summary", default="", help="write the verdict as JSON to this file")
+
+
+_TICKER: list[ticker.Feed] = []
+
+
+def _ticker() -> ticker.Feed:
+    """One price feed per process: its ticks go after the load fields (tally.parse ignores
+    what follows them)."""
+    if not _TICKER:
+        _TICKER.append(ticker.Feed(seed=os.getpid()))
+    return _TICKER[0]
 
 
 def _opt(environment: Environment, name: str) -> Any:
@@ -282,6 +296,7 @@ class PublisherUser(FastHttpUser):
 
     def publish(self, topic: str, count: int, *, last: bool = False) -> None:
         pad = int(_opt(self.environment, "payload"))
+        ticks = _ticker() if _opt(self.environment, "payload_shape") == "ticker" else None
         while count > 0:
             n = min(count, self.batch_limit)
             count -= n
@@ -289,7 +304,9 @@ class PublisherUser(FastHttpUser):
             self.seq[topic] += n
             now = time.time()
             body = [{"data": tally.encode(now, self.name, s, self.retired[topic],
-                                          last and s == first + n - 1, pad)}
+                                          last and s == first + n - 1,
+                                          0 if ticks else pad) + (ticks.json().decode()
+                                                                  if ticks else "")}
                     for s in range(first, first + n)]
             if self.send(f"/v1/streams/{topic}/events", body):
                 PUBLISHED[0] += n

@@ -86,6 +86,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Most bytes of pending frames joined into one send."""
     client_queue_bytes: Annotated[int, Meta(ge=16 * 1024, le=64 * 1024 * 1024)] = 48 * 1024
     """Bytes of sends the relay holds for a client that does not read (sends: 1/8 of it)."""
+    compression: Annotated[str, Meta(pattern=r"^(off|(gzip|deflate)(,(gzip|deflate))*)$")] = (
+        "gzip,deflate")
+    """Encodings a one-topic stream may be sent with (``off``: none): each topic's stream is
+    compressed once and the same bytes go to every up-to-date client (docs/ARCHITECTURE.md)."""
+    compression_level: Annotated[int, Meta(ge=1, le=9)] = 6
+    """zlib level of each topic's shared compressor."""
+    compression_epoch_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024
+    """Bytes of frames after which a topic's compressor starts afresh: where a client that
+    joins (or left the shared bytes) gets them again; until then it is sent its own, stored."""
+    compression_epoch_s: Seconds = 5.0
+    """The same bound in time: an epoch ends at the first wake-up (or heartbeat) after it."""
     topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     """How long a topic stays watched after its last client left (reconnects find it warm)."""
     max_topics: Positive = 10_000

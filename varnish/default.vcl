@@ -260,6 +260,7 @@ sub vcl_backend_response {
     }
     if (bereq.url ~ "^/v1/replay/") {
         call ssedge_replay_response;
+        call ssedge_replay_gzip;
     }
     if (bereq.url ~ "^/v1/(handshake|streams/[^/]+)(\?|$)") {
         call ssedge_json_response;
@@ -326,6 +327,16 @@ sub ssedge_replay_response {
     if (beresp.http.Cache-Control !~ "immutable") {
         set beresp.grace = 0s;
         set beresp.keep = 0s;
+    }
+}
+
+sub ssedge_replay_gzip {
+    # a replay page is stored gzipped (pages of a public feed compress 4-10x): a browser or
+    # relay that accepts gzip is served the stored bytes, any other gets them gunzipped on
+    # delivery (http_gzip_support). Streams are never gzipped here (ssedge_stream_response):
+    # the relays compress them, once per topic.
+    if (beresp.status == 200 && !beresp.http.Content-Encoding) {
+        set beresp.do_gzip = true;
     }
 }
 

@@ -30,10 +30,12 @@ fan-out, a stream's task (``write``) or ``flush``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from relay.node.metrics import Metrics
 from relay.node.topics import Subscription, Topic
+from relay.protocol.deflate import Shared
 from relay.protocol.multi import MultiReader, Span
 from relay.protocol.ring import Ring
 from relay.web.http import Send
@@ -58,6 +60,9 @@ _Chunks = dict[int, tuple[int, list[_Piece], int, bool]]
 # per call of _send: a cursor of a stream on several topics -> its frames cut for re-framing,
 # or None when there is more than one send's worth (or it is gone from the ring)
 _Spans = dict[int, Span | None]
+# per call of _send: a compressed connection's next shared segment -> the send of the shared
+# bytes from there: (message, cursor before, cursor after, segment after, first id, last id)
+_Shared = dict[int | None, tuple[dict[str, Any], int, int, int, int, int]]
 
 
 def send_bytes(client_queue_bytes: int, send_max_bytes: int) -> int:
@@ -165,6 +170,11 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     sent = events = nbytes = 0
     spans: _Spans = {}
     flushing: list[Subscription] = []
+    shared = topic.shared
+    same: _Shared = {}
+    if shared is not None:  # compressed once here for every compressed client of the pass
+        shared.sync(ring, time.monotonic())
+        shared.trim(ring)
     for sub in parked:
         waiter = sub.waiter
         if waiter is None or waiter.done():
@@ -184,6 +194,13 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
                 nbytes += size
                 if len(sub.multi.outbox) == 1:  # the first of this read: flush it soon
                     flushing.append(sub)
+            continue
+        if sub.coding is not None and shared is not None:
+            size = _send_shared(sub, shared, ring, send_max, keep, same)
+            sent += size > 0
+            metrics.shared_sends += size > 0
+            events += sub.cursor - cursor
+            nbytes += size
             continue
         chunk = chunks.get(cursor)
         if chunk is None or chunk[0] != head:
@@ -226,6 +243,53 @@ def _send(topic: Topic, parked: list[Subscription], metrics: Metrics, send_max: 
     if flushing:
         asyncio.get_running_loop().call_soon(flush, flushing, metrics, send_max)
     return keep
+
+
+def _send_shared(sub: Subscription, shared: Shared, ring: Ring, send_max: int,
+                 keep: list[Subscription], same: _Shared) -> int:
+    """A parked compressed connection: the topic's shared bytes when it is on them (or joins
+    them here, at an epoch start), else its task sends its own (``relay.node.shared``). The
+    bytes sent, or 0. Connections at the same segment and position get the same message,
+    worked out once per pass (``same``)."""
+    send, coding = sub.send, sub.coding
+    assert coding is not None and send is not None
+    cursor = sub.cursor
+    hit = same.get(coding.segment)
+    if hit is not None and hit[1] == cursor and sub.last_id < hit[4]:
+        message, _, end, segment, _, last_id = hit  # (every stream sent its header first)
+    else:
+        before = coding.segment
+        taken = shared.take(coding, ring, cursor, sub.last_id, send_max)
+        if taken is None or not taken[0] or len(taken[0]) > send_max:
+            sub.resume()  # its own bytes, nothing new, or more than a send: its task writes
+            return 0
+        body, end = taken
+        if end == cursor:  # keep-alives only
+            end, last_id = cursor, sub.last_id
+        else:
+            last_id = ring.id_at(end - 1)
+        after = coding.segment
+        assert after is not None  # on the shared bytes: take set it
+        segment = after
+        message = {"type": "http.response.body", "body": body, "more_body": True}
+        if before is not None and end > cursor:
+            same[before] = (message, cursor, end, segment, ring.id_at(cursor), last_id)
+    try:
+        result = send(message)
+    except Exception:  # noqa: BLE001  the task meets the same error, ends the stream
+        coding.segment = None  # not sent: it may not go on with the shared bytes
+        sub.resume()
+        return 0
+    coding.segment = segment
+    sub.cursor = end
+    sub.last_id = last_id
+    if not done_at_once(result):
+        sub.resume(result)
+    elif end == ring.head:
+        keep.append(sub)
+    else:
+        sub.resume()
+    return len(message["body"])
 
 
 def _pieces(ring: Ring, cursor: int, size: int) -> tuple[int, list[_Piece], int, bool]:

@@ -34,6 +34,8 @@ class Metrics(ProcessMetrics):
         self.sends = 0  # writes to clients; events_out / sends is the coalescing factor
         self.parked_sends = 0  # of which made by the feed to parked connections (relay.fanout)
         self.bytes_out = 0
+        self.compressed_streams = 0  # one-topic streams sent compressed (relay.node.shared)
+        self.shared_sends = 0  # of the parked sends, a topic's shared compressed bytes
         self.backlog_drops = 0  # clients closed because they fell too far behind
         self.drained = 0  # streams closed by a drain (SIGTERM), told to come back soon
         # streams refused for a while (answered 200 + retry), by reason (relay.stream.refuse)
@@ -78,6 +80,10 @@ class Metrics(ProcessMetrics):
         counter("parked_sends_total", "Of those, made by the feed without waking the stream.",
                 self.parked_sends)
         counter("bytes_out_total", "Bytes of events written to clients.", self.bytes_out)
+        counter("compressed_streams_total", "Streams sent compressed (gzip or deflate).",
+                self.compressed_streams)
+        counter("shared_sends_total", "Parked sends of a topic's shared compressed bytes.",
+                self.shared_sends)
         counter("backlog_drops_total", "Clients closed for falling behind.", self.backlog_drops)
         counter("drained_total", "Streams closed by a drain, told to come back soon.",
                 self.drained)

@@ -97,6 +97,15 @@ class Relay:
                 lambda: sum(t.ring.nbytes for t in self.hub))
         m.gauge("ring_fill_ratio", "Fullest ring's events over its bound.",
                 lambda: max((len(t.ring) / settings.ring_events for t in self.hub), default=0))
+        m.gauge("compressors", "Topics compressed once for their compressed streams.",
+                lambda: sum(t.shared is not None for t in self.hub))
+        m.gauge("compressed_bytes", "Bytes of compressed segments held for them.",
+                lambda: sum(t.shared.nbytes for t in self.hub if t.shared is not None))
+        m.gauge("compression_ratio", "Frames over compressed bytes, all compressors now.",
+                lambda: sum(t.shared.plain_in for t in self.hub if t.shared is not None)
+                / max(1, sum(t.shared.bytes_out for t in self.hub if t.shared is not None)))
+        m.gauge("compression_epochs", "Epochs ended (full flushes) by the compressors now.",
+                lambda: sum(t.shared.epochs_ended for t in self.hub if t.shared is not None))
         m.gauge("subscribers", "Connections registered on a topic.",
                 lambda: self.hub.subscriber_count)
         m.gauge("tasks", "asyncio tasks alive in this process.",

@@ -26,10 +26,11 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from relay.backoff import jitter
-from relay.node import fanout, renewal
+from relay.node import fanout, renewal, shared
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
 from relay.protocol import ids, resume
+from relay.protocol.deflate import Coding
 from relay.protocol.wire import encode_comment, encode_position, encode_retry
 from relay.storage import replica
 from relay.storage import streams as store
@@ -41,6 +42,7 @@ STREAM_HEADERS = {
     "content-type": "text/event-stream",
     "cache-control": "private, no-store",  # one client's stream: no shared cache keeps it
     "x-accel-buffering": "no",
+    "vary": "accept-encoding",  # compressed when asked (relay.node.shared)
 }
 
 
@@ -126,18 +128,26 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     plan = resume.plan(topic.ring, after, earliest=start.earliest, backfill=start.backfill)
     sub = Subscription(topic, plan.cursor, asyncio.current_task(), plan.last_id)
     sub.catch_up = plan.catch_up()
+    sub.coding = shared.choose(settings, request)
     hub.subscribe(topic, sub)
+    if sub.coding is not None:
+        shared.attach(settings, topic)
+        relay.metrics.compressed_streams += 1
     if wait_for_replica:
         relay.replica_waits.add(sub, plan.last_id, time.monotonic())
     # the client's position at once: one that drops before any event (a quiet topic)
     # resumes from here, not from "now" again, and misses nothing published while away
     first_frames += plan.reset + encode_position(ids.format(plan.last_id))
-    with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp):
-        await begin(relay, request, send, first_frames, (sub,))
-        if sub.catch_up is not None:
-            relay.metrics.catchups += 1
-        await _follow(relay, sub, send)
-    await end(relay, send, sub.closed_because)
+    try:
+        with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp):
+            await begin(relay, request, send, first_frames, (sub,), sub.coding)
+            if sub.catch_up is not None:
+                relay.metrics.catchups += 1
+            await _follow(relay, sub, send)
+        await end(relay, send, sub.closed_because, sub.coding)
+    finally:
+        if sub.coding is not None:
+            shared.detach(topic)
 
 
 @contextlib.contextmanager
@@ -178,13 +188,18 @@ def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
 
 
 async def begin(relay: Relay, request: Request, send: Send, first: bytes,
-                subs: Iterable[Subscription]) -> None:
+                subs: Iterable[Subscription], coding: Coding | None = None) -> None:
     """The 200 event stream's head and first bytes: ``retry:`` (from then on the client is
     subscribed), then ``first`` (resets, a first id). A server whose sends complete at once
-    lets the feed send to ``subs`` while they are parked (``relay.node.fanout``)."""
-    await relay.responder.start(send, 200, STREAM_HEADERS)
-    sent = send({"type": "http.response.body",
-                 "body": encode_retry(relay.settings.retry_ms) + first, "more_body": True})
+    lets the feed send to ``subs`` while they are parked (``relay.node.fanout``). A stream
+    sent compressed (``coding``) says so; its first bytes are its own."""
+    headers = STREAM_HEADERS
+    body = encode_retry(relay.settings.retry_ms) + first
+    if coding is not None:
+        headers = {**headers, "content-encoding": coding.encoding.value}
+        body = coding.own(body)
+    await relay.responder.start(send, 200, headers)
+    sent = send({"type": "http.response.body", "body": body, "more_body": True})
     if fanout.done_at_once(sent):
         for sub in subs:
             sub.send = send
@@ -192,12 +207,13 @@ async def begin(relay: Relay, request: Request, send: Send, first: bytes,
     relay.metrics.first_byte_seconds.observe(time.monotonic() - request.started)
 
 
-async def end(relay: Relay, send: Send, reason: str | None) -> None:
-    """End a stream closed for ``reason``: cleanly, so the client reconnects with its
-    Last-Event-ID. A drain asks it to come back soon (to another node) rather than after the
-    usual retry, and a relay that lost Redis (or whose replica stayed behind) spreads its
-    clients' returns like a refusal; a token's expiry asks for a quick return too: the page
-    renewed it when told (relay.node.renewal)."""
+async def end(relay: Relay, send: Send, reason: str | None,
+              coding: Coding | None = None) -> None:
+    """End a stream closed for ``reason``: cleanly, so the client reconnects with its Last-Event-ID
+    (a compressed stream ends its deflate stream). A drain asks it to come back soon (to another
+    node) rather than after the usual retry, and a relay that lost Redis (or whose replica stayed
+    behind) spreads its clients' returns like a refusal; a token's expiry asks for a quick return
+    too: the page renewed it when told (relay.node.renewal)."""
     if reason == "disconnect":
         return
     settings = relay.settings
@@ -206,6 +222,8 @@ async def end(relay: Relay, send: Send, reason: str | None) -> None:
         last = encode_retry(settings.drain_retry_ms)
     elif reason in ("redis lost", "replica behind"):
         last = encode_retry(_spread(settings.refused_retry_ms))
+    if coding is not None:
+        last = coding.finish(last)
     with contextlib.suppress(Exception):  # the client may be gone too
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
@@ -365,6 +383,7 @@ async def _catch_up(relay: Relay, sub: Subscription, send: Send) -> None:
         metrics.resets += catch_up.resets - resets
         for chunk, count in pieces(frames, send_max):
             sub.sending = True
+            chunk = shared.own(sub, chunk)
             await fanout.write(send, chunk, send_max)
             sub.sending = False
             sub.sends += 1
@@ -396,7 +415,6 @@ def pieces(frames: list[bytes], size: int) -> Iterator[tuple[bytes, int]]:
 
 async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
     topic = sub.topic
-    ring = topic.ring
     hub = relay.hub
     metrics = relay.metrics
     send_max = relay.send_bytes
@@ -410,7 +428,7 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
         if sub.catch_up is not None:
             await _catch_up(relay, sub, send)
             continue
-        chunk, count = sub.next_chunk(ring, send_max)
+        chunk, count = shared.next_chunk(sub, send_max)
         if chunk:
             ticks = hub.ticks  # data is as good as a keep-alive
             await fanout.write(send, chunk, send_max)
@@ -421,10 +439,14 @@ async def _follow(relay: Relay, sub: Subscription, send: Send) -> None:
             metrics.resumes += 1  # fell behind the ring's tail: catch up in place
         elif sub.notice:  # between two frames of the ring, never inside one
             notice, sub.notice = sub.notice, b""
-            await send({"type": "http.response.body", "body": notice, "more_body": True})
+            await send({"type": "http.response.body", "body": shared.own(sub, notice),
+                        "more_body": True})
         elif ticks != hub.ticks:
             ticks = hub.ticks
-            await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            if shared.beat(sub, ticks):
+                continue  # the topic's keep-alive, in its shared bytes
+            await send({"type": "http.response.body", "body": shared.own(sub, KEEPALIVE),
+                        "more_body": True})
             metrics.heartbeats += 1
         else:
             await topic.park(sub)

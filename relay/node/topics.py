@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from relay.protocol.deflate import Coding, Shared
 from relay.protocol.multi import MultiReader
 from relay.protocol.resume import Reader
 from relay.protocol.ring import Ring
@@ -29,6 +30,7 @@ class Subscription(Reader):
     __slots__ = (
         "behind",
         "closed_because",
+        "coding",
         "multi",
         "notice",
         "pending",
@@ -59,6 +61,8 @@ class Subscription(Reader):
         self.notice = b""
         # on a stream of several topics (relay.node.multistream), what builds its frames' ids
         self.multi: MultiReader | None = None
+        # a compressed stream: its side of the topic's shared compression (relay.node.shared)
+        self.coding: Coding | None = None
 
     def resume(self, pending: Awaitable[None] | None = None) -> None:
         """Unpark: the task runs again, first awaiting ``pending`` (a send the client has not
@@ -92,6 +96,7 @@ class Topic:
         "priming",
         "read_from",
         "ring",
+        "shared",
         "subscribers",
     )
 
@@ -115,6 +120,9 @@ class Topic:
         # the highest id a client came with that this feed had not read yet (the stream had
         # it then): a stream that goes back below it leaves such clients waiting for nothing
         self.ahead = 0
+        # its stream compressed once for its compressed clients, while it has any
+        # (relay.node.shared)
+        self.shared: Shared | None = None
 
     def park(self, sub: Subscription) -> asyncio.Future[None]:
         """The future ``sub``'s task awaits until it is resumed."""

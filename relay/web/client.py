@@ -25,6 +25,7 @@ import contextlib
 import json
 import ssl
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -225,19 +226,23 @@ class EventStream:
     _body: _Body
     raw: bytearray = field(default_factory=bytearray)
     keep_raw: bool = False
+    # a stream sent compressed (``Content-Encoding`` gzip or deflate): decoded as it arrives;
+    # ``raw`` keeps the bytes as sent, ``wire_bytes`` counts them
+    inflate: Any = None
+    wire_bytes: int = 0
 
     async def __aiter__(self) -> AsyncIterator[Item]:
         while not self._body.done:
-            chunk = await self._body.read()
-            if self.keep_raw:
-                self.raw.extend(chunk)
-            for item in self.decoder.feed(chunk):
+            for item in await self.read_chunk():
                 yield item
 
     async def read_chunk(self) -> list[Item]:
         chunk = await self._body.read()
+        self.wire_bytes += len(chunk)
         if self.keep_raw:
             self.raw.extend(chunk)
+        if self.inflate is not None:
+            chunk = self.inflate.decompress(chunk)
         return self.decoder.feed(chunk)
 
     @property
@@ -257,10 +262,14 @@ class EventStream:
 async def stream(url: str, *, last_event_id: str | None = None,
                  headers: Mapping[str, str] | None = None, comments: bool = False,
                  keep_raw: bool = False, extra_fields: bool = False,
-                 max_data: int | None = None, error_body_max: int = 64 * 1024) -> EventStream:
+                 max_data: int | None = None, error_body_max: int = 64 * 1024,
+                 compressed: bool = False) -> EventStream:
     """Open an event stream (``status`` may be an error: then ``body`` holds the first
-    ``error_body_max`` bytes of the answer, and the connection is closed)."""
+    ``error_body_max`` bytes of the answer, and the connection is closed); ``compressed``
+    asks for it gzip or deflate compressed, and decodes it."""
     all_headers = {"Accept": "text/event-stream", **(headers or {})}
+    if compressed:
+        all_headers.setdefault("Accept-Encoding", "gzip, deflate")
     if last_event_id:
         all_headers["Last-Event-ID"] = last_event_id
     writer, response, body = await _open("GET", url, all_headers, None)
@@ -280,7 +289,14 @@ async def stream(url: str, *, last_event_id: str | None = None,
             response.body = b"".join(chunks)[:error_body_max]
         finally:
             writer.close()
+    wbits = _WBITS.get(response.headers.get("content-encoding", "").lower())
     return EventStream(response, Decoder(comments=comments, extra_fields=extra_fields,
                                          max_data=max_data, last_event_id=last_event_id or ""),
                        writer,
-                       body, keep_raw=keep_raw)
+                       body, keep_raw=keep_raw,
+                       inflate=None if wbits is None else zlib.decompressobj(wbits))
+
+
+# zlib's window bits for each Content-Encoding a stream may come in: gzip, and deflate as
+# ssedge sends it (a raw deflate stream, which browsers take as well as zlib's format)
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": -15}
