@@ -14,6 +14,7 @@ from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.replica import Waits
 from relay.node.topics import Hub, Subscription
+from relay import settings as settings_mod
 from relay.settings import Settings
 from relay.storage import clients, replica
 from relay.storage import streams as store
@@ -52,7 +53,8 @@ class Relay:
         self.settings = settings
         self.metrics = Metrics(settings.node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses,
-                                   settings.access_log)
+                                   settings.access_log,
+                                   settings_mod.proxy_networks(settings.trusted_proxies))
         # writes go to the primary; the feed, priming, metadata and history read ``redis.read``
         # (a replica when SSEDGE_REDIS_READ_URL names one), and every comparison of ids that
         # decides a client's fate (rule 2, verify) takes them from there
