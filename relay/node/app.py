@@ -20,13 +20,15 @@ from redis.exceptions import RedisError
 
 from relay import __version__, logs, prometheus, scrape
 from relay import settings as settings_mod
-from relay.node import multistream, stream
+from relay.node import admin, multistream, stream
 from relay.node.relay import Relay
 from relay.protocol import names
 from relay.settings import Settings
-from relay.storage import idempotency
+from relay.storage import idempotency, presence
 from relay.storage import streams as store
 from relay.web import auth, cookie, pages
+from relay.web.admin import PARTS as ADMIN_PARTS
+from relay.web.admin import AdminAuth
 from relay.web.errors import (
     MethodNotAllowed,
     NotFound,
@@ -93,6 +95,9 @@ class App:
         self.workers = scrape.Workers(self.relay.metrics)
         self.multi = multistream.MultiStreams(self.relay.metrics)
         self._stopping: asyncio.Task[None] | None = None
+        # the operator API (/v1/admin/), off without SSEDGE_ADMIN_TOKEN
+        self.admin = admin.Admin(self.relay, AdminAuth(settings.admin_token),
+                                 admin.drain_node(self.relay, handle_signals))
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -193,11 +198,14 @@ class App:
             # keeps its metadata here when no topic= is given)
             return await multistream.serve(self.relay, self.multi, self.auth, request,
                                            receive, send)
+        if parts[:2] == ADMIN_PARTS:
+            return await self.admin.route(request, receive, send)
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
             topic = parse_topic(parts[2])
             if len(parts) == 3:
                 _only(method, "GET, HEAD")
                 access = await self.auth.read_access(request, topic)
+                self.relay.orders.check(access.jti, access.subject)
                 return await self.metadata(request, topic, access, send)
             if parts[3] == "events":
                 if method == "POST":
@@ -208,8 +216,11 @@ class App:
                 except Unavailable as exc:  # the keys could not be had now (JWKS away)
                     return await stream.refuse(self.relay, send, "keys", exc.message,
                                               request)
+                # revoked: 403 for good (an EventSource closes), the revocation named
+                self.relay.orders.check(access.jti, access.subject)
                 return await stream.serve(self.relay, request, topic, receive, send,
-                                          expires=access.expires, token_exp=access.token_exp)
+                                          expires=access.expires, token_exp=access.token_exp,
+                                          identity=(access.jti, access.subject))
         if request.path == cookie.PATH:
             return await cookie.answer(request, self.auth, self.settings, self.relay.responder,
                                        send)
@@ -311,6 +322,9 @@ class App:
         s = self.settings
         try:
             info = await store.info(self.relay.redis.read, topic)
+            # streams open on it across the deployment (relay.storage.presence)
+            audience = await presence.of_topic(self.relay.redis.primary, topic,
+                                               self.relay.audience.ttl_ms)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
         first = last = None
@@ -329,6 +343,7 @@ class App:
             "retention": {"maxlen": s.retention_maxlen, "max_age_s": s.retention_max_age_s},
             "retry_ms": s.retry_ms,
             "heartbeat_s": s.heartbeat_s,
+            "audience": audience,
         }
         # a private topic's metadata is its readers' alone: no shared cache may keep it
         cache = "private, no-store" if access.private else (

@@ -7,14 +7,16 @@ import contextlib
 import logging
 import time
 
+from relay import settings as settings_mod
 from relay.node import fanout
+from relay.node.audience import Reporter
 from relay.node.feed import backends as feeds
 from relay.node.feed.base import FeedBase
 from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.replica import Waits
+from relay.node.revocation import Orders
 from relay.node.topics import Hub, Subscription
-from relay import settings as settings_mod
 from relay.settings import Settings
 from relay.storage import clients, replica
 from relay.storage import streams as store
@@ -77,6 +79,12 @@ class Relay:
             page_bytes=settings.replay_page_bytes,
             private=auth.Patterns.parse(settings.private_topics).match,
         )
+        # the operators' view and orders: this process's audience told to Redis, revoked
+        # tokens and the streams found by token (relay/node/audience.py, revocation.py)
+        self.audience = Reporter(self.hub, self.redis.primary, settings.node,
+                                 settings.audience_period_s, self.metrics)
+        self.orders = Orders(self.hub, self.redis.primary, settings.revocation_reload_s,
+                             self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
         self.refusals = Refusals()
@@ -125,6 +133,8 @@ class Relay:
             asyncio.ensure_future(self._guard("feed", self.feed.run())),
             asyncio.ensure_future(self._guard("heartbeat", self._heartbeat())),
             asyncio.ensure_future(self._guard("sweeper", self._sweep())),
+            asyncio.ensure_future(self._guard("audience", self.audience.run())),
+            asyncio.ensure_future(self._guard("orders", self.orders.run())),
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
@@ -233,6 +243,7 @@ class Relay:
         for task in self._tasks + passes:
             task.cancel()
         await asyncio.gather(*self._tasks, *passes, return_exceptions=True)
+        await self.audience.leave()
         await self.feed.close()
         await self.redis.aclose()
 

@@ -85,16 +85,16 @@ async def write(r: Client, member: str, counts: Mapping[str, int], *, full: bool
         if full and count == 0:
             continue
         args += (topic, count)
-    await r.eval(_WRITE, 2, process_key(member), PROCESSES, *args)  # type: ignore[misc]
+    await r.eval(_WRITE, 2, process_key(member), PROCESSES, *args)
 
 
 async def leave(r: Client, member: str) -> None:
     """A process that stops takes its counts away at once."""
-    await r.eval(_LEAVE, 2, process_key(member), PROCESSES, member)  # type: ignore[misc]
+    await r.eval(_LEAVE, 2, process_key(member), PROCESSES, member)
 
 
 async def live(r: Client, ttl_ms: int) -> list[str]:
-    reply = await r.eval(_LIVE, 1, PROCESSES, ttl_ms)  # type: ignore[misc]
+    reply = await r.eval(_LIVE, 1, PROCESSES, ttl_ms)
     return [m.decode() if isinstance(m, bytes) else str(m) for m in reply or []]
 
 

@@ -126,8 +126,10 @@ class Responder:
         await self.body(send, 204, b"", {**allowed, "cache-control": "public, max-age=86400"})
 
     async def error(self, send: Send, exc: HTTPError) -> None:
-        await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
-                        {"cache-control": "no-store", **exc.headers})
+        payload: dict[str, Any] = {"error": exc.code, "message": exc.message}
+        if isinstance(exc, errors.Revoked):
+            payload["revocation"] = exc.revocation
+        await self.json(send, exc.status, payload, {"cache-control": "no-store", **exc.headers})
 
 
 async def answer(responder: Responder, request: Request, send: Send,
