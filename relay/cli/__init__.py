@@ -429,6 +429,10 @@ def parser() -> argparse.ArgumentParser:
     add_drill_arguments(drill_p)
     drill_p.set_defaults(func=cmd_drill)
 
+    from relay.cli.admin import add_arguments as add_admin_arguments
+
+    add_admin_arguments(sub)  # top, revoke, disconnect, drain: the operator API
+
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)
     return p

@@ -192,7 +192,9 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return (not self.draining and self.stepped_out is None
+        # revocations are read before the first stream is taken (a revoked token must not
+        # slip in while a restarted relay has not read them yet)
+        return (not self.draining and self.stepped_out is None and self.orders.loaded
                 and all(not t.done() for t in self._tasks))
 
     def _watch_redis(self) -> None:
