@@ -56,6 +56,7 @@ class Reader:
         self.events: list[Event] = list(getattr(es, "early", []))
         self.ended_at: float | None = None
         self.task = asyncio.ensure_future(self._read())
+        _opened.append(self)
 
     async def _read(self) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
@@ -71,9 +72,25 @@ class Reader:
             await self.task
 
 
+_opened: list[Reader] = []
+
+
+async def close_all() -> None:
+    """Every stream a test opened, closed (ended ones too: their sockets)."""
+    while _opened:
+        await _opened.pop().close()
+
+
 async def open_reader(url: str, token: str | None = None) -> Reader:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return Reader(await subscribe(url, headers=headers))
+
+
+async def closing(work: Any) -> None:
+    try:
+        await work
+    finally:
+        await close_all()
 
 
 async def wait_for(check: Callable[[], Any], timeout: float, what: str) -> None:
@@ -150,7 +167,7 @@ def test_audience_is_exact_across_relays_as_clients_come_and_go(relays: list[Rel
         meta = await client.request("GET", f"{r1.url}/v1/streams/aud.a")
         assert meta.json()["audience"] == 0
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_a_relay_that_dies_leaves_the_count_within_a_few_periods(
@@ -171,7 +188,7 @@ def test_a_relay_that_dies_leaves_the_count_within_a_few_periods(
         for reader in readers:
             await reader.close()
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_revoked_tokens_end_on_every_relay_within_a_second_and_are_refused(
@@ -246,8 +263,8 @@ def test_revoked_tokens_end_on_every_relay_within_a_second_and_are_refused(
         # listed; kept in Redis: a relay started afterwards refuses the token from the start
         listed = (await call("GET", f"{r1.url}/v1/admin/revocations")).json()["revocations"]
         assert {r.get("jti") or r.get("sub") for r in listed} == {"t-alice-1", "alice"}
-        r3.stop()
-        r3.start()
+        await asyncio.to_thread(r3.stop)
+        await asyncio.to_thread(r3.start)
         es = await client.stream(stream_url(r3, topic),
                                  headers={"Authorization": f"Bearer {alice2}"})
         assert es.response.status == 403
@@ -265,7 +282,7 @@ def test_revoked_tokens_end_on_every_relay_within_a_second_and_are_refused(
         for reader in bobs:
             await reader.close()
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_disconnect_by_topic_and_by_subject_on_every_relay(relays: list[Relay]) -> None:
@@ -301,7 +318,7 @@ def test_disconnect_by_topic_and_by_subject_on_every_relay(relays: list[Relay]) 
         for reader in [other, again, back, *daves]:
             await reader.close()
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_the_operator_api_needs_its_credential_and_is_off_without_one(
@@ -329,7 +346,7 @@ def test_the_operator_api_needs_its_credential_and_is_off_without_one(
         assert (await call("GET", f"{on.url}/v1/admin/audience?limit=0")).status == 400
         assert (await call("GET", f"{on.url}/v1/admin/drain")).status == 405
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_drain_from_the_api_stops_the_node_as_sigterm_does(
@@ -346,7 +363,7 @@ def test_drain_from_the_api_stops_the_node_as_sigterm_does(
             await wait_for(lambda r=reader: r.ended_at is not None, 5, "the drained stream")
             assert reader.es.decoder.retry == 300  # asked to come back soon, elsewhere
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
     relay.process.wait(timeout=10)
 
 
@@ -385,7 +402,7 @@ def test_ssedge_top_revoke_disconnect_commands(relays: list[Relay], tmp_path: Pa
         for reader in readers:
             await reader.close()
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
 
 def test_access_log_names_the_client_a_trusted_proxy_forwards(
@@ -398,7 +415,7 @@ def test_access_log_names_the_client_a_trusted_proxy_forwards(
             await client.request("GET", f"{relay.url}/healthz",
                                  headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
 
-    asyncio.run(run())
+    asyncio.run(closing(run()))
 
     def last_client(relay: Relay) -> str:
         deadline = time.monotonic() + 5
