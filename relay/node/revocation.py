@@ -158,6 +158,7 @@ class Orders:
                 heads = list(topic.subscribers) if topic is not None else []
             else:
                 heads = self.identities.of("sub", order.value)
+            heads = [sub for sub in heads if sub.closed_because is None]
             for sub in heads:
                 sub.close(CLOSE_ORDERED)
             self.disconnected += len(heads)
@@ -167,12 +168,12 @@ class Orders:
     def end_revoked(self, revocation: Revocation) -> int:
         if revocation.until <= time.time():
             return 0
-        heads = self.identities.of(revocation.kind, revocation.value)
+        heads = [sub for sub in self.identities.of(revocation.kind, revocation.value)
+                 if sub.closed_because is None]
         notice = frame(revocation)
         for sub in heads:
-            if sub.closed_because is None:
-                sub.notice = notice  # the stream's last bytes (``stream.end``)
-                sub.close(CLOSE_REVOKED)
+            sub.notice = notice  # the stream's last bytes (``stream.end``)
+            sub.close(CLOSE_REVOKED)
         self.ended += len(heads)
         if heads:
             log.info("revoked %s %s: ended %d streams", revocation.kind, revocation.value,
