@@ -270,7 +270,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
         varnish_name=args.varnish_name, haproxy_socket=args.haproxy_socket,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
-        supervisor=args.supervisor,
+        supervisor=args.supervisor, audience_period_s=settings.audience_period_s,
         log_level=settings.log_level, log_format=settings.log_format,
     ))
 

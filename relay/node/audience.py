@@ -5,8 +5,9 @@ Each period the counts are read off the hub (one look at each topic: the streams
 a stream on several topics counting once in each) and only what changed is written, in one
 command; every ``_FULL_EVERY`` periods, and after a write that failed, the whole hash is
 written again (a Redis that restarted or expired the hash while away has it back at once).
-The hash expires ``_TTL_PERIODS`` periods after the last write: a process that died leaves its
-numbers for a few seconds at most. A process that stops removes them at once.
+The hash expires ``presence.TTL_PERIODS`` periods (and a second) after the last write: a
+process that died leaves its numbers for a few seconds at most. A process that stops
+removes them at once.
 
 Redis's cost per relay process: one command per period (0.5/s at 2 s), whatever its streams.
 """
@@ -28,12 +29,6 @@ from relay.storage.clients import Client
 log = logging.getLogger("ssedge.audience")
 
 _FULL_EVERY = 15
-_TTL_PERIODS = 3
-
-
-def ttl_ms(period_s: float) -> int:
-    """How long a process's counts stand after its last write (readers use the same)."""
-    return int(period_s * 1000 * _TTL_PERIODS) + 1000
 
 
 def counts(hub: Hub) -> dict[str, int]:
@@ -48,7 +43,7 @@ class Reporter:
         self.redis = redis
         self.member = f"{node}:{os.getpid()}"
         self.period_s = period_s
-        self.ttl_ms = ttl_ms(period_s)
+        self.ttl_ms = presence.ttl_ms(period_s)
         self._written: dict[str, int] = {}
         self._periods = 0
         self._full = True

@@ -65,6 +65,15 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], ms - tonumber(ARGV[1]), '+inf')
 """
 
 
+#: a process's counts stand this many periods (and a second) after its last write
+TTL_PERIODS = 3
+
+
+def ttl_ms(period_s: float) -> int:
+    """How long a process's counts stand after its last write (readers use the same)."""
+    return int(period_s * 1000 * TTL_PERIODS) + 1000
+
+
 def process_key(member: str) -> str:
     return PREFIX + member
 
