@@ -198,6 +198,8 @@ class Orders:
                     await self._listen()
                 except (RedisError, OSError) as exc:
                     log.debug("orders channel lost: %s", exc)
+                except Exception:  # a client's own trouble (a cluster's slots): try again
+                    log.exception("orders channel failed; subscribing again")
                 finally:
                     clients.still_wanted()
                 await asyncio.sleep(_RESUBSCRIBE_S)
@@ -207,9 +209,8 @@ class Orders:
                 await reloading
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
+        pubsub = await control.listen(self.redis)
         try:
-            await pubsub.subscribe(control.CHANNEL)
             # what was revoked while this process was not listening
             await self.reload()
             while True:
@@ -222,7 +223,7 @@ class Orders:
                     self.apply(order)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _reload_loop(self) -> None:
         while True:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 
 from relay.storage.clients import Client
 
@@ -115,6 +116,20 @@ async def revocations(r: Client) -> list[Revocation]:
     if stale:
         await r.hdel(REASONS, *stale)
     return out
+
+
+async def listen(r: Client) -> Any:
+    """A Pub/Sub connection subscribed to the channel. On a cluster, classic Pub/Sub reaches
+    every node: the one the channel's slot names is as good as any."""
+    if isinstance(r, RedisCluster):
+        await r.initialize()  # its slots, which the subscription is routed by
+    pubsub = r.pubsub()
+    try:
+        await pubsub.subscribe(CHANNEL)
+    except BaseException:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        raise
+    return pubsub
 
 
 async def disconnect(r: Client, kind: Literal["topic", "sub"], value: str) -> None:
