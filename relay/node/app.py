@@ -7,6 +7,7 @@ reading, while its RSGI stream transport buffers without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -322,11 +323,14 @@ class App:
         s = self.settings
         try:
             info = await store.info(self.relay.redis.read, topic)
-            # streams open on it across the deployment (relay.storage.presence)
-            audience = await presence.of_topic(self.relay.redis.primary, topic,
-                                               self.relay.audience.ttl_ms)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
+        # streams open on it across the deployment (relay.storage.presence), read from the
+        # primary: a relay reading a replica whose primary is away still answers, without it
+        audience: int | None = None
+        with contextlib.suppress(RedisError, OSError):
+            audience = await presence.of_topic(self.relay.redis.primary, topic,
+                                               self.relay.audience.ttl_ms)
         first = last = None
         length = 0
         if info is not None:
