@@ -217,6 +217,9 @@ async def end(relay: Relay, send: Send, reason: str | None, notice: bytes = b"")
         last = notice + encode_retry(settings.drain_retry_ms)
     elif reason in ("redis lost", "replica behind"):
         last = encode_retry(_spread(settings.refused_retry_ms))
+    elif reason == revocation.CLOSE_ORDERED:
+        # a whole topic told to go at once must not come back at once
+        last = encode_retry(_spread(settings.retry_ms))
     with contextlib.suppress(Exception):  # the client may be gone too
         await send({"type": "http.response.body", "body": last, "more_body": False})
 
