@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 import pytest
 
-from relay.harness.servers import Relay, publish
+from relay.harness.servers import RedisServer, Relay, publish
 from relay.protocol.wire import Event
 from relay.web import client
 from relay.web.client import EventStream
@@ -86,9 +86,9 @@ async def open_reader(url: str, token: str | None = None) -> Reader:
     return Reader(await subscribe(url, headers=headers))
 
 
-async def closing(work: Any) -> None:
+async def closing(work: Any) -> Any:
     try:
-        await work
+        return await work
     finally:
         await close_all()
 
@@ -429,3 +429,34 @@ def test_access_log_names_the_client_a_trusted_proxy_forwards(
     # loopback is trusted by default: the rightmost address that is not a trusted proxy
     assert last_client(trusting) == "198.51.100.7"
     assert last_client(wary) == "127.0.0.1"
+
+
+def test_the_audience_costs_redis_one_command_per_period_whatever_the_streams(
+        start_relay: Callable[..., Relay], redis_server: RedisServer) -> None:
+    """Measured on Redis itself (INFO commandstats): the commands a relay process sends for
+    its audience over a few seconds, with no stream and with 300 on 30 topics, settled."""
+    relay = start_relay(admin_token=ADMIN, audience_period_s=PERIOD_S, heartbeat_s=5)
+
+    def evals() -> int:
+        stats = redis_server.cli("INFO", "commandstats")
+        line = next((ln for ln in stats.splitlines() if ln.startswith("cmdstat_eval:")), "")
+        return int(line.split("calls=")[1].split(",")[0]) if line else 0
+
+    async def window() -> int:
+        before = evals()
+        await asyncio.sleep(4.0)
+        return evals() - before
+
+    async def run() -> tuple[int, int]:
+        idle = await window()
+        for i in range(300):
+            await open_reader(stream_url(relay, f"cost.{i % 30}"))
+        await settled([relay], {f"cost.{i}": 10 for i in range(30)})
+        return idle, await window()
+
+    idle, busy = asyncio.run(closing(run()))
+    periods = 4.0 / PERIOD_S
+    print(f"\naudience: {idle} commands in 4 s with no stream, {busy} with 300 streams "
+          f"on 30 topics ({periods:.0f} periods)")
+    assert periods - 2 <= idle <= periods + 2
+    assert periods - 2 <= busy <= periods + 2
