@@ -96,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Entries read per topic per XREAD."""
     feed_verify_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     """How often the feed checks that no watched stream went back (deleted, failover); 0: never."""
+    feed_check: Literal["every", "retention"] = "every"
+    """Reads checked for trimmed entries they jumped: every one, or those retention could cause."""
     gc_young_objects: Annotated[int, Meta(ge=0, le=10_000_000)] = 50_000
     """Allocations between garbage-collector passes (Python: 700); each pass stalls streams."""
 

@@ -16,7 +16,7 @@ from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.replica import Waits
 from relay.node.revocation import Orders
-from relay.node.topics import Hub, Subscription
+from relay.node.topics import Hub, Subscription, Topic
 from relay.settings import Settings
 from relay.storage import clients, replica
 from relay.storage import streams as store
@@ -72,6 +72,7 @@ class Relay:
         )
         # chosen by the settings, through the feed's written interface (relay/node/feed/)
         self.feed: FeedBase = feeds.make(settings, self.hub, redis, self.metrics)
+        self.feed.rewound = self._rewound
         self.replayer = Replayer(
             settings.replay_url, redis, self.metrics,
             page_size=settings.replay_page, timeout=settings.replay_timeout_s,
@@ -292,9 +293,14 @@ class Relay:
                 log.warning("stream of topic %s went back (deleted, or a failover lost its "
                             "newest entries): ending its %d streams to start over",
                             topic.name, len(topic.subscribers))
-                self.metrics.rewinds += 1
-                self.hub.forget(topic)
-                self.replayer.forget(topic.name)
+                self._rewound(topic)
+
+    def _rewound(self, topic: Topic) -> None:
+        """A watched topic whose stream went back: forgotten with its cached pages, its
+        streams ended (each client comes back with its id and is answered anew)."""
+        self.metrics.rewinds += 1
+        self.hub.forget(topic)
+        self.replayer.forget(topic.name)
 
     async def _sweep(self) -> None:
         """Close clients that stay too far behind, and forget topics nobody watches.

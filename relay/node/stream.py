@@ -32,6 +32,7 @@ from relay.node.topics import Subscription, TooManyTopics, Topic
 from relay.protocol import ids, resume
 from relay.protocol.wire import encode_comment, encode_position, encode_retry
 from relay.storage import replica
+from relay.storage import streams as store
 from relay.web.errors import BadRequest
 from relay.web.http import Receive, Request, Send
 
@@ -295,8 +296,15 @@ async def check_future(relay: Relay, name: str, after: int) -> tuple[int, bytes,
     skipped (``resume.Reader``), never sent again. Held by the primary but not yet by the
     replica this node reads (the client came from another region), the same, bounded by
     ``replica_wait_s``. Held by neither, it never existed here: a reset, and the stream goes
-    on live from the last id the feed's Redis has."""
+    on live from the last id the feed's Redis has. Inside the stream's range but none of its
+    entries (another topic's id): a reset, and the stream starts over from 0-0."""
     where, last = await replica.locate(relay.redis, name, after)
+    if where is replica.Where.HERE and after != last and not await store.holds(
+            relay.redis.read, name, after):
+        # inside the stream's range but none of its entries (another topic's id, an earlier
+        # life's): told, the client starts the stream over (resume rule 9)
+        relay.metrics.resets += 1
+        return ids.ZERO, resume.reset_frame("unknown", after, None, ids.ZERO), False
     if where is replica.Where.HERE:
         topic = relay.hub.topics.get(name)
         if topic is not None:

@@ -88,7 +88,13 @@ def plan(ring: Ring, after: int | None, *, earliest: bool = False, backfill: int
     if after is not None:
         if ring.covers(after):
             cursor = ring.position_after(after)
-            return Plan(cursor, after, None, ring.floor, None, reset=_foreign(ring, after, cursor))
+            foreign = _foreign(ring, after, cursor)
+            if foreign:
+                # the client's id means nothing here: told, it starts the stream over
+                restart = plan(ring, ids.ZERO)
+                return Plan(restart.cursor, restart.last_id, restart.history_after,
+                            restart.history_until, restart.resume_from, reset=foreign)
+            return Plan(cursor, after, None, ring.floor, None)
         cursor = ring.position_after(ring.floor)
         first = ring.id_at(cursor) if cursor < ring.head else None
         return Plan(cursor, after, after, ring.floor, first, earliest=from_earliest)
@@ -98,17 +104,17 @@ def plan(ring: Ring, after: int | None, *, earliest: bool = False, backfill: int
 
 def _foreign(ring: Ring, after: int, cursor: int) -> bytes:
     """The ``unknown`` reset for an ``after`` the ring covers but does not hold: above its
-    floor, at most its last id, and none of its frames' ids. Its id is the ring's id below
-    ``after`` (a real entry: a client that reconnects right after it is not told again);
-    the stream then goes on after ``after``. The floor and the last id are positions this
-    stream hands out, never foreign."""
+    floor, below its last id, and none of its frames' ids (another topic's id, an earlier
+    life's). Its id is 0-0: the client starts the stream over, from its oldest retained
+    event, so nothing below the foreign id is skipped. The floor and the last id are
+    positions this stream hands out, never foreign."""
     if after <= ring.floor or after >= ring.last_id:
         return b""
     below = ring.id_at(cursor - 1) if cursor > ring.tail else ring.floor
     if below == after:
         return b""
-    resume_from = ring.id_at(cursor) if cursor < ring.head else None
-    return reset_frame("unknown", after, resume_from, below)
+    first = ring.id_at(ring.tail) if ring.floor == ids.ZERO and ring.tail < ring.head else None
+    return reset_frame("unknown", after, first, ids.ZERO)
 
 
 def last_before(ring: Ring, cursor: int) -> int:
@@ -143,8 +149,8 @@ class CatchUp:
     newest entries): ``rewound``, and the stream is ended so the client starts over.
     """
 
-    __slots__ = ("after", "done", "earliest", "fresh", "resets", "resume_from", "rewound",
-                 "until")
+    __slots__ = ("after", "done", "earliest", "fresh", "resets", "restarted", "resume_from",
+                 "rewound", "until")
 
     def __init__(self, after: int, until: int, resume_from: int | None = None, *,
                  earliest: bool = False) -> None:
@@ -156,6 +162,7 @@ class CatchUp:
         self.done = after >= until
         self.fresh = False
         self.rewound = False
+        self.restarted = False  # an ``unknown`` reset set the client back to 0-0
         self.resets = 0  # ssedge.reset frames given out
 
     def take(self, page: HistoryPage, *, fresh: bool = False) -> list[bytes]:
@@ -167,7 +174,9 @@ class CatchUp:
         first_entry = len(frames) - page.count
         before = self.after
         for frame_id, frame in frames[:first_entry]:
-            self._reset(frame_id, frame, out, has_entries=page.count > 0)
+            self._reset(frame_id, frame, out)
+        if self.after < before:
+            return out  # started over (a foreign id): the page proves nothing past 0-0
         for frame_id, frame in frames[first_entry:]:
             if frame_id <= self.after:
                 continue  # never at or below what the client has
@@ -190,8 +199,7 @@ class CatchUp:
             self.fresh = False
         return out
 
-    def _reset(self, frame_id: int, frame: bytes, out: list[bytes], *,
-               has_entries: bool) -> None:
+    def _reset(self, frame_id: int, frame: bytes, out: list[bytes]) -> None:
         """A page's reset: sent when it names a loss past what the client has, with the floor
         as its id when the loss reaches into what the ring holds. ``since=earliest`` skips
         the reset of what was trimmed before it (it asked for what is retained)."""
@@ -199,15 +207,20 @@ class CatchUp:
             self.after = min(frame_id, self.until)
             self.done = self.after >= self.until
             return
+        if frame_id == ids.ZERO and self.after != ids.ZERO:
+            # ``unknown`` with id 0-0: the client's id is none of the stream's (another
+            # topic's, an earlier life's). Told, it starts over: its position is 0-0 and the
+            # next page is the stream's first
+            self.after = ids.ZERO
+            self.restarted = True
+            # past every cache: a page kept from before may be of the life its id came from
+            self.fresh = True
+            self.resets += 1
+            out.append(frame)
+            return
         if frame_id <= self.after:
-            if has_entries and frame_id < self.after:
-                # ``unknown``: the client's id is not an entry of the stream (another topic's,
-                # an earlier life's); the page's entries follow it. Sent with the id below,
-                # what the client then has; nothing at or below its own id is sent after it
-                self.resets += 1
-                out.append(frame)
-            return  # else a reset for an id the client is past (``unknown`` of a stream
-            # that went back): the page proves nothing, ``take`` decides what happens next
+            return  # a reset for an id the client is past (``unknown`` of a stream that
+            # went back): the page proves nothing, ``take`` decides what happens next
         if frame_id > self.until:
             frame = reset_frame("expired", self.after, self.resume_from, self.until)
             frame_id = self.until
@@ -259,6 +272,9 @@ class Reader:
         catch_up = self.catch_up
         assert catch_up is not None
         out = catch_up.take(page, fresh=fresh)
+        if catch_up.restarted:  # the client's id was foreign: it has 0-0 now
+            catch_up.restarted = False
+            self.last_id = catch_up.after
         self.last_id = max(self.last_id, catch_up.after)
         if catch_up.done and not catch_up.rewound:
             self.catch_up = None

@@ -40,6 +40,12 @@ from relay.protocol.wire import split_frames
 from relay.storage import clients
 from relay.storage import streams as store
 
+
+def frame_id_of(frame: bytes) -> int:
+    """The id of a frame this module made (``id:`` first)."""
+    return ids.parse(frame[4:frame.index(b"\n")])
+
+
 # the first batch of a page: one round trip (with XINFO) for pages of small events
 _FIRST_BATCH = 100
 _MAX_ID = ids.parse("18446744073709551615-18446744073709551615")
@@ -157,6 +163,10 @@ def _page(info: dict[str, Any] | None, entries: Sequence[store.Entry], after: in
         return Page(body, 0, None, True, False, last_generated), 0
     head = _retention(after, below, trimmed_info if trimmed_info is not None else info,
                       entries)
+    if head and frame_id_of(head) == ids.ZERO:
+        # an id that is none of this stream's: the reset alone; the reader starts the stream
+        # over after 0-0 (``resume.CatchUp``), so nothing below the foreign id is skipped
+        return Page(head, 0, None, True, False, after), 0
     reset = bool(head)
     # the page's entries: up to ``limit``, or through the one that crosses ``max_bytes``
     size = 0
@@ -195,10 +205,11 @@ def _retention(after: int, below: int | None, info: dict[str, Any] | None,
       that had nothing (a position sent on a topic that was empty then): it is told too
       (``since=earliest`` skips this one reset, ``resume.CatchUp``).
     - ``unknown``: ``after`` is not an entry of this stream as it is: inside the retained
-      range but not one of its ids (an id of another topic), or below a stream that never
-      lost anything (an id of an earlier life: deleted and made again). Its id is the entry
-      below ``after`` (0-0 when there is none), so a client that reconnects right after it
-      is answered from there without the reset again.
+      range but not one of its ids (an id of another topic, or of an earlier life made again
+      with lower ids), or below a stream that never lost anything (an id of an earlier life:
+      deleted and made again). Its id is 0-0: the client's position means nothing here, and
+      it starts the stream over from its oldest retained event (a client that reconnects
+      right after it comes with 0-0).
     Handed-out ids that are not entries (0-0, a reset's id just below the first entry, the
     last generated id of a stream trimmed empty) never get ``unknown``."""
     if info is None or not after:
@@ -212,8 +223,7 @@ def _retention(after: int, below: int | None, info: dict[str, Any] | None,
     if first is not None and after >= first:
         if is_entry:
             return b""
-        resume_from = ids.from_redis(entries[0][0]) if entries else None
-        return reset_frame("unknown", after, resume_from, below if below is not None else 0)
+        return reset_frame("unknown", after, first, ids.ZERO)
     if trimmed:
         return _expired(after, info)
     if first is not None and after != ids.predecessor(first) and not is_entry:

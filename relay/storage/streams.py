@@ -226,6 +226,13 @@ async def info(r: Client, topic: str) -> dict[str, Any] | None:
         raise
 
 
+async def holds(r: Client, topic: str, entry_id: int) -> bool:
+    """Whether ``entry_id`` is one of the stream's entries now."""
+    text = ids.format(entry_id)
+    reply = await r.xrevrange(stream_key(topic), max=text, min=text, count=1)
+    return bool(reply)
+
+
 async def infos(r: Client, keys: Sequence[bytes]) -> list[dict[str, Any] | None]:
     """XINFO STREAM of each key (None where there is no stream), in one pipeline."""
     async with r.pipeline(transaction=False) as pipe:

@@ -35,14 +35,16 @@ def _redis(settings: Settings, hub: Hub, redis: Any, metrics: Metrics) -> FeedBa
     return RedisFeed(hub, redis, metrics, url=settings.read_url,
                      block_ms=settings.feed_block_ms, read_count=settings.feed_read_count,
                      send_max=_send_max(settings), retention_maxlen=settings.retention_maxlen,
-                     retention_max_age_s=settings.retention_max_age_s)
+                     retention_max_age_s=settings.retention_max_age_s,
+                     check_every=settings.feed_check == "every")
 
 
 def _cluster(settings: Settings, hub: Hub, redis: Any, metrics: Metrics) -> FeedBase:
     feed = ClusterFeed(hub, redis, metrics, block_ms=settings.feed_block_ms,
                        read_count=settings.feed_read_count, send_max=_send_max(settings),
                        retention_maxlen=settings.retention_maxlen,
-                       retention_max_age_s=settings.retention_max_age_s)
+                       retention_max_age_s=settings.retention_max_age_s,
+                     check_every=settings.feed_check == "every")
     metrics.gauge("feed_cluster_nodes", "Redis Cluster primaries the feed is reading now.",
                   lambda: feed.nodes_connected)
     return feed

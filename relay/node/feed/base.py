@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from relay import backoff
@@ -29,6 +29,9 @@ from relay.protocol import ids, resume
 from relay.storage import streams as store
 
 log = logging.getLogger("ssedge.feed")
+
+#: what ``_gap`` says of a read of a stream that was deleted and made again
+NEW_LIFE = -2
 
 #: what one read of the watched streams brought: each topic's key and its new entries, oldest
 #: first, as a feed backend hands them over (``store.entries_of`` turns an XREAD reply into one)
@@ -56,7 +59,7 @@ class FeedBase(ABC):
 
     def __init__(self, hub: Hub, redis: Any, metrics: Metrics, *, block_ms: int,
                  read_count: int, send_max: int, retention_maxlen: int = 0,
-                 retention_max_age_s: int = 0) -> None:
+                 retention_max_age_s: int = 0, check_every: bool = True) -> None:
         self._hub = hub
         # the client of the Redis this feed reads (a replica, or the primary): priming, verify
         # (and CLIENT UNBLOCK on one Redis)
@@ -69,10 +72,17 @@ class FeedBase(ABC):
         # when it is at least this long, or when its last id is this old (``_suspect``)
         self._maxlen = retention_maxlen
         self._max_age_ms = retention_max_age_s * 1000
+        # every read checked (SSEDGE_FEED_CHECK=every): a trim by anything else (an operator's
+        # XTRIM, a producer's own MAXLEN) is told too, for one XINFO per read that brought
+        # entries, pipelined for all its topics
+        self._check_every = check_every
         self.last_error: str | None = None
         # set to have the streams checked now (``verify``): after a reconnect, or when a
         # catch-up found its stream holding less than the ring
         self.verify_now = asyncio.Event()
+        # what the node does with a watched topic whose stream went back (``Relay``: forget
+        # it and its cached pages, end its streams)
+        self.rewound: Callable[[Topic], None] = self._hub.forget
 
     # -- what the node asks of a feed --------------------------------------------------------
 
@@ -130,18 +140,29 @@ class FeedBase(ABC):
             infos = await store.infos(self._redis, [key for key, _ in suspects])
             for (key, entries), info in zip(suspects, infos, strict=True):
                 topic = self._hub.by_key.get(key)
-                if topic is not None:
-                    gaps[key] = self._gap(topic, entries, info)
+                if topic is None:
+                    continue
+                gaps[key] = gone = self._gap(topic, entries, info)
+                if gone == NEW_LIFE:
+                    # nothing of the old life may be mistaken for the new one: the topic is
+                    # let go now (its streams end; each client comes back with its id, which
+                    # the new life tells ``unknown``), and primed again by the next client
+                    log.warning("the stream of topic %s was deleted and made again: ending "
+                                "its %d streams to start over", topic.name,
+                                len(topic.subscribers))
+                    self.rewound(topic)
         self.deliver(read, gaps)
 
     def _suspect(self, key: bytes, entries: Sequence[store.Entry]) -> bool:
-        """Whether a read may have jumped over trimmed entries: it is as long as a read gets
-        (the feed is behind), or as the count retention keeps, or it follows an id older than
-        the age retention keeps, or the count it follows from is not known."""
+        """Whether a read is checked for trimmed entries it jumped: every read
+        (``check_every``), else one that may have been overtaken by the retention publishes
+        apply: it is as long as a read gets (the feed is behind), or as the count retention
+        keeps, or it follows an id older than the age retention keeps, or the count it
+        follows from is not known."""
         topic = self._hub.by_key.get(key)
         if topic is None or not topic.primed:
             return False
-        if topic.added is None or len(entries) >= self._count:
+        if self._check_every or topic.added is None or len(entries) >= self._count:
             return True
         if self._maxlen and len(entries) >= self._maxlen:
             return True
@@ -153,25 +174,26 @@ class FeedBase(ABC):
         """How many entries after the topic's last read id and before ``entries`` are gone
         (trimmed or deleted), by counting: ``entries-added`` only grows, one per entry, and
         the feed knows the count at the id it read from (``Topic.added``). -1: some, how many
-        is not known. 0 also for a stream that went back (``verify`` deals with it)."""
+        is not known; ``NEW_LIFE``: the stream was deleted and made again (fewer entries added
+        than the feed has read, or none at all now). 0 also when that cannot be told."""
+        known = topic.added
         if info is None:
-            self.verify_now.set()
-            return 0
+            return NEW_LIFE if known else 0
         after = ids.from_redis(topic.read_from)
         first = ids.from_redis(info["first-entry"][0]) if info.get("first-entry") else None
         added, length = int(info["entries-added"]), int(info["length"])
         last_generated = ids.from_redis(info["last-generated-id"])
+        if known is not None and added < known + len(entries):
+            return NEW_LIFE  # one life never counts fewer than the feed has read
         if first is not None and first <= after:
-            return 0  # the entry it read last is still there: nothing after it was trimmed
-        known = topic.added
-        if known is None or (first is not None and first > ids.from_redis(entries[-1][0])):
+            gone = 0  # the entry it read last is still there: nothing after it was trimmed
+        elif known is None or (first is not None and first > ids.from_redis(entries[-1][0])):
             gone = -1 if added > length else 0  # overtaken by more than this read
         else:
             gone = added - known - length - sum(1 for e in entries
                                                 if first is None or ids.from_redis(e[0]) < first)
-            if gone < 0:  # fewer added than read: the stream was made again
-                self.verify_now.set()
-                gone = -1
+            if gone < 0:
+                return NEW_LIFE
         # count on from here: exactly, when this read reaches the stream's last id
         if ids.from_redis(entries[-1][0]) == last_generated:
             topic.added = added - len(entries)
@@ -198,6 +220,8 @@ class FeedBase(ABC):
                 entries = [e for e in entries if ids.from_redis(e[0]) > ring.last_id]
                 if not entries:
                     continue
+            if gaps and gaps.get(key) == NEW_LIFE:
+                continue  # let go (``absorb``)
             keys, frames, bad = store.frames(entries)
             if gaps and gaps.get(key):
                 keys, frames = self._reset(topic, keys, frames, gaps[key])
@@ -285,6 +309,8 @@ class FeedBase(ABC):
             # read on from the id the count was taken at (``absorb`` counts from there)
             topic.read_from = info["last-generated-id"] if info is not None else b"0-0"
             topic.added = int(info["entries-added"]) if info is not None else 0
+            # verify's baseline too: a stream made again counts fewer
+            topic.entries_added = topic.added
             self._hub.mark_primed(topic)
             self.topics_changed()
         finally:

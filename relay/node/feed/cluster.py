@@ -56,10 +56,10 @@ class ClusterFeed(FeedBase):
 
     def __init__(self, hub: Hub, redis: clients.Cluster, metrics: Metrics, *, block_ms: int,
                  read_count: int, send_max: int, retention_maxlen: int = 0,
-                 retention_max_age_s: int = 0) -> None:
+                 retention_max_age_s: int = 0, check_every: bool = True) -> None:
         super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
                          send_max=send_max, retention_maxlen=retention_maxlen,
-                         retention_max_age_s=retention_max_age_s)
+                         retention_max_age_s=retention_max_age_s, check_every=check_every)
         self._cluster = redis
         self._readers: dict[str, NodeReader] = {}  # by node name, primaries only
         self._routed: dict[bytes, Topic] = {}  # key -> the topic object a reader was told of

@@ -34,10 +34,10 @@ class RedisFeed(FeedBase):
 
     def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
                  block_ms: int, read_count: int, send_max: int, retention_maxlen: int = 0,
-                 retention_max_age_s: int = 0) -> None:
+                 retention_max_age_s: int = 0, check_every: bool = True) -> None:
         super().__init__(hub, redis, metrics, block_ms=block_ms, read_count=read_count,
                          send_max=send_max, retention_maxlen=retention_maxlen,
-                         retention_max_age_s=retention_max_age_s)
+                         retention_max_age_s=retention_max_age_s, check_every=check_every)
         self._pool = ConnectionPool.from_url(
             url, socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=2.0,
             connection_class=clients.Connection,
