@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
 	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics bench-stuck \
+	bench-hostile \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -61,6 +62,12 @@ bench-reconnect: venv system
 # python -m bench.edge_streams --streams 1000 4000
 bench-edge: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.edge_tier --streams 1000 9000 --rates 10 100 --paths direct edge nginx
+
+# What a refused request costs the edge (HAProxy's CPU per refused request) and what reaches
+# the relays (nothing): one hostile source on 127.0.0.2 over the edge's limits, odd spellings,
+# operator endpoints (about a minute; writes docs/results/hostile.md, see docs/SECURITY.md)
+bench-hostile: venv system bench-stuck
+	$(BIN)/python -m bench.hostile --requests 20000
 
 # The feed and publishing on a local 3-primary Redis Cluster next to one redis-server, 100
 # topics (about a minute; writes docs/results/cluster-feed.md, see docs/SCALING.md)

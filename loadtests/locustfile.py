@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from locust import FastHttpUser, between, events, tag, task
+from locust import FastHttpUser, User, between, events, tag, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadtests import hostile
 from loadtests.scenarios import tags_of
 from loadtests.sse import TALLIES, SSEUser, tls_context
 from relay.protocol import tally
@@ -94,6 +95,10 @@ def _options(parser: Any) -> None:
     add("--ssedge-min-hit-ratio", type=float, default=0.9, help="objective: edge X-Cache hits")
     add("--ssedge-max-connect-p99-ms", type=float, default=1000.0,
         help="objective: p99 time to connect (a stream's response head), reconnects included")
+    add("--ssedge-hostile-source", default="127.0.0.2",
+        help="hostile: the address the hostile source's requests come from")
+    add("--ssedge-hostile-rate", type=float, default=200.0,
+        help="hostile: the hostile source's requests per second (of every kind)")
     add("--ssedge-summary", default="", help="write the verdict as JSON to this file")
 
 
@@ -382,6 +387,35 @@ class EdgeClient(FastHttpUser):
             CACHE[name]["hit" if "hit" in verdict else "miss" if verdict else "none"] += 1
 
 
+#### A hostile source ##########################################################################
+
+class HostileClient(User):
+    """One source address abusing the edge in several ways at once (``loadtests/hostile.py``):
+    streams on random topics held open, random replay pages, odd spellings, operator endpoints
+    in absolute form, publishes with made-up tokens. Its answers are tallied, not reported as
+    requests: the run is judged by the ordinary users' objectives (and nothing leaked)."""
+
+    fixed_count = 1
+    wait_time = between(0, 0)
+
+    def on_start(self) -> None:
+        assert self.host is not None
+        self.source = hostile.Source(self.host, str(_opt(self.environment, "hostile_source")),
+                                     tls_context)
+
+    def on_stop(self) -> None:
+        self.source.close()
+
+    @tag(*tags_of("HostileClient"))
+    @task
+    def abuse(self) -> None:
+        pause = 1 / max(1.0, float(_opt(self.environment, "hostile_rate")))
+        while True:
+            begun = time.monotonic()
+            self.source.once()
+            time.sleep(max(0.0, pause - (time.monotonic() - begun)))
+
+
 #### Verdict ###################################################################################
 
 def local_totals() -> dict[str, int]:
@@ -404,6 +438,8 @@ def local_totals() -> dict[str, int]:
         if not t.publishers:
             totals["silent"] += 1
     totals["published"] += PUBLISHED[0]
+    for kind, n in hostile.COUNTS.items():
+        totals[f"hostile_{kind}"] += n
     usage = resource.getrusage(resource.RUSAGE_SELF)
     totals["client_cpu_ms"] += round((usage.ru_utime + usage.ru_stime) * 1000)
     for name, counts in CACHE.items():
@@ -503,6 +539,9 @@ def verdict(environment: Environment, totals: dict[str, int]) -> dict[str, Any]:
         elif figures["hit_ratio"] < _opt(environment, "min_hit_ratio"):
             missed.append(f"hit ratio {figures['hit_ratio']} < "
                           f"{_opt(environment, 'min_hit_ratio')}")
+    if totals.get("hostile_leaked", 0):
+        missed.append(f"an operator endpoint answered the hostile source "
+                      f"{totals['hostile_leaked']} time(s)")
     crashes = sum(e["count"] for e in environment.runner.exceptions.values()) \
         if environment.runner is not None else 0
     if crashes:

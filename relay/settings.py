@@ -34,6 +34,9 @@ _PATTERNS = rf"^({_PATTERN}(\s*,\s*{_PATTERN})*)?$"
 # a comma-separated list of host:port (a host name, IPv4, or [IPv6])
 _SEED = r"([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}"
 _SEEDS = rf"^({_SEED}(\s*,\s*{_SEED})*)?$"
+# a comma-separated list of networks: IPv4 or IPv6 addresses, each with an optional /prefix
+_NETWORK = r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?"
+_NETWORKS = rf"^({_NETWORK}(\s*,\s*{_NETWORK})*)?$"
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -219,6 +222,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Log lines as text, or as one JSON object per line (for journald, Loki, Elasticsearch)."""
     access_log: bool = False
     """One log line per HTTP request: method, path (never the query), status, duration, client."""
+
+    # -- the edge's per-client limits (relay/edge/haproxy/limits.py, docs/SECURITY.md) -------
+    # HAProxy's stick tables enforce them (``ssedge up`` and the rendered haproxy.cfg).
+    edge_streams_per_source: Positive = 5000
+    """Event streams open at once from one client address at the edge (a NAT holds many)."""
+    edge_stream_opens_per_10s: Positive = 500
+    """Event streams one client address may ask the edge for in 10 s, refused ones counted."""
+    edge_requests_per_10s: Positive = 1000
+    """Other requests (handshake, metadata, replay, pages) from one address in 10 s; then 429."""
+    edge_publishes_per_10s: Positive = 10_000
+    """Publishes with one Authorization header (its SHA-256) in 10 s at the edge; then 429."""
+    edge_limit_retry_s: Annotated[int, Meta(ge=1, le=3600)] = 30
+    """Wait told to a client over a limit: Retry-After; retry: of a stream, x1-2 (jittered)."""
+    edge_limits_exempt: Annotated[str, Meta(pattern=_NETWORKS)] = "127.0.0.1/32"
+    """Client networks (CIDRs, comma-separated) the edge's limits skip; empty: none."""
 
     @property
     def node(self) -> str:

@@ -167,7 +167,8 @@ def loopback_env(directory: Path) -> dict[str, str]:
     return {"EDGE_HTTP_ADDR": f"127.0.0.1:{free_port()}",
             "EDGE_HTTPS_ADDR": f"127.0.0.1:{free_port()}",
             "EDGE_STATS_ADDR": f"127.0.0.1:{free_port()}",
-            "EDGE_CERT": str(_certificate()), "EDGE_ADMIN_SOCKET": str(directory / "admin.sock")}
+            "EDGE_CERT": str(_certificate()), "EDGE_ADMIN_SOCKET": str(directory / "admin.sock"),
+            "EDGE_STATS_SOCKET": str(directory / "stats.sock")}
 
 
 @functools.cache
@@ -187,13 +188,15 @@ def haproxy_check(config: Path, env: dict[str, str]) -> None:
 
 
 def _skeleton(text: str) -> list[str]:
-    """A haproxy.cfg's lines with the ``presetenv`` values and the relay nodes taken out."""
+    """A haproxy.cfg's lines with the ``presetenv`` values, the networks exempt from the
+    limits and the relay nodes taken out."""
     out, nodes = [], False
     for line in text.splitlines():
         if edge_haproxy.END in line:
             nodes = False
         if nodes:
             continue
+        line = re.sub(r"^(\s*acl limits_exempt) .*$", r"\1", line)  # the deployment's
         out.append(re.sub(r"^(\s*presetenv \w+) .*$", r"\1", line))
         if edge_haproxy.BEGIN in line:
             nodes = True
@@ -277,7 +280,9 @@ def test_the_edge_proxy_unit_reloads_stops_softly_and_holds_its_streams() -> Non
     # the runtime socket is in the unit's runtime directory, and the collector reads it
     assert env["EDGE_ADMIN_SOCKET"] == f"/run/{proxy['RuntimeDirectory']}/admin.sock"
     collector = shlex.split(stats["ExecStart"])
-    assert collector[collector.index("--haproxy-socket") + 1] == env["EDGE_ADMIN_SOCKET"]
+    assert env["EDGE_STATS_SOCKET"] == f"/run/{proxy['RuntimeDirectory']}/stats.sock"
+    # the collector reads the reading socket (level operator), not the operators' one
+    assert collector[collector.index("--haproxy-socket") + 1] == env["EDGE_STATS_SOCKET"]
     assert "haproxy" in stats["SupplementaryGroups"].split()
     # varnishd is where HAProxy sends what is not a stream, on loopback, with make up's params
     varnishd = cache["ExecStart"]
@@ -293,7 +298,8 @@ def test_the_edge_proxy_env_file_loads_with_the_shipped_config(tmp_path: Path) -
     env = settings_file(PROXY_ENV)
     # the host's certificate and socket directory are not here
     haproxy_check(TEMPLATE, {**env, "EDGE_CERT": str(_certificate()),
-                             "EDGE_ADMIN_SOCKET": str(tmp_path / "admin.sock")})
+                             "EDGE_ADMIN_SOCKET": str(tmp_path / "admin.sock"),
+                             "EDGE_STATS_SOCKET": str(tmp_path / "stats.sock")})
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="starts HAProxy as another user: needs root")
@@ -338,7 +344,8 @@ def test_the_deployments_haproxy_configs_are_the_shipped_one_and_load(tmp_path: 
         assert set(env) == set(presetenv(TEMPLATE.read_text())), name
         # the certificate is the deployment's secret; the socket's directory is made there
         haproxy_check(path, {"EDGE_CERT": str(_certificate()),
-                             "EDGE_ADMIN_SOCKET": str(tmp_path / f"{name}.sock")})
+                             "EDGE_ADMIN_SOCKET": str(tmp_path / f"{name}.sock"),
+                             "EDGE_STATS_SOCKET": str(tmp_path / f"{name}-stats.sock")})
 
 
 # -- compose and Kubernetes ------------------------------------------------------------------

@@ -244,6 +244,9 @@ sub ssedge_stream_timeouts {
 }
 
 sub vcl_backend_response {
+    if (beresp.http.Content-Type ~ "^text/event-stream" && bereq.url !~ "^/v1/replay/") {
+        call ssedge_unexpected_stream;
+    }
     if (bereq.url ~ "^/v1/streams/[^/]+/events" && bereq.method == "GET") {
         call ssedge_stream_refused;
         call ssedge_stream_response;
@@ -264,6 +267,17 @@ sub vcl_backend_response {
     if (bereq.url ~ "^/(dashboard|static/[^/]+)?$") {
         call ssedge_page_response;
     }
+    return (deliver);
+}
+
+sub ssedge_unexpected_stream {
+    # an event stream by a route not meant for one (HAProxy sends every stream spelling it
+    # knows to the relays and refuses the odd ones): never stored, never replayed to another
+    # client, streamed as it comes
+    set beresp.uncacheable = true;
+    set beresp.ttl = 0s;
+    set beresp.do_stream = true;
+    set beresp.do_gzip = false;
     return (deliver);
 }
 

@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     # the relays' and the edge's own numbers over the same span, beside Locust's
     from relay.cli import load_server
     server, snaps = load_server.capture(args.host.rstrip("/"), args.stats_topic, started,
-                                        time.time())
+                                        time.time(), stats_token(args.subscribe_token))
     figures["server"] = server
     summary.write_text(json.dumps(figures, indent=2) + "\n")
     (results / f"{args.scenario}-server.json").write_text(
@@ -199,10 +199,20 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def subscribe_token(explicit: str | None, duration_s: float) -> str:
-    """--subscribe-token, else SSEDGE_SUBSCRIBE_TOKEN, else one minted for ``private-*`` with
-    SSEDGE_JWT_SECRET (the local stack's, from .ssedge/env), valid for the run and an hour."""
-    given = client_settings.subscribe_token(explicit)
+def stats_token(explicit: str | None) -> str | None:
+    """A token for the stats topic (ssedge.* topics are private at the edge): one minted with
+    SSEDGE_JWT_SECRET, else --subscribe-token or SSEDGE_SUBSCRIBE_TOKEN, else none."""
+    if os.environ.get("SSEDGE_JWT_SECRET"):
+        return subscribe_token(None, 0, ("ssedge.*",), mint=True)
+    return client_settings.subscribe_token(explicit)
+
+
+def subscribe_token(explicit: str | None, duration_s: float,
+                    patterns: tuple[str, ...] = ("private-*",), mint: bool = False) -> str:
+    """--subscribe-token, else SSEDGE_SUBSCRIBE_TOKEN, else (or with ``mint``) one minted for
+    ``patterns`` with SSEDGE_JWT_SECRET (the local stack's, from .ssedge/env), valid for the
+    run and an hour."""
+    given = None if mint else client_settings.subscribe_token(explicit)
     if given:
         return given
     secret = os.environ.get("SSEDGE_JWT_SECRET")
@@ -212,7 +222,7 @@ def subscribe_token(explicit: str | None, duration_s: float) -> str:
     import jwt
 
     now = int(time.time())
-    claims = {"ssedge": {"subscribe": ["private-*"], "publish": []}, "iat": now,
+    claims = {"ssedge": {"subscribe": list(patterns), "publish": []}, "iat": now,
               "exp": now + int(duration_s) + 3600}
     for name, claim in (("SSEDGE_JWT_AUDIENCE", "aud"), ("SSEDGE_JWT_ISSUER", "iss")):
         if os.environ.get(name):

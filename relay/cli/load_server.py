@@ -23,13 +23,15 @@ PAGE = 1000
 
 
 async def snapshots(base_url: str, topic: str, since: float, until: float,
-                    timeout: float = 10.0) -> list[dict[str, Any]]:
+                    timeout: float = 10.0, token: str | None = None) -> list[dict[str, Any]]:
     """The collector's snapshots taken from ``since`` to ``until`` (Unix seconds)."""
     after = f"{int(since * 1000)}-0"
     out: list[dict[str, Any]] = []
     while True:
         url = f"{base_url}/v1/replay/{quote(topic, safe='')}?after={after}&limit={PAGE}"
-        response = await client.request("GET", url, timeout=timeout)
+        # the stats topic is private at the edge (ssedge.*): read with a token when one is had
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        response = await client.request("GET", url, timeout=timeout, headers=headers)
         if response.status != 200:
             return out
         events = [e for e in Decoder().feed(response.body) if isinstance(e, Event) and e.id]
@@ -118,11 +120,11 @@ def line(summary: dict[str, Any]) -> str:
     return "server: " + "; ".join(parts)
 
 
-def capture(base_url: str, topic: str, since: float,
-            until: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def capture(base_url: str, topic: str, since: float, until: float,
+            token: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary of the run's snapshots, and the snapshots."""
     try:
-        snaps = asyncio.run(snapshots(base_url, topic, since, until))
+        snaps = asyncio.run(snapshots(base_url, topic, since, until, token=token))
     except (OSError, TimeoutError, asyncio.IncompleteReadError, client.ProtocolError) as exc:
         return {"snapshots": 0, "note": f"could not read {topic}: {exc}"}, []
     return summarize(snaps), snaps

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay import settings
 from relay.devstack.supervisor import StartFailed, Supervisor
 from relay.edge import tls as edge_tls
 from relay.edge.contract import ConfigRefused
 from relay.edge.haproxy.config import Listen
+from relay.edge.haproxy.limits import Limits
 from relay.edge.haproxy.program import HAProxy
 from relay.edge.varnish.config import CACHE_PARAMS
 from relay.edge.varnish.program import Varnish
@@ -37,7 +39,8 @@ class EdgeTier:
     https: int  # 0: no TLS listener
     cache: int  # varnishd
     stats: int  # HAProxy's /metrics and /stats
-    admin_socket: Path
+    admin_socket: Path  # level admin: set server … state
+    stats_socket: Path  # level operator: show stat (the dashboard's collector)
     varnish_workdir: Path
     ca: Path | None  # the stack's CA, for clients of the TLS listener
 
@@ -78,11 +81,15 @@ def start(supervisor: Supervisor, relay_ports: Sequence[int], replay_port: int,
         http=f"127.0.0.1:{http_port}", cache=f"127.0.0.1:{cache_port}",
         stats=f"127.0.0.1:{stats_port}", admin_socket=admin,
         https=f"127.0.0.1:{https_port}" if https_port else None,
-        cert=certificates.edge.resolve() if certificates else None))
+        cert=certificates.edge.resolve() if certificates else None,
+        # the limits as the settings say (SSEDGE_EDGE_*): the stack's own clients, on
+        # 127.0.0.1, are exempt by default; an abuser on 127.0.0.2 meets them
+        limits=Limits.of(settings.load())))
     proxy.write(haproxy_dir, relays)
     check(proxy, haproxy_dir)
     proxy.start(supervisor, haproxy_dir, http_port, f"{prefix}edge")
-    return EdgeTier(http_port, https_port, cache_port, stats_port, admin, work,
+    return EdgeTier(http_port, https_port, cache_port, stats_port, admin,
+                    proxy.listen.read_socket, work,
                     certificates.ca.resolve() if certificates else None)
 
 
@@ -94,5 +101,5 @@ def banner(tier: EdgeTier) -> str:
                      f"CA {tier.ca} (curl --cacert)")
     lines.append(f"  edge cache   http://127.0.0.1:{tier.cache}   (varnishd, behind HAProxy)")
     lines.append(f"  edge stats   http://127.0.0.1:{tier.stats}/stats  /metrics "
-                 f"(HAProxy; socket {tier.admin_socket})")
+                 f"(HAProxy; sockets {tier.admin_socket} admin, {tier.stats_socket} read)")
     return "\n".join(lines)

@@ -82,7 +82,9 @@ class RegionB:
                                "SSEDGE_URL": self.edge_url,
                            })
 
-    def banner(self) -> str:
+    def banner(self, dashboard_query: str = "") -> str:
+        """``dashboard_query``: what the dashboard's address carries besides its topic (the
+        stack's subscriber token for the private ssedge.* topics)."""
         relays = ", ".join(f"http://127.0.0.1:{p}" for p in self.relay_ports)
         return f"""
 region B (reads the replica; publishes land on the primary):
@@ -92,5 +94,5 @@ region B (reads the replica; publishes land on the primary):
   relay nodes  {relays}
   replay       http://127.0.0.1:{self.replay_port}/v1/replay/demo?after=0-0
   replica      {self.replica_url} (of the primary; INFO replication, or /metrics ssedge_replica_*)
-  dashboard    {self.edge_url}/dashboard?topic=ssedge.stats.{NAME}
+  dashboard    {self.edge_url}/dashboard?topic=ssedge.stats.{NAME}{dashboard_query}
   try          .venv/bin/ssedge tail demo --url {self.edge_url}"""

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def secret(directory: Path, name: str = "publish-token", size: int = 24) -> str:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
+
+
+def operator_token(jwt_secret: str, days: int = 30) -> str:
+    """A subscriber token for the ssedge.* topics (the dashboard's page reads them with it),
+    signed with the stack's JWT secret."""
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"ssedge": {"subscribe": ["ssedge.*"], "publish": []}, "iat": now,
+                       "exp": now + days * 86400}, jwt_secret, algorithm="HS256")
 
 
 def ports_free(ports: Sequence[int]) -> bool:
@@ -84,7 +95,8 @@ class Processes(Supervisor):
             sys.executable, "-m", "relay", "stats",
             *(a for p in relay_ports for a in ("--relay", f"http://127.0.0.1:{p}")),
             "--varnish-name", str(tier.varnish_workdir),
-            "--haproxy-socket", str(tier.admin_socket),
+            # the reading socket (level operator): the collector needs no more
+            "--haproxy-socket", str(tier.stats_socket),
             "--supervisor", str(self.status_path.resolve()),
             *(["--topic", f"ssedge.stats.{region}"] if region else [])], env)
         return tier
@@ -125,8 +137,10 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # relays fetch history through Varnish: identical pages collapse across nodes there
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
-        # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one
-        "SSEDGE_PRIVATE_TOPICS": "private-*",
+        # private-* topics need a token: `ssedge token --subscribe 'private-*'` mints one; so
+        # do the ssedge.* topics (the dashboard's snapshots: internal addresses, errors,
+        # PIDs): the banner's dashboard address carries a token for them
+        "SSEDGE_PRIVATE_TOPICS": "private-*,ssedge.*",
         "SSEDGE_JWT_SECRET": secret(directory, "jwt-secret", 48),
         # the operator API on the relays' own ports (never through the edge): ssedge top,
         # revoke, disconnect, drain read these two
@@ -139,6 +153,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # clients (ssedge tail, load) trust the stack's own CA for https://127.0.0.1:8443
         **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
+    dashboard = f"?access_token={operator_token(env['SSEDGE_JWT_SECRET'])}"
     (directory / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     children = Processes(directory, env, policy)
     start = children.start
@@ -167,6 +182,7 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         ])
         threading.Thread(target=demo.publish_ticks, args=(base_url, token, children.stop),
                          daemon=True).start()
+        region_text = region_b.banner(dashboard.replace("?", "&")) if region_b else ""
         return f"""ssedge stack is up (logs in {directory}/):
   edge         {base_url}   <- the one address you need (HAProxy, HTTP/1.1)
 {edge_stack.banner(tier)}
@@ -179,8 +195,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
   redis        {redis_url}
   publish      token in {directory}/publish-token
   private-*    need a token: .venv/bin/ssedge token --subscribe 'private-*'
-  pages        {base_url}/ (live feed)  {base_url}/dashboard (operators)
-  try          .venv/bin/ssedge tail {DEMO_TOPIC}{region_b.banner() if region_b else ""}
+  pages        {base_url}/ (live feed)
+  dashboard    {base_url}/dashboard{dashboard}  (operators; the token reads ssedge.*)
+  try          .venv/bin/ssedge tail {DEMO_TOPIC}{region_text}
 A child that exits is restarted (state in {directory}/supervisor.json).
 Ctrl-C stops everything."""
 

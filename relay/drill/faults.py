@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from relay.drill import hostile
 from relay.stackstatus import read_status
 
 #: every kind of fault, with what it does on the local stack; in this order, ``--every`` puts
@@ -38,6 +39,8 @@ KINDS: dict[str, str] = {
     "redis-restart": "SIGTERM to Redis (it writes its AOF and stops), started again",
     "cut-connections": "ss -K: every connection to and from the edge's port is destroyed",
     "redis-kill": "SIGKILL to Redis, started again on what its disk holds",
+    "hostile": "one source (127.0.0.2) abuses the edge for --freeze: streams on random "
+               "topics, random replay pages, odd spellings, /metrics in absolute form",
 }
 _AT = re.compile(r"^([a-z-]+)@(.+)$")
 
@@ -208,6 +211,8 @@ class LocalStack:
     async def inject(self, kind: str) -> Injected:
         if kind == "cut-connections":
             return await self._cut()
+        if kind == "hostile":
+            return self._hostile()
         name = {"replay-kill": "replay", "varnish-restart": "varnish", "redis-restart": "redis",
                 "redis-kill": "redis", "edge-restart": "edge"}.get(kind) or self._next_relay()
         child = self.children().get(name)
@@ -269,6 +274,29 @@ class LocalStack:
         # ss prints a header and one line per socket it destroyed (both ends of each)
         sockets = max(0, len(out.decode().strip().splitlines()) - 1)
         return Injected("edge", f"ss -K: {sockets} sockets on :{port} destroyed")
+
+    def _hostile(self) -> Injected:
+        """The abuse runs beside the drill's clients for ``freeze_s``; it is back when it
+        ends. An operator endpoint that answered it fails the fault."""
+        injected = Injected("edge", f"{hostile.HOSTILE} abuses :{self.edge_port} for "
+                                    f"{self.freeze_s:g} s")
+        started = time.monotonic()
+
+        async def run() -> float:
+            try:
+                counts = await hostile.abuse(self.edge_port, self.freeze_s)
+            except OSError as exc:  # 127.0.0.2 not usable here
+                injected.error = f"hostile source: {exc}"
+                return time.monotonic() - started
+            injected.detail += ": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())
+                                                if v)
+            if counts.get("odd_leaked"):
+                injected.error = f"the edge answered {counts['odd_leaked']} odd or operator " \
+                                 f"requests"
+            return time.monotonic() - started
+
+        injected.back = run()
+        return injected
 
     async def close(self) -> None:
         for pid in list(self._frozen):

@@ -250,6 +250,7 @@ class Drill:
             back: Awaitable[float | None] = injected.back
             window.back_s = await back
             window.error = window.error or injected.error
+            window.detail = injected.detail  # a fault that runs a while tells what it did
 
     async def _audit(self, window: Window, *, final: bool = False) -> None:
         """Read each topic from its start: every acknowledged event must still be there."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from relay.edge import tls as edge_tls
 from relay.edge.haproxy.config import Listen
+from relay.edge.haproxy.limits import DEFAULT, Limits
 from relay.edge.haproxy.program import HAProxy
 from relay.edge.varnish.config import CACHE_PARAMS
 from relay.harness.processes import (
@@ -33,12 +34,14 @@ from relay.harness.servers import Relay, Varnish, answers
 
 class Edge:
     """HAProxy on ``port`` (and ``https_port`` with TLS) in front of the relays and of a
-    varnishd (``cache``) that holds the cacheable answers; ``extra_params`` go to varnishd."""
+    varnishd (``cache``) that holds the cacheable answers; ``extra_params`` go to varnishd.
+    ``limits``: the per-client limits, by default the shipped ones with 127.0.0.1 exempt (as
+    ``make up``): the tests and benchmarks' own clients are many on one address."""
 
     def __init__(self, directory: Path, relays: list[Relay], replay: Relay | None,
                  extra_params: tuple[str, ...] = (), port: int | None = None, *,
                  tls: bool = True, stream_timeout: str = "60s",
-                 maxconn: int | None = None) -> None:
+                 maxconn: int | None = None, limits: Limits = DEFAULT) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()  # given: relays that fetch history through it know it
@@ -57,7 +60,7 @@ class Edge:
             stats=f"127.0.0.1:{self.stats_port}", admin_socket=self._socket_dir / "admin.sock",
             https=f"127.0.0.1:{self.https_port}" if tls else None,
             cert=self.certificates.edge if self.certificates else None,
-            stream_timeout=stream_timeout, maxconn=maxconn))
+            stream_timeout=stream_timeout, maxconn=maxconn, limits=limits))
         self.admin = self.proxy.admin
         self.config = self.proxy.write(directory / "haproxy", [("127.0.0.1", r.port)
                                                                for r in relays])

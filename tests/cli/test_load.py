@@ -83,9 +83,11 @@ def test_each_scenario_has_a_conf_that_selects_it_by_tag(name: str) -> None:
 
 
 def test_tags_name_every_scenario_a_class_is_in() -> None:
-    assert tags_of("FanoutReader") == ("fanout",)
+    assert tags_of("FanoutReader") == ("fanout", "hostile")
+    assert tags_of("HostileClient") == ("hostile",)
     assert set(tags_of("SteadyPublisher")) == {
-        "fanout", "many-topics", "reconnect-storm", "slow-consumer", "churn", "private-topic"}
+        "fanout", "many-topics", "reconnect-storm", "slow-consumer", "churn", "private-topic",
+        "hostile"}
     assert tags_of("NoSuchClass") == ()
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def _check(config: Path) -> subprocess.CompletedProcess[str]:
 def test_the_shipped_config_loads(tmp_path: Path) -> None:
     # as shipped it wants the local stack's certificate, relative to the checkout: give it one
     certs = edge_tls.ensure(tmp_path / "tls")
-    env = {"EDGE_CERT": str(certs.edge), "EDGE_ADMIN_SOCKET": str(tmp_path / "a.sock")}
+    env = {"EDGE_CERT": str(certs.edge), "EDGE_ADMIN_SOCKET": str(tmp_path / "a.sock"),
+           "EDGE_STATS_SOCKET": str(tmp_path / "s.sock")}
     done = subprocess.run(edge_haproxy.check_command(edge_haproxy.TEMPLATE),
                           capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/sbin:/usr/bin:/bin", **env})
@@ -91,3 +93,52 @@ def test_the_program_renders_what_config_renders(tmp_path: Path) -> None:
     assert proxy.render(relays) == {"haproxy.cfg": edge_haproxy.render(relays, proxy.listen)}
     proxy.check(proxy.write(tmp_path / "h", relays).parent)
     assert proxy.command(tmp_path / "h")[-1] == str((tmp_path / "h" / "haproxy.cfg").resolve())
+
+
+def test_the_limits_table_the_settings_and_the_template_agree(tmp_path: Path) -> None:
+    from relay import settings
+    from relay.edge.haproxy import limits
+
+    defaults = settings.load({})
+    template = edge_haproxy.TEMPLATE.read_text()
+    for lim in limits.LIMITS:
+        assert getattr(defaults, lim.setting) == lim.default, lim
+        assert f"presetenv {lim.env} {lim.default}\n" in template, lim
+    assert defaults.edge_limits_exempt == limits.DEFAULT_EXEMPT
+    assert f"acl limits_exempt src {limits.DEFAULT_EXEMPT}\n" in template
+    for refusal in limits.REFUSALS:
+        assert f"backend {refusal.backend}\n" in template, refusal
+        assert f"use_backend {refusal.backend} if" in template, refusal
+
+
+def test_limits_and_exempt_networks_are_rendered_and_load(tmp_path: Path) -> None:
+    from relay.edge.haproxy.limits import Limits
+
+    listen = _listen(tmp_path)
+    none = Limits(exempt="").but(edge_streams_per_source=7)
+    text = edge_haproxy.render([("127.0.0.1", 8101)], dataclasses.replace(listen, limits=none))
+    assert "presetenv EDGE_STREAMS_PER_SOURCE 7\n" in text
+    assert "acl limits_exempt always_false\n" in text
+    some = Limits(exempt="10.0.0.0/8, 192.0.2.7")
+    text = edge_haproxy.render([("127.0.0.1", 8101)], dataclasses.replace(listen, limits=some))
+    assert "acl limits_exempt src 10.0.0.0/8 192.0.2.7\n" in text
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    done = _check(config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with pytest.raises(edge_haproxy.ConfigError):
+        edge_haproxy.render([("127.0.0.1", 8101)], dataclasses.replace(
+            listen, limits=Limits(exempt="10.0.0.0/8 src 0.0.0.0/0; evil")))
+    with pytest.raises(ValueError):
+        Limits().but(edge_no_such_limit=1)
+
+
+def test_the_dashboard_counts_each_refusal_by_its_backend() -> None:
+    from relay.edge.haproxy import stats
+
+    rows = [{"pxname": "refuse_stream_limit", "svname": "BACKEND", "stot": "12"},
+            {"pxname": "refuse_spelling", "svname": "BACKEND", "stot": "3"},
+            {"pxname": "edge", "svname": "FRONTEND", "scur": "5", "req_tot": "40"}]
+    snap = stats.proxy_snapshot(rows)
+    assert snap["refused"] == {"stream_limit": 12, "spelling": 3}
+    assert snap["connections"] == 5

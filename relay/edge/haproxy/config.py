@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.edge.haproxy.limits import DEFAULT, Limits
+
 # shipped in the wheel beside this module (package data)
 TEMPLATE = Path(__file__).resolve().parent / "haproxy.cfg"
 BEGIN = "# -- relay nodes"
@@ -41,6 +43,14 @@ class Listen:
     cert: Path | None = None
     stream_timeout: str = "60s"
     maxconn: int | None = None  # None: the template's
+    # the per-client limits and the networks exempt from them (relay/edge/haproxy/limits.py)
+    limits: Limits = DEFAULT
+    # the runtime API's reading socket (level operator); None: stats.sock beside admin_socket
+    stats_socket: Path | None = None
+
+    @property
+    def read_socket(self) -> Path:
+        return self.stats_socket or self.admin_socket.with_name("stats.sock")
 
 
 def _set_env(text: str, name: str, value: str) -> str:
@@ -51,14 +61,29 @@ def _set_env(text: str, name: str, value: str) -> str:
     return pattern.sub(lambda m: m.group(1) + value, text, count=1)
 
 
+def _set_exempt(text: str, networks: list[str]) -> str:
+    pattern = re.compile(r"^(\s*acl limits_exempt ).*$", re.MULTILINE)
+    if not pattern.search(text):
+        raise ConfigError(f"no `acl limits_exempt` in {TEMPLATE}")
+    if any(not re.fullmatch(r"[0-9A-Fa-f:.]+(/[0-9]{1,3})?", n) for n in networks):
+        raise ConfigError(f"the networks exempt from the edge's limits are addresses or "
+                          f"CIDRs: {', '.join(networks)}")
+    acl = "src " + " ".join(networks) if networks else "always_false"
+    return pattern.sub(lambda m: m.group(1) + acl, text, count=1)
+
+
 def render(relays: Sequence[tuple[str, int]], listen: Listen, template: str | None = None) -> str:
     """The template with ``listen``'s addresses and these relay nodes."""
     text = TEMPLATE.read_text() if template is None else template
     for name, value in (("EDGE_HTTP_ADDR", listen.http), ("EDGE_CACHE_ADDR", listen.cache),
                         ("EDGE_STATS_ADDR", listen.stats),
                         ("EDGE_ADMIN_SOCKET", str(listen.admin_socket)),
+                        ("EDGE_STATS_SOCKET", str(listen.read_socket)),
                         ("EDGE_STREAM_TIMEOUT", listen.stream_timeout)):
         text = _set_env(text, name, value)
+    for name, value in listen.limits.env().items():
+        text = _set_env(text, name, value)
+    text = _set_exempt(text, listen.limits.networks())
     if listen.maxconn is not None:
         text = _set_env(text, "EDGE_MAXCONN", str(listen.maxconn))
     if listen.https is None:

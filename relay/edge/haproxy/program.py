@@ -20,6 +20,8 @@ class HAProxy(EdgeProgram):
     def __init__(self, listen: config.Listen, *, timeout: float = 5.0) -> None:
         self.listen = listen
         self.admin = Admin(listen.admin_socket, timeout=timeout)
+        # its numbers are read on the reading socket (level operator)
+        self.reader = Admin(listen.read_socket, timeout=timeout)
 
     def render(self, relays: Sequence[Address]) -> dict[str, str]:
         return {self.config_file: config.render(relays, self.listen)}
@@ -38,4 +40,4 @@ class HAProxy(EdgeProgram):
 
     def stats(self) -> dict[str, Any]:
         """Streams, connections and each relay's state as ``show stat`` says."""
-        return stats.proxy_snapshot(self.admin.stat())
+        return stats.proxy_snapshot(self.reader.stat())

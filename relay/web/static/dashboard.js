@@ -3,7 +3,11 @@
 // at once; every snapshot then redraws the numbers and SVG sparklines. No library.
 "use strict";
 
-const TOPIC = new URLSearchParams(location.search).get("topic") || "ssedge.stats";
+const PARAMS = new URLSearchParams(location.search);
+const TOPIC = PARAMS.get("topic") || "ssedge.stats";
+// the stats topic is private (its snapshots name internal addresses and errors): `ssedge up`
+// prints this page's address with a subscriber token, passed on to the stream
+const TOKEN = PARAMS.get("access_token");
 const WINDOW_S = 300;             // what the plots show
 const KEEP = 600;                 // snapshots held
 const GAP_S = 5;                  // longer between two snapshots: no line across
@@ -175,7 +179,17 @@ function drawProxy(proxy) {
   $("proxy-streams").textContent = fmt(proxy.streams, 0);
   $("proxy-relays").textContent = "· " + proxy.relays.map((r) =>
     `${r.name} ${r.status} ${fmt(r.streams, 0)}`).join(" · ") +
-    ` · retries ${fmt(proxy.retries, 0)}, redispatches ${fmt(proxy.redispatches, 0)}`;
+    ` · retries ${fmt(proxy.retries, 0)}, redispatches ${fmt(proxy.redispatches, 0)}` +
+    refusals(proxy.refused);
+}
+
+// what the edge refused itself since it started (per-client limits, odd spellings, operator
+// endpoints: docs/SECURITY.md), by reason; nothing when it refused nothing
+function refusals(refused) {
+  const seen = Object.entries(refused || {}).filter(([, n]) => n > 0);
+  if (!seen.length) return "";
+  return " · refused " + seen.map(([reason, n]) => `${reason.replace(/_/g, " ")} ${fmt(n, 0)}`)
+    .join(", ");
 }
 
 // the children of `ssedge up` (its supervisor.json): restarts made visible; absent elsewhere
@@ -250,7 +264,9 @@ function setState(state, text) {
 
 function open(afterId) {
   const query = afterId ? `last_event_id=${encodeURIComponent(afterId)}` : `backfill=${WINDOW_S}`;
-  const source = new EventSource(`/v1/streams/${encodeURIComponent(TOPIC)}/events?${query}`);
+  const auth = TOKEN ? `&access_token=${encodeURIComponent(TOKEN)}` : "";
+  const source = new EventSource(
+    `/v1/streams/${encodeURIComponent(TOPIC)}/events?${query}${auth}`);
   board.source = source;
   source.onopen = () => setState("open", "live");
   source.onerror = () => {

@@ -52,8 +52,11 @@ def test_authorized_answers_are_never_cached_nor_shared(
         get(meta_a, Authorization=f"Bearer {alice}"),
         get(f"{meta_a}?access_token={alice}"),
         get(meta_a, Cookie=f"theme=dark; ssedge_auth={alice}"),
-        get(f"{meta_a}?acc%65ss_token={alice}"),  # a spelling the VCL does not know
     ]
+    # a spelling the VCL does not know (the relays decode a parameter's name) is refused by
+    # HAProxy before the cache: one canonical URL (docs/SECURITY.md)
+    odd = get(f"{meta_a}?acc%65ss_token={alice}")
+    assert odd.status == 400 and "x-cache" not in odd.headers
     for answer in answers:
         assert answer.status == 200 and answer.json()["topic"] == "private-a"
         assert answer.headers["cache-control"] == "private, no-store"
@@ -63,7 +66,6 @@ def test_authorized_answers_are_never_cached_nor_shared(
     for _ in range(3):
         assert get(meta_a).status == 401
         assert get(meta_a, Authorization=f"Bearer {bob}").status == 403
-        assert get(f"{meta_a}?acc%65ss_token={alice}").headers["x-cache"] != "HIT"
         assert get(f"{varnish.url}/v1/replay/private-a").status == 401
     assert get(f"{varnish.url}/v1/replay/private-a", Authorization=f"Bearer {alice}").status \
         == 200
