@@ -6,6 +6,7 @@ same list (``ssedge settings``). A bad value stops start-up with one line naming
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import typing
@@ -215,6 +216,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tcp_send_buffer_bytes: Annotated[int, Meta(ge=0, le=64 * 1024 * 1024)] = 128 * 1024
     """Kernel send buffer per connection (SO_SNDBUF; Linux doubles it); 0: autotuned to 4 MiB."""
 
+    # -- operators (relay/node/admin.py, audience.py, revocation.py) ------------------------
+    admin_token: str = ""
+    """Bearer token of the operator API (/v1/admin/); empty: the operator API is off (404)."""
+    audience_period_s: Annotated[float, Meta(ge=0.2, le=60)] = 2.0
+    """Each relay process writes its open streams per topic to Redis this often."""
+    revocation_reload_s: Annotated[float, Meta(ge=0.5, le=3600)] = 10.0
+    """Revocations are read again from Redis this often (beside their Pub/Sub broadcast)."""
+    trusted_proxies: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f:./,\s]*$")] = "127.0.0.0/8,::1/128"
+    """Networks whose X-Forwarded-For the access log believes (comma-separated CIDRs)."""
+
     # -- logs (relay/logs.py) ----------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Least severe log lines written: debug, info, warning or error."""
@@ -253,6 +264,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.publish_replicas >= 0:
             return self.publish_replicas
         return 1 if self.redis_cluster or connected else 0
+
+
+def proxy_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The networks of ``trusted_proxies`` (ValueError naming a bad one)."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
 
 
 class SettingsError(ValueError):
@@ -322,6 +339,11 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_one_line(exc, raw)) from None
+    try:
+        proxy_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(f"bad setting {env_name('trusted_proxies')}="
+                            f"{settings.trusted_proxies!r}: {exc}") from None
     if settings.redis_read_url and settings.redis_cluster:
         # one replica of one primary: a cluster's replicas (one per shard) are not read yet
         raise SettingsError(f"bad setting {env_name('redis_read_url')}="

@@ -79,7 +79,8 @@ class ReplayApp:
         node = settings.node_name or f"{settings.replay_host}:{settings.replay_port}"
         self.metrics = ReplayMetrics(node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses,
-                                   settings.access_log)
+                                   settings.access_log,
+                                   settings_mod.proxy_networks(settings.trusted_proxies))
         self.redis = clients.connect_pair(settings)
         self.auth = auth.Authority(settings)
         self.auth.register_metrics(self.metrics)

@@ -47,6 +47,8 @@ def test_every_route_is_described() -> None:
         "/v1/handshake",
         "/v1/replay/{topic}", "/v1/auth/cookie", "/healthz", "/readyz", "/metrics", "/",
         "/dashboard", "/static/{file}",
+        "/v1/admin/audience", "/v1/admin/revocations", "/v1/admin/disconnect",
+        "/v1/admin/drain",
     }
 
 

@@ -270,7 +270,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
         varnish_name=args.varnish_name, haproxy_socket=args.haproxy_socket,
         interval_s=args.interval, topic=args.topic, keep=args.keep,
-        supervisor=args.supervisor,
+        supervisor=args.supervisor, audience_period_s=settings.audience_period_s,
         log_level=settings.log_level, log_format=settings.log_format,
     ))
 
@@ -428,6 +428,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_drill_arguments(drill_p)
     drill_p.set_defaults(func=cmd_drill)
+
+    from relay.cli.admin import add_arguments as add_admin_arguments
+
+    add_admin_arguments(sub)  # top, revoke, disconnect, drain: the operator API
 
     st = sub.add_parser("settings", help="print the settings table (Markdown)")
     st.set_defaults(func=cmd_settings)

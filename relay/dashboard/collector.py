@@ -31,7 +31,7 @@ from relay.dashboard import stats
 from relay.edge.haproxy import stats as edge_stats
 from relay.edge.haproxy.admin import Admin
 from relay.edge.varnish import config as edge
-from relay.storage import clients
+from relay.storage import clients, presence
 from relay.storage import streams as store
 from relay.web import client
 
@@ -55,6 +55,7 @@ class Options:
     log_level: str = "info"
     log_format: str = "text"
     haproxy_socket: str | None = None  # the edge proxy's runtime API; None: no proxy numbers
+    audience_period_s: float = 2.0  # the relays' SSEDGE_AUDIENCE_PERIOD_S
 
 
 class EdgeLog:
@@ -128,6 +129,7 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
                                   edge_log.error if edge_log else "no edge configured", stack)
             if options.haproxy_socket:
                 snap["edge"]["proxy"] = await _proxy(options.haproxy_socket, options.interval_s)
+            snap["audience"] = await _audience(redis, options)
             try:
                 await store.publish(redis, options.topic, [(_json.encode(snap), stats.EVENT)],
                                     maxlen=options.keep, max_age_s=0)
@@ -143,6 +145,17 @@ async def collect(options: Options, stop: asyncio.Event) -> None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         await redis.aclose()
+
+
+async def _audience(redis: clients.Client, options: Options) -> dict[str, object]:
+    """The busiest topics across every relay (what ``ssedge top`` shows), or why not."""
+    try:
+        seen = await asyncio.wait_for(
+            presence.everything(redis, presence.ttl_ms(options.audience_period_s)),
+            options.interval_s)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return {"error": str(exc) or type(exc).__name__}
+    return stats.audience_part(seen.topics, seen.processes)
 
 
 async def _proxy(path: str, timeout: float) -> dict[str, object]:

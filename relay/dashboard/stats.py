@@ -180,6 +180,13 @@ def stack_part(status: dict[str, Any] | None) -> dict[str, Any] | None:
             "children": children}
 
 
+def audience_part(topics: dict[str, int], processes: int, limit: int = 10) -> dict[str, Any]:
+    """The deployment's audience (``relay.storage.presence``): the busiest topics."""
+    busiest = sorted(topics.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return {"streams": sum(topics.values()), "topic_count": len(topics),
+            "processes": processes, "topics": [[t, n] for t, n in busiest]}
+
+
 def snapshot(t: float, interval_s: float, nodes: list[dict[str, Any]],
              edge: dict[str, Any] | None, edge_error: str | None = None,
              stack: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -50,6 +50,9 @@ def run(directory: Path, cluster_ports: Sequence[int] = CLUSTER_PORTS,
         "SSEDGE_REPLAY_URL": base_url,
         "SSEDGE_REPLAY_PORT": str(replay_port),
         "SSEDGE_DRAIN_S": "2",
+        # the operator API on the relays' own ports (ssedge top, revoke, disconnect, drain)
+        "SSEDGE_ADMIN_TOKEN": secret(directory, "admin-token", 24),
+        "SSEDGE_ADMIN_URL": f"http://127.0.0.1:{relay_ports[0]}",
         # clients (ssedge tail, load) trust the stack's own CA for its TLS edge
         **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }

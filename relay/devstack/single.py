@@ -142,6 +142,10 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         # PIDs): the banner's dashboard address carries a token for them
         "SSEDGE_PRIVATE_TOPICS": "private-*,ssedge.*",
         "SSEDGE_JWT_SECRET": secret(directory, "jwt-secret", 48),
+        # the operator API on the relays' own ports (never through the edge): ssedge top,
+        # revoke, disconnect, drain read these two
+        "SSEDGE_ADMIN_TOKEN": secret(directory, "admin-token", 24),
+        "SSEDGE_ADMIN_URL": f"http://127.0.0.1:{relay_ports[0]}",
         # another `ssedge ingest` in a second shell serves its metrics on a free port
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here

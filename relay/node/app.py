@@ -7,6 +7,7 @@ reading, while its RSGI stream transport buffers without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -20,13 +21,15 @@ from redis.exceptions import RedisError
 
 from relay import __version__, logs, prometheus, scrape
 from relay import settings as settings_mod
-from relay.node import multistream, stream
+from relay.node import admin, multistream, stream
 from relay.node.relay import Relay
 from relay.protocol import names
 from relay.settings import Settings
-from relay.storage import idempotency
+from relay.storage import idempotency, presence
 from relay.storage import streams as store
 from relay.web import auth, cookie, pages
+from relay.web.admin import PARTS as ADMIN_PARTS
+from relay.web.admin import AdminAuth
 from relay.web.errors import (
     MethodNotAllowed,
     NotFound,
@@ -93,6 +96,9 @@ class App:
         self.workers = scrape.Workers(self.relay.metrics)
         self.multi = multistream.MultiStreams(self.relay.metrics)
         self._stopping: asyncio.Task[None] | None = None
+        # the operator API (/v1/admin/), off without SSEDGE_ADMIN_TOKEN
+        self.admin = admin.Admin(self.relay, AdminAuth(settings.admin_token),
+                                 admin.drain_node(self.relay, handle_signals))
         self.handshake = {
             "protocol": PROTOCOL,
             "version": __version__,
@@ -193,11 +199,14 @@ class App:
             # keeps its metadata here when no topic= is given)
             return await multistream.serve(self.relay, self.multi, self.auth, request,
                                            receive, send)
+        if parts[:2] == ADMIN_PARTS:
+            return await self.admin.route(request, receive, send)
         if parts[:2] == ["v1", "streams"] and len(parts) in (3, 4):
             topic = parse_topic(parts[2])
             if len(parts) == 3:
                 _only(method, "GET, HEAD")
                 access = await self.auth.read_access(request, topic)
+                self.relay.orders.check(access.jti, access.subject)
                 return await self.metadata(request, topic, access, send)
             if parts[3] == "events":
                 if method == "POST":
@@ -208,8 +217,11 @@ class App:
                 except Unavailable as exc:  # the keys could not be had now (JWKS away)
                     return await stream.refuse(self.relay, send, "keys", exc.message,
                                               request)
+                # revoked: 403 for good (an EventSource closes), the revocation named
+                self.relay.orders.check(access.jti, access.subject)
                 return await stream.serve(self.relay, request, topic, receive, send,
-                                          expires=access.expires, token_exp=access.token_exp)
+                                          expires=access.expires, token_exp=access.token_exp,
+                                          identity=(access.jti, access.subject))
         if request.path == cookie.PATH:
             return await cookie.answer(request, self.auth, self.settings, self.relay.responder,
                                        send)
@@ -313,6 +325,12 @@ class App:
             info = await store.info(self.relay.redis.read, topic)
         except (RedisError, OSError):
             raise Unavailable("Redis is not reachable", 1) from None
+        # streams open on it across the deployment (relay.storage.presence), read from the
+        # primary: a relay reading a replica whose primary is away still answers, without it
+        audience: int | None = None
+        with contextlib.suppress(RedisError, OSError):
+            audience = await presence.of_topic(self.relay.redis.primary, topic,
+                                               self.relay.audience.ttl_ms)
         first = last = None
         length = 0
         if info is not None:
@@ -329,6 +347,7 @@ class App:
             "retention": {"maxlen": s.retention_maxlen, "max_age_s": s.retention_max_age_s},
             "retry_ms": s.retry_ms,
             "heartbeat_s": s.heartbeat_s,
+            "audience": audience,
         }
         # a private topic's metadata is its readers' alone: no shared cache may keep it
         cache = "private, no-store" if access.private else (

@@ -188,6 +188,8 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
             accesses.append(await authority.read_access(request, name))
         except Unavailable as exc:  # the keys could not be had now (JWKS away)
             return await stream.refuse(relay, send, "keys", exc.message, request)
+    for access in accesses:  # a revoked token is refused for good (relay.node.revocation)
+        relay.orders.check(access.jti, access.subject)
     position, start = parse_start(request, settings.ring_events)
     away = stream.turned_away(relay)
     if away is not None:
@@ -265,15 +267,17 @@ async def _run(relay: Relay, streams: MultiStreams, conn: Connection, accesses: 
     ends = [a.expires for a in accesses if a.expires is not None]
     exps = [a.token_exp for a in accesses if a.token_exp is not None]
     try:
+        # one token for all: a stream of several private topics is found by it too
+        identity = next(((a.jti, a.subject) for a in accesses if a.private), (None, None))
         with stream.lifetime(relay, receive, conn.cursors, expires=min(ends, default=None),
-                             token_exp=min(exps, default=None)):
+                             token_exp=min(exps, default=None), identity=identity):
             await stream.begin(relay, request, send, first, conn.cursors)
             relay.metrics.catchups += sum(c.catch_up is not None for c in conn.cursors)
             await _follow(relay, conn, send)
     finally:
         streams.open -= 1
         streams.cursors -= len(conn.cursors)
-    await stream.end(relay, send, conn.closed_because)
+    await stream.end(relay, send, conn.closed_because, notice=conn.cursors[0].notice)
 
 
 async def _follow(relay: Relay, conn: Connection, send: Send) -> None:

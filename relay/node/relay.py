@@ -7,12 +7,15 @@ import contextlib
 import logging
 import time
 
+from relay import settings as settings_mod
 from relay.node import fanout
+from relay.node.audience import Reporter
 from relay.node.feed import backends as feeds
 from relay.node.feed.base import FeedBase
 from relay.node.metrics import Metrics
 from relay.node.replayer import Replayer
 from relay.node.replica import Waits
+from relay.node.revocation import Orders
 from relay.node.topics import Hub, Subscription, Topic
 from relay.settings import Settings
 from relay.storage import clients, replica
@@ -52,7 +55,8 @@ class Relay:
         self.settings = settings
         self.metrics = Metrics(settings.node)
         self.responder = Responder(settings.cors_origin, self.metrics.responses,
-                                   settings.access_log)
+                                   settings.access_log,
+                                   settings_mod.proxy_networks(settings.trusted_proxies))
         # writes go to the primary; the feed, priming, metadata and history read ``redis.read``
         # (a replica when SSEDGE_REDIS_READ_URL names one), and every comparison of ids that
         # decides a client's fate (rule 2, verify) takes them from there
@@ -76,6 +80,12 @@ class Relay:
             page_bytes=settings.replay_page_bytes,
             private=auth.Patterns.parse(settings.private_topics).match,
         )
+        # the operators' view and orders: this process's audience told to Redis, revoked
+        # tokens and the streams found by token (relay/node/audience.py, revocation.py)
+        self.audience = Reporter(self.hub, self.redis.primary, settings.node,
+                                 settings.audience_period_s, self.metrics)
+        self.orders = Orders(self.hub, self.redis.primary, settings.revocation_reload_s,
+                             self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
         self.refusals = Refusals()
@@ -133,6 +143,8 @@ class Relay:
             asyncio.ensure_future(self._guard("feed", self.feed.run())),
             asyncio.ensure_future(self._guard("heartbeat", self._heartbeat())),
             asyncio.ensure_future(self._guard("sweeper", self._sweep())),
+            asyncio.ensure_future(self._guard("audience", self.audience.run())),
+            asyncio.ensure_future(self._guard("orders", self.orders.run())),
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
@@ -190,7 +202,9 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return (not self.draining and self.stepped_out is None
+        # revocations are read before the first stream is taken (a revoked token must not
+        # slip in while a restarted relay has not read them yet)
+        return (not self.draining and self.stepped_out is None and self.orders.loaded
                 and all(not t.done() for t in self._tasks))
 
     def _watch_redis(self) -> None:
@@ -241,6 +255,7 @@ class Relay:
         for task in self._tasks + passes:
             task.cancel()
         await asyncio.gather(*self._tasks, *passes, return_exceptions=True)
+        await self.audience.leave()
         await self.feed.close()
         await self.redis.aclose()
 

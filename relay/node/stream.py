@@ -26,7 +26,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from relay.backoff import jitter
-from relay.node import fanout, renewal, shared
+from relay.node import fanout, renewal, revocation, shared
 from relay.node.relay import Relay
 from relay.node.topics import Subscription, TooManyTopics, Topic
 from relay.protocol import ids, resume
@@ -85,7 +85,8 @@ def parse_since(request: Request, ring_events: int) -> tuple[bool, int]:
 
 async def serve(relay: Relay, request: Request, topic_name: str, receive: Receive,
                 send: Send, *, expires: float | None = None,
-                token_exp: float | None = None) -> None:
+                token_exp: float | None = None,
+                identity: tuple[str | None, str | None] = (None, None)) -> None:
     """Serve one stream; one read with a token is ended when the token ``expires`` (epoch s),
     and told ahead of its ``token_exp`` (``relay.node.renewal``).
 
@@ -139,12 +140,13 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     # resumes from here, not from "now" again, and misses nothing published while away
     first_frames += plan.reset + encode_position(ids.format(plan.last_id))
     try:
-        with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp):
+        with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp,
+                      identity=identity):
             await begin(relay, request, send, first_frames, (sub,), sub.coding)
             if sub.catch_up is not None:
                 relay.metrics.catchups += 1
             await _follow(relay, sub, send)
-        await end(relay, send, sub.closed_because, sub.coding)
+        await end(relay, send, sub.closed_because, sub.coding, sub.notice)
     finally:
         if sub.coding is not None:
             shared.detach(topic)
@@ -152,14 +154,16 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
 
 @contextlib.contextmanager
 def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
-             expires: float | None, token_exp: float | None) -> Iterator[None]:
+             expires: float | None, token_exp: float | None,
+             identity: tuple[str | None, str | None] = (None, None)) -> Iterator[None]:
     """One stream's life around its sends, whatever its topics (``subs``, the first of which
     stands for the stream): counted open; closed when its client leaves (``DisconnectWatch``);
     ended when a token ``expires`` (epoch s: the client comes back with its Last-Event-ID and
     must bring a fresh token; one timer per stream, nothing per event) and told ahead of its
-    ``token_exp`` (``relay.node.renewal``). A cancel of ours (the stream was closed) ends the
-    body quietly; any other (the server shutting down) goes on. Every subscription is let go
-    at the end."""
+    ``token_exp`` (``relay.node.renewal``); found by its token's ``identity`` (jti, sub) when
+    an operator revokes it or disconnects its subject (``relay.node.revocation``). A cancel
+    of ours (the stream was closed) ends the body quietly; any other (the server shutting
+    down) goes on. Every subscription is let go at the end."""
     head = subs[0]
     metrics = relay.metrics
     metrics.streams_open += 1
@@ -168,6 +172,8 @@ def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
     expiry = None if expires is None else asyncio.get_running_loop().call_later(
         max(0.0, expires - time.time()), head.close, "token expired")
     expiring = renewal.schedule(head, token_exp, relay.settings.token_refresh_s)
+    if identity != (None, None):
+        relay.orders.register(head, *identity)
     try:
         yield
     except asyncio.CancelledError:
@@ -178,6 +184,8 @@ def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
             task.uncancel()
     finally:
         watcher.cancel()
+        if identity != (None, None):
+            relay.orders.identities.remove(head, *identity)
         for timer in (expiry, expiring):
             if timer is not None:
                 timer.cancel()
@@ -208,20 +216,28 @@ async def begin(relay: Relay, request: Request, send: Send, first: bytes,
 
 
 async def end(relay: Relay, send: Send, reason: str | None,
-              coding: Coding | None = None) -> None:
-    """End a stream closed for ``reason``: cleanly, so the client reconnects with its Last-Event-ID
-    (a compressed stream ends its deflate stream). A drain asks it to come back soon (to another
-    node) rather than after the usual retry, and a relay that lost Redis (or whose replica stayed
-    behind) spreads its clients' returns like a refusal; a token's expiry asks for a quick return
-    too: the page renewed it when told (relay.node.renewal)."""
+              coding: Coding | None = None, notice: bytes = b"") -> None:
+    """End a stream closed for ``reason``: cleanly, so the client reconnects with its
+    Last-Event-ID (a compressed stream ends its deflate stream). A drain asks it to come back
+    soon (to another node) rather than after the usual retry, and a relay that lost Redis (or
+    whose replica stayed behind) spreads its clients' returns like a refusal; a token's expiry
+    asks for a quick return too: the page renewed it when told (relay.node.renewal). A stream
+    whose token was revoked is told why (``notice``, an ``ssedge.revoked`` event) and asked to
+    come back soon: its reconnect gets the 403 that closes an EventSource for good
+    (relay.node.revocation)."""
     if reason == "disconnect":
         return
     settings = relay.settings
     last = b""
     if reason in ("drain", "token expired"):
         last = encode_retry(settings.drain_retry_ms)
+    elif reason == revocation.CLOSE_REVOKED:
+        last = notice + encode_retry(settings.drain_retry_ms)
     elif reason in ("redis lost", "replica behind"):
         last = encode_retry(_spread(settings.refused_retry_ms))
+    elif reason == revocation.CLOSE_ORDERED:
+        # a whole topic told to go at once must not come back at once
+        last = encode_retry(_spread(settings.retry_ms))
     if coding is not None:
         last = coding.finish(last)
     with contextlib.suppress(Exception):  # the client may be gone too

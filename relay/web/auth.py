@@ -50,6 +50,8 @@ class Access:
     private: bool
     expires: float | None = None  # the stream's end: the token's exp and the leeway
     token_exp: float | None = None  # the token's exp claim, told to the page ahead of it
+    jti: str | None = None  # the token's jti and sub claims: what an operator may revoke
+    subject: str | None = None
 
 
 PUBLIC = Access(private=False)
@@ -124,7 +126,8 @@ class Authority:
 def _read(token: Token, topic: str) -> Access:
     if not token.subscribe.match(topic):
         raise Forbidden(f"this token may not read {topic}")
-    return Access(private=True, expires=token.expires, token_exp=token.exp)
+    return Access(private=True, expires=token.expires, token_exp=token.exp, jti=token.jti,
+                  subject=token.sub)
 
 
 def _publish(token: Token, topic: str) -> None:

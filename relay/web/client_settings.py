@@ -49,3 +49,19 @@ def ca_file(explicit: str | None = None, host: str = "") -> str | None:
         return explicit or os.environ["SSEDGE_CA_FILE"]
     local = host.startswith(("https://127.0.0.1", "https://localhost"))
     return str(STACK_CA) if local and STACK_CA.is_file() else None
+
+
+#: a relay of the local stack: the operator API is on the relays' own ports, never the edge's
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8101"
+
+
+def admin_url(explicit: str | None = None) -> str:
+    """--url, else ``SSEDGE_ADMIN_URL``, else the local stack's first relay; no trailing slash.
+    Any relay of the deployment answers for all of it (but ``drain``, which is per node)."""
+    return (explicit or os.environ.get("SSEDGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
+
+
+def admin_token(explicit: str | None = None) -> str:
+    """--admin-token, else ``SSEDGE_ADMIN_TOKEN`` (in a checkout, the local stack's
+    ``.ssedge/env`` sets it); empty when there is none."""
+    return explicit or os.environ.get("SSEDGE_ADMIN_TOKEN", "")

@@ -49,6 +49,19 @@ class Forbidden(HTTPError):
             "www-authenticate": 'Bearer realm="ssedge", error="insufficient_scope"'})
 
 
+class Revoked(HTTPError):
+    """A valid token an operator revoked (by its ``jti`` or its ``sub``): refused for good, so
+    an EventSource closes (WHATWG) and its page can tell why from the body."""
+
+    status, code = 403, "revoked"
+
+    def __init__(self, message: str, revocation: dict[str, object]) -> None:
+        super().__init__(message, headers={
+            "www-authenticate": 'Bearer realm="ssedge", error="invalid_token", '
+                                'error_description="token revoked"'})
+        self.revocation = revocation
+
+
 class NotFound(HTTPError):
     status, code = 404, "not_found"
 

@@ -23,7 +23,7 @@ import msgspec
 
 from relay import logs
 from relay.protocol import names
-from relay.web import errors
+from relay.web import errors, forwarded
 from relay.web.cors import Cors, Headers
 from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
 
@@ -69,10 +69,19 @@ class Request:
 class Responder:
     """Writes whole answers; adds the request's CORS headers to each and counts them."""
 
-    def __init__(self, cors_origin: str, counts: dict[int, int], access_log: bool = False) -> None:
+    def __init__(self, cors_origin: str, counts: dict[int, int], access_log: bool = False,
+                 trusted_proxies: tuple[forwarded.Network, ...] = ()) -> None:
         self.cors = Cors(cors_origin)
         self._counts = counts
         self.access_log = access_log
+        # whose X-Forwarded-For names the client in the access log (relay.web.forwarded)
+        self.trusted_proxies = trusted_proxies
+
+    def client(self, request: Request) -> str:
+        """The client's address: the peer's, or what a trusted proxy says it is."""
+        peer = request.scope.get("client") or ("-", 0)
+        return forwarded.client_address(str(peer[0]), request.headers.get("x-forwarded-for"),
+                                        self.trusted_proxies)
 
     def headers(self, extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
         return [*_request_headers.get(), *((k.encode(), v.encode()) for k, v in extra.items())]
@@ -117,8 +126,10 @@ class Responder:
         await self.body(send, 204, b"", {**allowed, "cache-control": "public, max-age=86400"})
 
     async def error(self, send: Send, exc: HTTPError) -> None:
-        await self.json(send, exc.status, {"error": exc.code, "message": exc.message},
-                        {"cache-control": "no-store", **exc.headers})
+        payload: dict[str, Any] = {"error": exc.code, "message": exc.message}
+        if isinstance(exc, errors.Revoked):
+            payload["revocation"] = exc.revocation
+        await self.json(send, exc.status, payload, {"cache-control": "no-store", **exc.headers})
 
 
 async def answer(responder: Responder, request: Request, send: Send,
@@ -144,10 +155,9 @@ async def answer(responder: Responder, request: Request, send: Send,
         if noted is not None:
             status = _status.get() or [0]
             _status.reset(noted)
-            client = request.scope.get("client") or ("-", 0)
             # the path only: the query may hold a reader's token (access_token)
             logs.access(request.method, request.path, status[0],
-                        time.monotonic() - request.started, str(client[0]))
+                        time.monotonic() - request.started, responder.client(request))
 
 
 def _etags(header: str) -> set[str]:

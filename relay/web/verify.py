@@ -111,6 +111,8 @@ class Token:
     publish: Patterns
     expires: float | None  # epoch seconds, leeway included
     exp: float | None = None  # the token's own exp claim
+    jti: str | None = None  # the token's id, and whom it is for: what an operator revokes
+    sub: str | None = None
 
 class KeyUnknown(Exception):
     """A token names a ``kid`` the JWKS held now does not list: ``Verifier.verify_async``
@@ -225,5 +227,8 @@ class Verifier:
                                "subscribe and publish pattern lists") from None
         exp = claims.get("exp")
         exp = float(exp) if isinstance(exp, int | float) else None
+        jti, sub = claims.get("jti"), claims.get("sub")
         return Token(Patterns(rights.subscribe), Patterns(rights.publish),
-                     None if exp is None else exp + self._leeway, exp)
+                     None if exp is None else exp + self._leeway, exp,
+                     jti if isinstance(jti, str) and jti else None,
+                     sub if isinstance(sub, str) and sub else None)

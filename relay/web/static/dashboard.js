@@ -164,6 +164,7 @@ function draw() {
   }));
   drawProxy(edge.proxy);
   drawStack(last.stack);
+  drawAudience(last.audience);
 }
 
 // the streams the edge proxy carries, per relay (HAProxy's `show stat`); absent without it
@@ -210,6 +211,28 @@ function drawStack(stack) {
         td.className = "state";
         td.dataset.state = c.state === "up" ? "open" : c.state === "failed" ? "down" : "connecting";
       } else if (i === 2 || i === 3) td.className = "num";
+      tr.append(td);
+    });
+    return tr;
+  }));
+}
+
+// the busiest topics across every relay (relay/storage/presence.py; what `ssedge top` shows)
+function drawAudience(audience) {
+  if (!audience || audience.error) {
+    $("audience-note").textContent = audience ? `audience unavailable: ${audience.error}` : "";
+    return;
+  }
+  $("audience-streams").textContent = fmt(audience.streams, 0);
+  $("audience-topics").textContent = fmt(audience.topic_count, 0);
+  $("audience-note").textContent = `${audience.processes} relay processes reporting`;
+  $("audience").replaceChildren(...audience.topics.map(([topic, count]) => {
+    const tr = document.createElement("tr");
+    tr.dataset.topic = topic;
+    [topic, fmt(count, 0)].forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = String(text);
+      if (i === 1) td.className = "num";
       tr.append(td);
     });
     return tr;

@@ -47,7 +47,7 @@ class Stack:
         self.servers: list[Relay] = []
         settings: dict[str, Any] = {
             "heartbeat_s": 1, "topic_linger_s": 1,
-            "private_topics": "ssedge.*", "jwt_secret": SECRET}
+            "private_topics": "ssedge.*", "jwt_secret": SECRET, "admin_token": ADMIN}
         try:
             self.replay = Relay(directory, self.redis, TOKEN, command="replay", **settings)
             self.servers.append(self.replay)
@@ -224,7 +224,16 @@ OPERATOR = [
     ("GET https://x/metrics HTTP/1.1", {"Host": "x"}),
     ("GET http://edge/metrics HTTP/1.1", {}), ("GET http://edge/readyz HTTP/1.1", {}),
     ("GET /v1/../metrics HTTP/1.1", {}),
+    # the operator API, with its credential: on the nodes' own ports only
+    ("GET /v1/admin/audience HTTP/1.1", {"Authorization": "Bearer admin-secret"}),
+    ("GET /V1/ADMIN/audience HTTP/1.1", {"Authorization": "Bearer admin-secret"}),
+    ("GET //v1/admin/audience HTTP/1.1", {"Authorization": "Bearer admin-secret"}),
+    ("GET /v1/%61dmin/audience HTTP/1.1", {"Authorization": "Bearer admin-secret"}),
+    ("GET https://x/v1/admin/audience HTTP/1.1",
+     {"Host": "x", "Authorization": "Bearer admin-secret"}),
+    ("POST /v1/admin/disconnect HTTP/1.1", {"Authorization": "Bearer admin-secret"}),
 ]
+ADMIN = "admin-secret"
 
 
 def test_operator_endpoints_are_unreachable_in_any_spelling(stack: Stack) -> None:
@@ -238,8 +247,13 @@ def test_operator_endpoints_are_unreachable_in_any_spelling(stack: Stack) -> Non
 
     answers = asyncio.run(run())
     leaked = {line: a.status for (line, _), a in zip(OPERATOR, answers, strict=True)
-              if a.status < 400 or b"ssedge_" in a.body or b"ready" in a.body}
+              if a.status < 400 or b"ssedge_" in a.body or b"ready" in a.body
+              or b"topics" in a.body}
     assert not leaked, leaked
+    # the operator API answers on the node's own port, with its credential
+    own = asyncio.run(request(stack.relay.port, "/v1/admin/audience",
+                              headers={"Authorization": f"Bearer {ADMIN}"}, source="127.0.0.1"))
+    assert own.status == 200, own.body
     # the relays' own ports still answer them: Prometheus and the edge's checks use those
     assert asyncio.run(metrics(stack.relay.url))["ssedge_streams_open"] >= 0
 

@@ -122,12 +122,14 @@ async def _until_all(readers: list[Reader], want: dict[str, set[str]], timeout: 
 
 
 def _tracking_clients(cluster: LocalCluster, port: int) -> tuple[int, int]:
-    """(tracking readers, subscribed listeners) connected to one node."""
+    """(tracking readers, listeners of invalidations) connected to one node. The listeners
+    are counted on their channel: a relay's other subscription (the operators' orders,
+    relay/node/revocation.py) is no feed's."""
     lines = cluster.cli(port, "CLIENT", "LIST").splitlines()
     fields = [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in lines]
     tracking = sum("t" in f.get("flags", "") for f in fields)
-    listening = sum(f.get("sub") == "1" for f in fields)
-    return tracking, listening
+    numsub = cluster.cli(port, "PUBSUB", "NUMSUB", "__redis__:invalidate").split()
+    return tracking, int(numsub[-1])
 
 
 def test_hundred_topics_over_three_primaries_every_event_to_every_relay_in_order(

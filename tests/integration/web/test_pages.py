@@ -230,6 +230,11 @@ def test_dashboard_numbers_move_under_load(edge: Edge, page: Page, tmp_path: Pat
             page.wait_for_function(
                 "() => Number(document.querySelector('#edge tr[data-class=\"handshake\"]')"
                 ".children[4].textContent) > 0", timeout=WAIT_MS)
+            # the busiest topics across both relays (the audience every relay writes)
+            page.wait_for_function(
+                "() => { const r = document.querySelector("
+                "'#audience tr[data-topic=\"pages-load\"]');"
+                " return r !== null && r.children[1].textContent === '30'; }", timeout=WAIT_MS)
             # the streams the edge proxy carries (HAProxy's own count): the load's and the page's
             page.wait_for_function(
                 "() => Number(document.querySelector('#proxy-streams').textContent) >= 31",

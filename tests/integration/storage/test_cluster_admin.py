@@ -1,0 +1,90 @@
+"""The operator API on a real Redis Cluster (3 primaries, 3 replicas) and three relays: the
+audience of topics spread over every primary is exact on every relay, and a revocation and a
+disconnect reach every relay (the Pub/Sub channel is the cluster's, its keys one slot:
+``{#audience}``, ``{#control}``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from relay.harness.cluster import LocalCluster
+from relay.harness.processes import free_port
+from relay.harness.servers import Relay
+from tests.integration.conftest import TOKEN
+from tests.integration.web.test_admin import (
+    SETTINGS,
+    audience,
+    call,
+    closing,
+    open_reader,
+    reader_token,
+    settled,
+    stream_url,
+    wait_for,
+)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    ports = [free_port() for _ in range(6)]
+    c = LocalCluster(tmp_path / "cluster", ports, bus_ports=[free_port() for _ in range(6)],
+                     node_timeout_ms=1000)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def relays(tmp_path: Path, cluster: LocalCluster) -> Iterator[list[Relay]]:
+    started: list[Relay] = []
+    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")  # SSEDGE_REDIS_CLUSTER wins
+    try:
+        for _ in range(3):
+            started.append(Relay(tmp_path, unused, TOKEN,  # type: ignore[arg-type]
+                                 redis_cluster=cluster.seeds, **SETTINGS))
+        yield started
+    finally:
+        for r in started:
+            r.stop()
+
+
+def test_audience_revocation_and_disconnect_on_a_cluster(relays: list[Relay]) -> None:
+    r1, r2, r3 = relays
+    topics = [f"cl.{i}" for i in range(6)]  # over the three primaries
+
+    async def run() -> None:
+        expected: dict[str, int] = {}
+        for i, topic in enumerate(topics):
+            for relay in relays[: 1 + i % 3]:
+                await open_reader(stream_url(relay, topic))
+                expected[topic] = expected.get(topic, 0) + 1
+        token = reader_token("cl-jti", "cl-sub")
+        revoked = [await open_reader(stream_url(r, "private-cl"), token) for r in relays]
+        expected["private-cl"] = 3
+        await settled(relays, expected)
+
+        ordered = time.monotonic()
+        response = await call("POST", f"{r2.url}/v1/admin/revocations",
+                              {"jti": "cl-jti", "until": time.time() + 60, "reason": "cl"})
+        assert response.status == 201, response.body
+        for reader in revoked:
+            await wait_for(lambda r=reader: r.ended_at is not None, 1.5, "revoked streams")
+            assert reader.ended_at is not None and reader.ended_at - ordered < 1.0
+            assert json.loads(reader.events[-1].data)["reason"] == "cl"
+
+        response = await call("POST", f"{r3.url}/v1/admin/disconnect", {"topic": "cl.2"})
+        assert response.status == 202
+        del expected["private-cl"], expected["cl.2"]
+        await settled(relays, expected)
+        assert (await audience(r1))["cl.5"] == 3
+
+    asyncio.run(closing(run()))
