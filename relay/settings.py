@@ -84,7 +84,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     """How long a topic stays watched after its last client left (reconnects find it warm)."""
     max_topics: Positive = 10_000
-    """Topics one process watches at once; a new topic above it is 503."""
+    """Written (hot) topics one process watches at once; a new one above it is asked to retry."""
+    max_cold_topics: Positive = 10_000
+    """Topics never written (cold) one process watches at once; a new one above it: retry."""
     max_stream_topics: Annotated[int, Meta(ge=1, le=64)] = 16
     """Topics one stream may name (``/v1/streams/events?topic=a&topic=b``); more is 400."""
     feed_block_ms: Annotated[int, Meta(ge=10, le=60_000)] = 5000

@@ -41,6 +41,8 @@ class Metrics(ProcessMetrics):
         self.heartbeats = 0
         self.redis_reconnects = 0
         self.feed_reads = 0
+        self.feed_keys = 0  # keys the last blocking XREAD named (the hot topics)
+        self.cold_reads = 0  # XREADs of cold topics (each new one once, and when written)
         self.published = 0
         self.publish_requests = 0
         self.publish_replays = 0  # answered from an Idempotency-Key's first answer
@@ -87,6 +89,10 @@ class Metrics(ProcessMetrics):
         counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
         counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
+        out.gauge("feed_keys", "Keys the feed's last XREAD named (hot topics; cold ones are "
+                  "watched apart).", self.feed_keys)
+        counter("cold_reads_total", "Reads of cold topics: once each when new, and when "
+                "written.", self.cold_reads)
         counter("published_total", "Events published through this node.", self.published)
         counter("publish_requests_total", "Publish requests answered 201.", self.publish_requests)
         counter("publish_replays_total", "Of those, a retry given its key's first answer.",

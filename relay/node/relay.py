@@ -61,6 +61,7 @@ class Relay:
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
             max_topics=settings.max_topics,
+            max_cold_topics=settings.max_cold_topics,
             key_of=store.stream_key,
         )
         # chosen by the settings, through the feed's written interface (relay/node/feed/)
@@ -87,6 +88,10 @@ class Relay:
         self.primary_replicas = 0
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
+        m.gauge("topics_cold", "Of those, never written: watched apart from the feed's XREAD.",
+                lambda: len(self.hub.cold))
+        m.counter("topics_promoted_total", "Cold topics found written, since read as hot ones.",
+                  lambda: self.hub.promotions)
         m.gauge("ring_events", "Events held in all rings.",
                 lambda: sum(len(t.ring) for t in self.hub))
         m.gauge("ring_bytes", "Bytes held in all rings.",
@@ -106,6 +111,8 @@ class Relay:
                 lambda: settings.max_streams)
         m.gauge("topics_limit", "Topics this process watches at most (SSEDGE_MAX_TOPICS).",
                 lambda: settings.max_topics)
+        m.gauge("cold_topics_limit", "Cold topics this process watches at most "
+                "(SSEDGE_MAX_COLD_TOPICS).", lambda: settings.max_cold_topics)
         if self.redis.replica:
             self.replica = replica.Watch(self.redis)
             self.replica.register(m)
