@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.node.topics import Hub, Subscription, TooManyTopics
+from relay.node.topics import Hub, Subscription, TooManyTopics, Topic
 
 
 def hub(max_topics: int = 10, max_cold_topics: int = 10) -> Hub:
@@ -21,7 +21,7 @@ def test_topics_by_name_and_key_and_the_table_bound() -> None:
         h.get("c")
 
 
-def primed(h: Hub, name: str, last: bytes = b"0-0") -> object:
+def primed(h: Hub, name: str, last: bytes = b"0-0") -> Topic:
     topic = h.get(name)
     topic.read_from = last
     h.mark_primed(topic)
@@ -30,23 +30,23 @@ def primed(h: Hub, name: str, last: bytes = b"0-0") -> object:
 
 def test_a_topic_never_written_is_cold_out_of_the_read_and_bounded_apart() -> None:
     h = hub(max_topics=2, max_cold_topics=2)
-    hot = primed(h, "hot", b"5-0")
+    primed(h, "hot", b"5-0")
     gen = h.generation
     cold = [primed(h, f"c{i}") for i in range(2)]
     assert h.watched() == {b"ssedge:{hot}": b"5-0"} and h.generation == gen
     assert list(h.cold) == [b"ssedge:{c0}", b"ssedge:{c1}"]
-    assert all(t.cold and t.primed and not t.refused for t in cold)  # type: ignore[attr-defined]
+    assert all(t.cold and t.primed and not t.refused for t in cold)
     # the cold table is full: a third name never written is refused and not kept...
     late = h.get("c2")
     late.read_from = b"0-0"
     h.mark_primed(late)
     assert late.refused == "cold" and "c2" not in h.topics and b"ssedge:{c2}" not in h.by_key
     # ...while a written topic still takes its place among the hot ones
-    assert not primed(h, "hot2", b"7-0").refused  # type: ignore[attr-defined]
+    assert not primed(h, "hot2", b"7-0").refused
     # the hot table has its own bound, met when priming finds a topic written
     h = hub(max_topics=1, max_cold_topics=5)
     primed(h, "a", b"1-0")
-    assert primed(h, "b", b"2-0").refused == "hot"  # type: ignore[attr-defined]
+    assert primed(h, "b", b"2-0").refused == "hot"
     assert list(h.hot) == [b"ssedge:{a}"] and "b" not in h.topics
 
 
