@@ -125,8 +125,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Most events in one published array; more is 413."""
     retention_maxlen: NonNegative = 100_000
     """Approximate events kept per stream (XADD MAXLEN ~); 0 keeps all."""
-    retention_max_age_s: NonNegative = 0
-    """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
+    retention_max_age_s: NonNegative = 86_400
+    """Events older than this are trimmed at each publish (XTRIM MINID ~); 0 turns it off."""
+    idle_stream_s: NonNegative = 86_400
+    """A topic's stream with no publish for this long is deleted (readers told); 0: kept."""
     publish_replicas: Annotated[int, Meta(ge=-1, le=16)] = -1
     """Replicas that must hold a publish before its 201 (WAIT); -1: 1 where the primary has one."""
     publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000

@@ -56,6 +56,7 @@ class Metrics(ProcessMetrics):
         self.replay_fallbacks = 0  # replay service failed: the page was read from Redis
         self.redis_history_reads = 0  # pages read from Redis by this relay
         self.replay_fresh_reads = 0  # pages read from Redis because a cached one was too old
+        self.idle_deleted = 0  # streams this process deleted for having no publish for long
         self.rewinds = 0  # watched streams found to have gone back (deleted, failover)
         self.feed_gaps = 0  # reads that jumped over entries retention had trimmed
         self.catchup_stalls = 0  # catching-up streams closed for a send the client never took
@@ -115,6 +116,8 @@ class Metrics(ProcessMetrics):
         counter("replay_fresh_reads_total",
                 "History pages read from Redis because a cached page proved too old.",
                 self.replay_fresh_reads)
+        counter("idle_streams_deleted_total", "Topic streams this process deleted after "
+                "SSEDGE_IDLE_STREAM_S without a publish.", self.idle_deleted)
         counter("rewinds_total", "Watched streams found to have gone back; their streams "
                 "were ended to start over.", self.rewinds)
         counter("publishes_unreplicated_total", "Keyless publishes written but not confirmed "

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from relay.backoff import jitter
 from relay.node.feed import backends as feeds
 from relay.node.feed.base import FeedBase
 from relay.node.metrics import Metrics
@@ -25,6 +26,7 @@ _SWEEP_S = 1.0
 _REFUSAL_LOG_S = 5.0
 _DRAIN_STEP_S = 0.1
 _PRIMARY_WATCH_S = 5.0
+_IDLE_SWEEP_MAX_S = 600.0
 
 
 class Refusals:
@@ -130,6 +132,9 @@ class Relay:
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
+        if self.settings.idle_stream_s:
+            self._tasks.append(asyncio.ensure_future(self._guard("idle streams",
+                                                                 self._delete_idle())))
         if self.settings.publish_replicas < 0 and not self.settings.redis_cluster:
             self._tasks.append(asyncio.ensure_future(self._guard("primary",
                                                                  self._watch_primary())))
@@ -284,6 +289,33 @@ class Relay:
                 self.metrics.rewinds += 1
                 self.hub.forget(topic)
                 self.replayer.forget(topic.name)
+
+    async def _delete_idle(self) -> None:
+        """Delete the topic streams with no publish for ``idle_stream_s``, every quarter of it
+        (at most 10 minutes apart, spread). With the age bound (``retention_max_age_s``) at or
+        below it, such a stream holds only events that bound would trim at the next publish:
+        what goes is its key and its last id. Every relay runs this at once, safely (one
+        script checks and deletes, ``store.delete_idle``). A relay watching a deleted stream
+        ends its streams at once (``_verify``); a reader that comes back with an id of it is
+        told ``unknown`` (a reset) and goes on live: never silently."""
+        from redis.exceptions import RedisError
+
+        idle = self.settings.idle_stream_s
+        period = max(0.25, min(idle / 4, _IDLE_SWEEP_MAX_S))
+        while True:
+            await asyncio.sleep(jitter(period))
+            try:
+                gone = await store.delete_idle(self.redis.primary,
+                                               int((time.time() - idle) * 1000))
+            except (RedisError, OSError) as exc:
+                log.debug("idle streams not swept: %s", exc)
+                continue
+            finally:
+                clients.still_wanted()
+            if gone:
+                self.metrics.idle_deleted += len(gone)
+                log.info("deleted %d topic streams with no publish for %d s", len(gone), idle)
+                self.verify_soon()
 
     async def _sweep(self) -> None:
         """Close clients that stay too far behind, and forget topics nobody watches.

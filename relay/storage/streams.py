@@ -289,3 +289,39 @@ def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None) ->
             return ids.predecessor(oldest)
         return ids.from_redis(info["last-generated-id"])
     return ids.ZERO
+
+
+# KEYS: a stream. ARGV: a time in ms. Deletes the stream when its last generated id is older
+# than that time: nothing was added to it since. One script, so no XADD can land between the
+# check and the DEL (every relay may run it on the same stream at once: the first deletes,
+# the others find no key). Not a stream, or none: 0.
+_DELETE_IDLE = """
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return 0 end
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then
+    local ms = tonumber(string.match(info[i + 1], '^(%d+)-'))
+    if ms ~= nil and ms < tonumber(ARGV[1]) then return redis.call('DEL', KEYS[1]) end
+    return 0
+  end
+end
+return 0
+"""
+_SCAN_COUNT = 1000
+
+
+async def delete_if_idle(r: Client, key: str | bytes, before_ms: int) -> bool:
+    """Delete the stream ``key`` when nothing was added to it since ``before_ms`` (epoch ms,
+    as entry ids count time); whether it was deleted."""
+    return bool(await r.eval(_DELETE_IDLE, 1, key, before_ms))
+
+
+async def delete_idle(r: Client, before_ms: int) -> list[bytes]:
+    """Every topic stream to which nothing was added since ``before_ms``, deleted (a SCAN of
+    the stream keys, every node of a cluster); the keys deleted."""
+    gone = []
+    async for key in r.scan_iter(match=KEY_PREFIX + "{*}", count=_SCAN_COUNT, _type="stream"):
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        if raw.endswith(b"}") and await delete_if_idle(r, raw, before_ms):
+            gone.append(raw)
+    return gone

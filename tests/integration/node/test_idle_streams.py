@@ -1,0 +1,88 @@
+"""Streams idle past ``SSEDGE_IDLE_STREAM_S`` are deleted (issue 28), their readers told.
+
+Every relay sweeps at once; one script checks and deletes, so a publish landing meanwhile
+keeps its stream. A relay watching a deleted stream ends its streams; a reader that comes
+back with an id of it gets an ``unknown`` reset and goes on live, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import redis as sync_redis
+
+from relay.harness.servers import RedisServer, Relay, metrics, publish
+from relay.storage import clients
+from relay.storage import streams as store
+from tests.integration.conftest import TOKEN
+from tests.integration.sse import collect, subscribe
+
+RESET = "ssedge.reset"
+
+
+def test_an_idle_stream_is_deleted_and_its_watching_readers_are_told(
+    start_relay: Callable[..., Relay], redis_server: RedisServer,
+) -> None:
+    # two relays sweep the same Redis at once; one of them watches the topic
+    relays = [start_relay(idle_stream_s=2, feed_verify_s=0.5, heartbeat_s=0.5,
+                          topic_linger_s=0) for _ in range(2)]
+    r = sync_redis.Redis.from_url(redis_server.url)
+
+    async def run() -> list[object]:
+        relay = relays[0]
+        [old] = await publish(relay.url, TOKEN, "quiet", [{"data": "old"}])
+        es = await subscribe(f"{relay.url}/v1/streams/quiet/events?backfill=1")
+        assert [e.id for e in await collect(es, 1, timeout=5)] == [old]
+        es.early = []  # type: ignore[attr-defined]  # had
+        # a topic published to all along is kept
+        busy_until = time.monotonic() + 4.5
+        while time.monotonic() < busy_until:
+            await publish(relay.url, TOKEN, "busy", [{"data": "x"}])
+            await asyncio.sleep(0.5)
+        assert not r.exists("ssedge:{quiet}") and r.exists("ssedge:{busy}")
+        # the watching relay ended the stream (it resumes by id); told, not silent
+        rest = await collect(es, 1, timeout=5)
+        es.close()
+        assert es.ended and rest == [], rest
+        again = await subscribe(f"{relay.url}/v1/streams/quiet/events", last_event_id=old)
+        [new] = await publish(relay.url, TOKEN, "quiet", [{"data": "new"}])
+        got = await collect(again, 2, timeout=10)
+        again.close()
+        assert [e.id for e in got if e.event != RESET] == [new]
+        deleted = sum([(await metrics(x.url))["ssedge_idle_streams_deleted_total"]
+                       for x in relays])
+        assert deleted == 1  # both swept, one deleted
+        return got  # type: ignore[return-value]
+
+    got = asyncio.run(run())
+    assert got[0].event == RESET, "an id of the deleted stream was taken as a position"  # type: ignore[attr-defined]
+    assert json.loads(got[0].data)["reason"] == "unknown"  # type: ignore[attr-defined]
+
+
+def test_the_idle_check_and_delete_are_one_step(redis_server: RedisServer) -> None:
+    """Deleted only when its last id is older than the cutoff: an XADD after the sweep chose
+    its cutoff keeps the stream."""
+
+    async def run() -> None:
+        redis = clients.client(redis_server.url)
+        try:
+            key = store.stream_key("t")
+            await redis.xadd(key, {"d": "x"})
+            cutoff = int(time.time() * 1000) + 5
+            await asyncio.sleep(0.02)
+            await redis.xadd(key, {"d": "y"})  # added after the cutoff: kept
+            assert not await store.delete_if_idle(redis, key, cutoff)
+            assert await redis.exists(key)
+            assert await store.delete_if_idle(redis, key, int(time.time() * 1000) + 5)
+            assert not await redis.exists(key)
+            assert not await store.delete_if_idle(redis, key, cutoff)  # none: nothing done
+            await redis.set(store.stream_key("s") + ":idem:x", "v")  # not a stream: kept
+            assert await store.delete_idle(redis, int(time.time() * 1000) + 5) == []
+            assert await redis.exists(store.stream_key("s") + ":idem:x")
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
