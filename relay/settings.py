@@ -145,6 +145,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Port for them; 0 takes a free one (logged)."""
     ingest_retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
     """Wait before reconnecting to an upstream, until it sends its own ``retry:``."""
+    ingest_retry_max_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 60_000
+    """Longest upstream ``retry:`` obeyed; an upstream asking for more is reconnected after this."""
+    ingest_redirect_hosts: str = ""
+    """Hosts an upstream may redirect to besides its own origin (comma-separated, `*`: any)."""
     ingest_backoff_max_s: Seconds = 30.0
     """Longest wait between failed attempts to reach an upstream (backoff with jitter)."""
     ingest_connect_timeout_s: Seconds = 10.0
