@@ -193,8 +193,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A stream read with a token is told this long before `exp` (at most half its life left)."""
     auth_cookie_samesite: Annotated[str, Meta(pattern=r"^(Lax|Strict|None)$")] = "Lax"
     """SameSite of the `ssedge_auth` cookie set by `POST /v1/auth/cookie` (None adds Secure)."""
-    auth_cookie_secure: bool = False
-    """Mark that cookie Secure (HTTPS only): set it in production behind TLS."""
+    auth_cookie_secure: bool = True
+    """Mark that cookie Secure (HTTPS only; browsers take it from http://localhost too)."""
 
     # -- vanished peers (relay/node/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.

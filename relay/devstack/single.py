@@ -132,6 +132,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here
         "SSEDGE_DRAIN_S": "2",
+        # the token cookie over the plain port too (http://127.0.0.1:8080); Secure elsewhere
+        "SSEDGE_AUTH_COOKIE_SECURE": "false",
         # clients (ssedge tail, load) trust the stack's own CA for https://127.0.0.1:8443
         **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }

@@ -58,7 +58,9 @@ class RedisFeed(FeedBase):
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        """Both reads connected: with only cold topics the XREAD connection idles (a PING a
+        block), and the cold watch's listener is the one that hears Redis go at once."""
+        return self._connected and self._cold.connected
 
     async def prime(self, topic: Topic) -> None:
         primed = topic.primed
