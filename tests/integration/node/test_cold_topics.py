@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from relay.harness.cluster import LocalCluster
 from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.storage import clients
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, refused, subscribe
+from tests.integration.storage.test_cluster import cluster  # noqa: F401  (the fixture)
 
 WRITTEN = [f"written-{i}" for i in range(8)]
 NAMES_PER_STREAM = 16
@@ -178,3 +182,43 @@ def test_a_full_cold_table_refuses_only_new_unwritten_topics(
             es.close()
 
     asyncio.run(run())
+
+
+def test_cold_topics_on_a_cluster_are_promoted_at_their_first_write(
+    tmp_path: Path, cluster: LocalCluster,  # noqa: F811
+) -> None:
+    """The cluster feed tracks a cold key with one read and leaves it out of its sweeps: names
+    never written on every primary, held open; each, written, delivers its first events."""
+    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")
+    relay = Relay(tmp_path, unused, TOKEN, redis_cluster=cluster.seeds,  # type: ignore[arg-type]
+                  heartbeat_s=0.5, topic_linger_s=120, feed_block_ms=500)
+
+    async def run() -> None:
+        await publish(relay.url, TOKEN, "written", [{"data": "x"}])
+        reader = await subscribe(f"{relay.url}/v1/streams/written/events")
+        crowd = "&".join(f"topic=cold-{i}" for i in range(16))
+        for _ in range(3):
+            es = await client.stream(f"{relay.url}/v1/streams/events?{crowd}")
+            await asyncio.wait_for(es.read_chunk(), 10)
+            assert es.response.headers.get("x-ssedge-refused") is None
+            es.close()
+        waiting = {f"cold-{i}": await subscribe(f"{relay.url}/v1/streams/cold-{i}/events")
+                   for i in range(0, 16, 3)}
+        await asyncio.sleep(1.5)  # sweeps pass: nothing is read of the cold keys
+        seen = await metrics(relay.url)
+        assert seen["ssedge_topics_cold"] == 16 and seen["ssedge_feed_keys"] == 1
+        for name, es in waiting.items():
+            ids = await publish(relay.url, TOKEN, name, [{"data": name}, {"data": "then"}])
+            events = await collect(es, 2, timeout=10)
+            assert [(e.id, e.data) for e in events] == list(zip(ids, [name, "then"],
+                                                                strict=True))
+            es.close()
+        seen = await metrics(relay.url)
+        assert seen["ssedge_topics_promoted_total"] == len(waiting)
+        assert seen["ssedge_topics_cold"] == 16 - len(waiting)
+        reader.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        relay.stop()
