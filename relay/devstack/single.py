@@ -148,6 +148,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             # everysec: a process crash loses nothing acknowledged, a machine crash up to a
             # second; always: neither (docs/RELIABILITY.md, make bench-durability)
             "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
+            # the keys the relays track (cold topics; every key on a cluster) stay in Redis's
+            # table until written: bounded, the oldest are told as written and read again
+            "--tracking-table-max-keys", "1000000",
             # a replica that must sync in full (restarted, or cut too long) starts at once,
             # not after Redis's 5 s wait for more replicas to share the transfer
             *(["--repl-diskless-sync-delay", "0"] if region_b else []),
