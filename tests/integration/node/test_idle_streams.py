@@ -11,14 +11,19 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 
 import redis as sync_redis
 
+from relay.harness.cluster import LocalCluster
 from relay.harness.servers import RedisServer, Relay, metrics, publish
 from relay.storage import clients
 from relay.storage import streams as store
+from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe
+from tests.integration.storage.test_cluster import cluster  # noqa: F401  (the fixture)
 
 RESET = "ssedge.reset"
 
@@ -86,3 +91,34 @@ def test_the_idle_check_and_delete_are_one_step(redis_server: RedisServer) -> No
             await redis.aclose()
 
     asyncio.run(run())
+
+
+def test_idle_streams_on_every_primary_of_a_cluster_are_deleted(
+    tmp_path: Path, cluster: LocalCluster,  # noqa: F811
+) -> None:
+    """The sweep SCANs every primary and deletes each stream on its own node."""
+    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")
+    relay = Relay(tmp_path, unused, TOKEN, redis_cluster=cluster.seeds,  # type: ignore[arg-type]
+                  idle_stream_s=2)
+    names = [f"idle-{i}" for i in range(12)]  # spread over the three primaries
+
+    async def run() -> None:
+        for name in names:
+            await publish(relay.url, TOKEN, name, [{"data": "x"}])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (await metrics(relay.url))["ssedge_idle_streams_deleted_total"] == len(names):
+                break
+            await asyncio.sleep(0.2)
+        r = clients.cluster_client(cluster.seeds)
+        try:
+            assert [await r.exists(store.stream_key(n)) for n in names] == [0] * len(names)
+        finally:
+            await r.aclose()
+        assert (await metrics(relay.url))["ssedge_idle_streams_deleted_total"] == len(names)
+        assert (await client.request("GET", relay.url + "/readyz")).status == 200
+
+    try:
+        asyncio.run(run())
+    finally:
+        relay.stop()
