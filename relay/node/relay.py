@@ -305,8 +305,7 @@ class Relay:
         while True:
             await asyncio.sleep(jitter(period))
             try:
-                gone = await store.delete_idle(self.redis.primary,
-                                               int((time.time() - idle) * 1000))
+                gone = await store.delete_idle(self.redis.primary, idle * 1000)
             except (RedisError, OSError) as exc:
                 log.debug("idle streams not swept: %s", exc)
                 continue
