@@ -62,6 +62,9 @@ class ColdWatch:
         self._wake = asyncio.Event()
         self._conns: list[AbstractConnection] = []
         self.connected = False
+        # connected once and cut since: Redis went away (what the feed's readiness hears at
+        # once); not set before the first connection, which may come a moment after the feed's
+        self.lost = False
 
     def mark(self, keys: Iterable[bytes]) -> None:
         """Have these cold keys read (and so tracked) soon."""
@@ -80,6 +83,7 @@ class ColdWatch:
                 if self.connected:
                     log.warning("cold-topic watch lost Redis: %s; reconnecting", exc)
             finally:
+                self.lost = self.lost or self.connected
                 self.connected = False
                 await self._disconnect()
             await backoff.wait()
@@ -112,6 +116,7 @@ class ColdWatch:
         await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
         await reader.read_response()
         self.connected = True
+        self.lost = False
         connected()
         self.mark(self._feed.hub.cold)  # tracking is per connection: every key again
         listening = asyncio.ensure_future(self._listen(listener))

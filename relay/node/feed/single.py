@@ -58,9 +58,10 @@ class RedisFeed(FeedBase):
 
     @property
     def connected(self) -> bool:
-        """Both reads connected: with only cold topics the XREAD connection idles (a PING a
-        block), and the cold watch's listener is the one that hears Redis go at once."""
-        return self._connected and self._cold.connected
+        """The XREAD's connection up, and the cold watch's not lost: with only cold topics
+        that connection idles (a PING a block), and the cold watch's listener is the one that
+        hears Redis go at once."""
+        return self._connected and not self._cold.lost
 
     async def prime(self, topic: Topic) -> None:
         primed = topic.primed
