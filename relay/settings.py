@@ -101,7 +101,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_linger_s: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     """How long a topic stays watched after its last client left (reconnects find it warm)."""
     max_topics: Positive = 10_000
-    """Topics one process watches at once; a new topic above it is 503."""
+    """Written (hot) topics one process watches at once; a new one above it is asked to retry."""
+    max_cold_topics: Positive = 10_000
+    """Topics never written (cold) one process watches at once; a new one above it: retry."""
     max_stream_topics: Annotated[int, Meta(ge=1, le=64)] = 16
     """Topics one stream may name (``/v1/streams/events?topic=a&topic=b``); more is 400."""
     feed_block_ms: Annotated[int, Meta(ge=10, le=60_000)] = 5000
@@ -142,8 +144,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Most events in one published array; more is 413."""
     retention_maxlen: NonNegative = 100_000
     """Approximate events kept per stream (XADD MAXLEN ~); 0 keeps all."""
-    retention_max_age_s: NonNegative = 0
-    """Events older than this are trimmed (XTRIM MINID ~); 0 turns age trimming off."""
+    retention_max_age_s: NonNegative = 86_400
+    """Events older than this are trimmed at each publish (XTRIM MINID ~); 0 turns it off."""
+    idle_stream_s: NonNegative = 86_400
+    """A topic's stream with no publish for this long is deleted (readers told); 0: kept."""
     publish_replicas: Annotated[int, Meta(ge=-1, le=16)] = -1
     """Replicas that must hold a publish before its 201 (WAIT); -1: 1 where the primary has one."""
     publish_replica_timeout_ms: Annotated[int, Meta(ge=1, le=60_000)] = 1000
@@ -160,6 +164,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Port for them; 0 takes a free one (logged)."""
     ingest_retry_ms: Annotated[int, Meta(ge=0, le=600_000)] = 3000
     """Wait before reconnecting to an upstream, until it sends its own ``retry:``."""
+    ingest_retry_max_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 60_000
+    """Longest upstream ``retry:`` obeyed; an upstream asking for more is reconnected after this."""
+    ingest_redirect_hosts: str = ""
+    """Hosts an upstream may redirect to besides its own origin (comma-separated, `*`: any)."""
     ingest_backoff_max_s: Seconds = 30.0
     """Longest wait between failed attempts to reach an upstream (backoff with jitter)."""
     ingest_connect_timeout_s: Seconds = 10.0
@@ -204,8 +212,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A stream read with a token is told this long before `exp` (at most half its life left)."""
     auth_cookie_samesite: Annotated[str, Meta(pattern=r"^(Lax|Strict|None)$")] = "Lax"
     """SameSite of the `ssedge_auth` cookie set by `POST /v1/auth/cookie` (None adds Secure)."""
-    auth_cookie_secure: bool = False
-    """Mark that cookie Secure (HTTPS only): set it in production behind TLS."""
+    auth_cookie_secure: bool = True
+    """Mark that cookie Secure (HTTPS only; browsers take it from http://localhost too)."""
 
     # -- vanished peers (relay/node/listener.py) ------------------------------------------------
     # A client gone without FIN or RST is let go within heartbeat_s + tcp_user_timeout_s.

@@ -150,6 +150,8 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
         "SSEDGE_INGEST_PORT": "0",
         # Ctrl-C drains open streams before the relays stop: keep it short here
         "SSEDGE_DRAIN_S": "2",
+        # the token cookie over the plain port too (http://127.0.0.1:8080); Secure elsewhere
+        "SSEDGE_AUTH_COOKIE_SECURE": "false",
         # clients (ssedge tail, load) trust the stack's own CA for https://127.0.0.1:8443
         **({"SSEDGE_CA_FILE": str((directory / "tls" / "ca.pem").resolve())} if tls_port else {}),
     }
@@ -165,6 +167,9 @@ def run(directory: Path, redis_port: int = REDIS_PORT,
             # everysec: a process crash loses nothing acknowledged, a machine crash up to a
             # second; always: neither (docs/RELIABILITY.md, make bench-durability)
             "--appendfsync", fsync, "--save", "", "--protected-mode", "no",
+            # the keys the relays track (cold topics; every key on a cluster) stay in Redis's
+            # table until written: bounded, the oldest are told as written and read again
+            "--tracking-table-max-keys", "1000000",
             # a replica that must sync in full (restarted, or cut too long) starts at once,
             # not after Redis's 5 s wait for more replicas to share the transfer
             *(["--repl-diskless-sync-delay", "0"] if region_b else []),

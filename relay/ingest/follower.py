@@ -10,7 +10,9 @@ is in the stream and where the next connection resumes never disagree.
 Per the WHATWG rules, with one deliberate difference:
 
 - A ``200`` event stream that ends is reconnected after the upstream's ``retry`` (jittered
-  upwards by at most a quarter, so many ingesters do not come back at once).
+  upwards by at most a quarter, so many ingesters do not come back at once), capped at
+  ``ingest_retry_max_ms``; redirects are followed to the same origin, or to the hosts of
+  ``ingest_redirect_hosts``, no further.
 - ``204 No Content`` means "stop reconnecting": this upstream is given up for good in this
   process (counted, logged, and shown in ``/metrics``).
 - Any other status, a ``Content-Type`` that is not ``text/event-stream``, a refused
@@ -71,6 +73,7 @@ class Policy:
     max_event_bytes: int
     handover_s: float  # down this long while failing: give the lease up for a while
     envelope: bool = False
+    retry_max_ms: int = 60_000  # an upstream's own ``retry`` is capped at this
 
 
 def backoff(retry_ms: int, max_s: float, rng: Random = random.random) -> Backoff:
@@ -250,7 +253,9 @@ class Follower:
             except TimeoutError:
                 raise Failed("idle", f"nothing for {self._policy.idle_timeout_s:g} s") from None
             if es.decoder.retry is not None:
-                self._backoff.first_s = first_wait(es.decoder.retry)
+                # capped: an upstream's "retry: 86400000" must not silence it for a day
+                self._backoff.first_s = first_wait(min(es.decoder.retry,
+                                                       self._policy.retry_max_ms))
             events = [i for i in items if isinstance(i, Event | Oversize)]
             if repeat and events:
                 first = events[0]
@@ -322,6 +327,8 @@ def _kind_of(exc: BaseException) -> str:
         return "redis"
     if isinstance(exc, httpx.TooManyRedirects):
         return "status"
+    if isinstance(exc, outside.RedirectRefused):
+        return "redirect"
     if isinstance(exc, httpx.ProtocolError | httpx.UnsupportedProtocol | httpx.InvalidURL):
         return "protocol"  # not HTTP, a head over the limit, a redirect to a bad URL
     if isinstance(exc, TimeoutError | httpx.TimeoutException):

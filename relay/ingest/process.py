@@ -62,11 +62,13 @@ class Ingest:
         self.lease_ms = s.ingest_lease_ms
         # one pool of kept-alive connections for every upstream; a read waits at most the
         # idle timeout (the follower's own, a little shorter, is the one that fires)
-        self.http = outside.client(s.ingest_connect_timeout_s, s.ingest_idle_timeout_s + 5)
+        self.http = outside.client(s.ingest_connect_timeout_s, s.ingest_idle_timeout_s + 5,
+                                   outside.parse_hosts(s.ingest_redirect_hosts))
         self.workers: list[Worker] = []
         for t in topics:
             policy = Policy(
                 retry_ms=s.ingest_retry_ms, backoff_max_s=s.ingest_backoff_max_s,
+                retry_max_ms=s.ingest_retry_max_ms,
                 connect_timeout_s=s.ingest_connect_timeout_s,
                 idle_timeout_s=s.ingest_idle_timeout_s, max_event_bytes=s.max_body_bytes,
                 handover_s=max(10.0, 6 * s.ingest_lease_ms / 1000), envelope=t.envelope,

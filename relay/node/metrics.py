@@ -43,6 +43,8 @@ class Metrics(ProcessMetrics):
         self.heartbeats = 0
         self.redis_reconnects = 0
         self.feed_reads = 0
+        self.feed_keys = 0  # keys the last blocking XREAD named (the hot topics)
+        self.cold_reads = 0  # XREADs of cold topics (each new one once, and when written)
         self.published = 0
         self.publish_requests = 0
         self.publish_replays = 0  # answered from an Idempotency-Key's first answer
@@ -56,6 +58,7 @@ class Metrics(ProcessMetrics):
         self.replay_fallbacks = 0  # replay service failed: the page was read from Redis
         self.redis_history_reads = 0  # pages read from Redis by this relay
         self.replay_fresh_reads = 0  # pages read from Redis because a cached one was too old
+        self.idle_deleted = 0  # streams this process deleted for having no publish for long
         self.rewinds = 0  # watched streams found to have gone back (deleted, failover)
         self.feed_gaps = 0  # reads that jumped over entries retention had trimmed
         self.catchup_stalls = 0  # catching-up streams closed for a send the client never took
@@ -93,6 +96,10 @@ class Metrics(ProcessMetrics):
         counter("heartbeats_total", "Heartbeat comments written.", self.heartbeats)
         counter("redis_reconnects_total", "Feed reconnections to Redis.", self.redis_reconnects)
         counter("feed_reads_total", "Blocking XREAD calls that returned.", self.feed_reads)
+        out.gauge("feed_keys", "Keys the feed's last XREAD named (hot topics; cold ones are "
+                  "watched apart).", self.feed_keys)
+        counter("cold_reads_total", "Reads of cold topics: once each when new, and when "
+                "written.", self.cold_reads)
         counter("published_total", "Events published through this node.", self.published)
         counter("publish_requests_total", "Publish requests answered 201.", self.publish_requests)
         counter("publish_replays_total", "Of those, a retry given its key's first answer.",
@@ -115,6 +122,8 @@ class Metrics(ProcessMetrics):
         counter("replay_fresh_reads_total",
                 "History pages read from Redis because a cached page proved too old.",
                 self.replay_fresh_reads)
+        counter("idle_streams_deleted_total", "Topic streams this process deleted after "
+                "SSEDGE_IDLE_STREAM_S without a publish.", self.idle_deleted)
         counter("rewinds_total", "Watched streams found to have gone back; their streams "
                 "were ended to start over.", self.rewinds)
         counter("publishes_unreplicated_total", "Keyless publishes written but not confirmed "

@@ -221,6 +221,10 @@ async def serve(relay: Relay, streams: MultiStreams, authority: Authority, reque
     except (RedisError, OSError):
         _release(topics)
         return await stream.refuse(relay, send, "redis", "Redis is not reachable", request)
+    full = next((topic.refused for topic in topics if topic.refused), "")
+    if full:
+        _release(topics)
+        return await stream.refuse(relay, send, "topics", stream.FULL[full], request)
     if not all(stream.attached(relay, topic) for topic in topics):
         # a topic was forgotten or expired during the awaits: it would never be fed. The
         # client is asked to come back at once (it resumes every topic from its id)

@@ -8,6 +8,7 @@ import logging
 import time
 
 from relay import settings as settings_mod
+from relay.backoff import jitter
 from relay.node import fanout
 from relay.node.audience import Reporter
 from relay.node.feed import backends as feeds
@@ -29,6 +30,7 @@ _SWEEP_S = 1.0
 _REFUSAL_LOG_S = 5.0
 _DRAIN_STEP_S = 0.1
 _PRIMARY_WATCH_S = 5.0
+_IDLE_SWEEP_MAX_S = 600.0
 
 
 class Refusals:
@@ -68,6 +70,7 @@ class Relay:
             ring_events=settings.ring_events,
             ring_bytes=settings.ring_bytes,
             max_topics=settings.max_topics,
+            max_cold_topics=settings.max_cold_topics,
             key_of=store.stream_key,
         )
         # chosen by the settings, through the feed's written interface (relay/node/feed/)
@@ -101,6 +104,10 @@ class Relay:
         self.primary_replicas = 0
         m = self.metrics
         m.gauge("topics_watched", "Topics this process reads.", lambda: len(self.hub.topics))
+        m.gauge("topics_cold", "Of those, never written: watched apart from the feed's XREAD.",
+                lambda: len(self.hub.cold))
+        m.counter("topics_promoted_total", "Cold topics found written, since read as hot ones.",
+                  lambda: self.hub.promotions)
         m.gauge("ring_events", "Events held in all rings.",
                 lambda: sum(len(t.ring) for t in self.hub))
         m.gauge("ring_bytes", "Bytes held in all rings.",
@@ -129,6 +136,8 @@ class Relay:
                 lambda: settings.max_streams)
         m.gauge("topics_limit", "Topics this process watches at most (SSEDGE_MAX_TOPICS).",
                 lambda: settings.max_topics)
+        m.gauge("cold_topics_limit", "Cold topics this process watches at most "
+                "(SSEDGE_MAX_COLD_TOPICS).", lambda: settings.max_cold_topics)
         if self.redis.replica:
             self.replica = replica.Watch(self.redis)
             self.replica.register(m)
@@ -148,6 +157,9 @@ class Relay:
         ]
         if self.settings.feed_verify_s:
             self._tasks.append(asyncio.ensure_future(self._guard("verify", self._verify())))
+        if self.settings.idle_stream_s:
+            self._tasks.append(asyncio.ensure_future(self._guard("idle streams",
+                                                                 self._delete_idle())))
         if self.settings.publish_replicas < 0 and not self.settings.redis_cluster:
             self._tasks.append(asyncio.ensure_future(self._guard("primary",
                                                                  self._watch_primary())))
@@ -310,6 +322,32 @@ class Relay:
         self.metrics.rewinds += 1
         self.hub.forget(topic)
         self.replayer.forget(topic.name)
+
+    async def _delete_idle(self) -> None:
+        """Delete the topic streams with no publish for ``idle_stream_s``, every quarter of it
+        (at most 10 minutes apart, spread). With the age bound (``retention_max_age_s``) at or
+        below it, such a stream holds only events that bound would trim at the next publish:
+        what goes is its key and its last id. Every relay runs this at once, safely (one
+        script checks and deletes, ``store.delete_idle``). A relay watching a deleted stream
+        ends its streams at once (``_verify``); a reader that comes back with an id of it is
+        told ``unknown`` (a reset) and goes on live: never silently."""
+        from redis.exceptions import RedisError
+
+        idle = self.settings.idle_stream_s
+        period = max(0.25, min(idle / 4, _IDLE_SWEEP_MAX_S))
+        while True:
+            await asyncio.sleep(jitter(period))
+            try:
+                gone = await store.delete_idle(self.redis.primary, idle * 1000)
+            except (RedisError, OSError) as exc:
+                log.debug("idle streams not swept: %s", exc)
+                continue
+            finally:
+                clients.still_wanted()
+            if gone:
+                self.metrics.idle_deleted += len(gone)
+                log.info("deleted %d topic streams with no publish for %d s", len(gone), idle)
+                self.verify_soon()
 
     async def _sweep(self) -> None:
         """Close clients that stay too far behind, and forget topics nobody watches.

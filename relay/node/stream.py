@@ -103,8 +103,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
         try:
             topic = hub.get(topic_name)
         except TooManyTopics:
-            return await refuse(relay, send, "topics",
-                                "this relay watches as many topics as it may", request)
+            return await refuse(relay, send, "topics", FULL["hot"], request)
         after = start.after
         first_frames = b""
         wait_for_replica = False
@@ -120,6 +119,8 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             if not topic.subscribers:
                 topic.idle_since = time.monotonic()
             return await refuse(relay, send, "redis", "Redis is not reachable", request)
+        if topic.refused:
+            return await refuse(relay, send, "topics", FULL[topic.refused], request)
         if attached(relay, topic):
             break
     else:
@@ -247,6 +248,11 @@ async def end(relay: Relay, send: Send, reason: str | None,
 # why a relay that stepped out (``Relay.stepped_out``) refuses streams
 _STEPPED_OUT = {"redis": "this relay has lost Redis",
                 "replica": "this relay's Redis replica is cut from its primary"}
+
+
+# why a stream is refused when its topic's table is full (``Hub.mark_primed``)
+FULL = {"hot": "this relay watches as many topics as it may",
+        "cold": "this relay watches as many topics never written as it may"}
 
 
 # a topic forgotten while a stream was in its awaits (its stream went back, or it expired)

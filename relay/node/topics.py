@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from relay.protocol import ids
 from relay.protocol.deflate import Coding, Shared
 from relay.protocol.multi import MultiReader
 from relay.protocol.resume import Reader
@@ -20,7 +21,8 @@ from relay.protocol.ring import Ring
 
 
 class TooManyTopics(Exception):
-    pass
+    """No room for a new topic: the table of hot topics (``max_topics``) or of cold ones
+    (``max_cold_topics``) is full."""
 
 
 class Subscription(Reader):
@@ -86,6 +88,7 @@ class Topic:
     __slots__ = (
         "added",
         "ahead",
+        "cold",
         "entries_added",
         "fanning",
         "idle_since",
@@ -95,6 +98,7 @@ class Topic:
         "primed",
         "priming",
         "read_from",
+        "refused",
         "ring",
         "shared",
         "subscribers",
@@ -111,6 +115,10 @@ class Topic:
         self.added: int | None = None
         self.priming: asyncio.Future[None] | None = None
         self.primed = False
+        # primed on a stream never written: watched apart, out of the blocking XREAD (``Hub``)
+        self.cold = False
+        # primed with its table full ("hot" or "cold"): not watched, its streams refused
+        self.refused = ""
         self.idle_since: float | None = None
         # connections whose tasks wait for more; a closed one stays here until the next
         # fan-out or wake, which skip it (its ``waiter`` is None or done)
@@ -139,18 +147,32 @@ class Topic:
 
 
 class Hub:
-    """Every topic of this process, by name and by Redis key."""
+    """Every topic of this process, by name and by Redis key.
+
+    A primed topic is *hot* (its stream has been written: the feed's blocking read names it)
+    or *cold* (no stream yet: watched apart, ``relay.node.feed.cold``, until its first write
+    *promotes* it). Each has its own bound, checked when priming tells which it is: a topic
+    that primes hot with ``max_topics`` hot ones, or cold with ``max_cold_topics`` cold ones,
+    is refused (``Topic.refused``). So names that were never written, however many, cannot
+    fill the table that written topics need, nor grow the blocking read every other topic
+    waits on. The whole table, topics being primed included, holds at most the sum of both:
+    a name is only known to be cold once primed, and priming takes one round trip.
+    """
 
     def __init__(self, *, ring_events: int, ring_bytes: int, max_topics: int,
-                 key_of: Any) -> None:
+                 key_of: Any, max_cold_topics: int = 10_000) -> None:
         self._ring_events = ring_events
         self._ring_bytes = ring_bytes
         self._max_topics = max_topics
+        self._max_cold = max_cold_topics
         self._key_of = key_of
         self.topics: dict[str, Topic] = {}
         self.by_key: dict[bytes, Topic] = {}
+        self.hot: dict[bytes, Topic] = {}
+        self.cold: dict[bytes, Topic] = {}
         self.ticks = 0
-        self.generation = 0  # bumped whenever the set of primed topics changes
+        self.generation = 0  # bumped whenever the set of hot topics changes
+        self.promotions = 0  # cold topics found written, now hot
 
     def __iter__(self) -> Iterator[Topic]:
         return iter(self.topics.values())
@@ -159,7 +181,8 @@ class Hub:
         """The topic, created (not yet primed) on first use."""
         topic = self.topics.get(name)
         if topic is None:
-            if len(self.topics) >= self._max_topics:
+            # each kind is bounded when primed (``mark_primed``); this bounds the memory
+            if len(self.topics) >= self._max_topics + self._max_cold:
                 raise TooManyTopics(name)
             key = self._key_of(name).encode()
             topic = Topic(name, key, Ring(self._ring_events, self._ring_bytes))
@@ -169,8 +192,35 @@ class Hub:
         return topic
 
     def mark_primed(self, topic: Topic) -> None:
+        """``topic`` was primed: hot when its stream was ever written (a last id above 0-0),
+        else cold; refused (``Topic.refused``, and forgotten) when its table is full."""
         topic.primed = True
+        if ids.from_redis(topic.read_from) != ids.ZERO:
+            if len(self.hot) >= self._max_topics:
+                topic.refused = "hot"
+                self._drop(topic)
+            else:
+                self.hot[topic.key] = topic
+                self.generation += 1
+        elif len(self.cold) >= self._max_cold:
+            topic.refused = "cold"
+            self._drop(topic)
+        else:
+            topic.cold = True
+            self.cold[topic.key] = topic
+
+    def promote(self, topic: Topic) -> bool:
+        """A cold topic whose stream was written (its first entries were read into its ring,
+        ``read_from`` is the last of them) joins the hot topics; False when it was not cold
+        or is no longer watched."""
+        if not topic.cold or self.by_key.get(topic.key) is not topic:
+            return False
+        topic.cold = False
+        del self.cold[topic.key]
+        self.hot[topic.key] = topic
         self.generation += 1
+        self.promotions += 1
+        return True
 
     def subscribe(self, topic: Topic, sub: Subscription) -> None:
         topic.subscribers.add(sub)
@@ -182,6 +232,14 @@ class Hub:
         if not topic.subscribers and topic.idle_since is None:
             topic.idle_since = now
 
+    def _drop(self, topic: Topic) -> None:
+        """Out of every table (the caller checked it is the one watched under its name)."""
+        del self.topics[topic.name]
+        del self.by_key[topic.key]
+        self.cold.pop(topic.key, None)
+        if self.hot.pop(topic.key, None) is not None:
+            self.generation += 1
+
     def expire(self, now: float, linger: float) -> list[Topic]:
         """Forget topics that have had no connection for ``linger`` seconds."""
         gone = [
@@ -189,20 +247,15 @@ class Hub:
             if t.idle_since is not None and now - t.idle_since >= linger and t.priming is None
         ]
         for topic in gone:
-            del self.topics[topic.name]
-            del self.by_key[topic.key]
+            self._drop(topic)
             topic.wake()
-        if gone:
-            self.generation += 1
         return gone
 
     def forget(self, topic: Topic) -> None:
         """Stop watching ``topic`` now (its stream went back): its connections are closed,
         and the next one primes it again from the stream as it is."""
         if self.topics.get(topic.name) is topic:
-            del self.topics[topic.name]
-            del self.by_key[topic.key]
-            self.generation += 1
+            self._drop(topic)
         for sub in list(topic.subscribers):
             sub.close("rewound")
         topic.wake()
@@ -214,8 +267,8 @@ class Hub:
             topic.wake()
 
     def watched(self) -> dict[bytes, bytes]:
-        """What the feed reads: each primed topic's key and the last id it saw."""
-        return {t.key: t.read_from for t in self.topics.values() if t.primed}
+        """What the feed's blocking read names: each hot topic's key and the last id it saw."""
+        return {key: t.read_from for key, t in self.hot.items()}
 
     @property
     def subscriber_count(self) -> int:

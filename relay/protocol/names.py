@@ -18,8 +18,10 @@ TOPIC_RULE = f"a topic is 1 to {MAX_TOPIC} characters of A-Z a-z 0-9 . _ : -"
 TOPIC_PATTERN = rf"[{TOPIC_CHARS}*]{{1,{MAX_TOPIC}}}"
 
 MAX_EVENT_TYPE = 64
-# what msgspec checks a published event type against (with the length bounds)
-EVENT_TYPE_PATTERN = r"^[^\r\n\x00]+$"
+# what msgspec checks a published event type against (with the length bounds). Python's `$`
+# also matches before a final \n: "tick\n" passed it and was dropped at delivery; the
+# lookahead refuses that (and is read the same way by JSON Schema's ECMA-262 regexes)
+EVENT_TYPE_PATTERN = r"^[^\r\n\x00]+$(?!\n)"
 _BREAKS_A_FIELD = re.compile(rb"[\r\n\x00]")
 
 

@@ -336,3 +336,42 @@ def newest_floor(oldest: int | None, full: bool, info: dict[str, Any] | None,
             return ids.predecessor(oldest)
         return ids.from_redis(info["last-generated-id"])
     return ids.ZERO
+
+
+# KEYS: a stream. ARGV: ms. Deletes the stream when its last generated id is more than that
+# older than Redis's clock (TIME: the clock ids are made from, not a relay's): nothing was
+# added to it since. One script, so no XADD can land between the check and the DEL (every
+# relay may run it on the same stream at once: the first deletes, the others find no key).
+# Not a stream, or none: 0.
+_DELETE_IDLE = """
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return 0 end
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[1])
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then
+    local ms = tonumber(string.match(info[i + 1], '^(%d+)-'))
+    if ms ~= nil and ms < cutoff then return redis.call('DEL', KEYS[1]) end
+    return 0
+  end
+end
+return 0
+"""
+_SCAN_COUNT = 1000
+
+
+async def delete_if_idle(r: Client, key: str | bytes, idle_ms: int) -> bool:
+    """Delete the stream ``key`` when nothing was added to it for ``idle_ms`` (its last id's
+    time against Redis's clock); whether it was deleted."""
+    return bool(await r.eval(_DELETE_IDLE, 1, key, idle_ms))
+
+
+async def delete_idle(r: Client, idle_ms: int) -> list[bytes]:
+    """Every topic stream to which nothing was added for ``idle_ms``, deleted (a SCAN of the
+    stream keys, every node of a cluster); the keys deleted."""
+    gone = []
+    async for key in r.scan_iter(match=KEY_PREFIX + "{*}", count=_SCAN_COUNT, _type="stream"):
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        if raw.endswith(b"}") and await delete_if_idle(r, raw, idle_ms):
+            gone.append(raw)
+    return gone

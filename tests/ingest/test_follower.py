@@ -113,3 +113,16 @@ def test_large_chunks_are_written_in_bounded_batches() -> None:
     journal = follow([b"".join(b"id: %d\ndata: %d\n\n" % (i, i) for i in range(n))])
     assert [(w, len(e), c) for w, e, c in journal.writes] == [
         (0, up.BATCH, str(up.BATCH - 1)), (1, 10, str(n - 1))]
+
+
+def test_an_upstreams_retry_is_obeyed_up_to_a_cap() -> None:
+    """An upstream's ``retry: 86400000`` (a day) would silence it for a day after its stream
+    ends; it is capped (``ingest_retry_max_ms``, 60 s by default)."""
+    policy = up.Policy(retry_ms=10, backoff_max_s=1, connect_timeout_s=1, idle_timeout_s=1,
+                       max_event_bytes=100, handover_s=10)
+    follower = up.Follower(Upstream("a", "http://h/e"), FakeJournal(), policy,  # type: ignore[arg-type]
+                           Status("t", "a"))
+    asyncio.run(follower._follow(FakeStream([b"retry: 86400000\n\n"]), up.Position("", 0)))  # type: ignore[arg-type]
+    assert follower._backoff.first_s == 60.0
+    asyncio.run(follower._follow(FakeStream([b"retry: 2500\n\n"]), up.Position("", 0)))  # type: ignore[arg-type]
+    assert follower._backoff.first_s == 2.5  # under the cap: as asked

@@ -17,9 +17,15 @@ async def subscribe(url: str, **kwargs: object) -> EventStream:
     es = await client.stream(url, **kwargs)  # type: ignore[arg-type]
     assert es.response.status == 200, (es.response.status, es.response.body)
     pending: list[Event] = []
-    while es.decoder.retry is None:
-        pending.extend(e for e in await es.read_chunk() if isinstance(e, Event))
-        assert not es.ended, "stream ended before its retry field"
+    try:
+        while es.decoder.retry is None:
+            pending.extend(e for e in await es.read_chunk() if isinstance(e, Event))
+            # a refusal (retry, then the end) may come in one chunk: that is subscribed too
+            assert es.decoder.retry is not None or not es.ended, \
+                "stream ended before its retry field"
+    except BaseException:
+        es.close()
+        raise
     es.early = pending  # type: ignore[attr-defined]
     return es
 

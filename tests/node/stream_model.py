@@ -645,7 +645,7 @@ class World:
         if reading is not None and not reading.done():
             return
         relay = self.relays[r]
-        watched = relay.hub.watched()
+        watched = _watched(relay)
         if not watched:
             return
         reply = self.redis.do_xread(watched, count=count)
@@ -661,7 +661,7 @@ class World:
     async def absorb(self, r: int, reply: Any) -> None:
         """The feed's delivery; an exception in it (the feed task would die) is an error."""
         try:
-            await self.relays[r].feed.absorb(store.entries_of(reply))
+            await self.relays[r].feed.absorb_written(store.entries_of(reply))
         except Exception as exc:  # noqa: BLE001
             self.errors.append(Violation("error", f"r{r}", "*", f"the feed's delivery raised "
                                                                f"{type(exc).__name__}: {exc}"))
@@ -782,7 +782,7 @@ class World:
                 if reading is not None and not reading.done():
                     moved = True
                     continue
-                watched = relay.hub.watched()
+                watched = _watched(relay)
                 reply = self.redis.do_xread(watched, count=100) if watched else None
                 if reply:
                     moved = True
@@ -815,6 +815,15 @@ class World:
         violations += [v for v in stalls if v not in violations]
         await self.stop()
         return violations
+
+
+def _watched(relay: Relay) -> dict[bytes, bytes]:
+    """What a relay's feed reads: its hot topics (the blocking XREAD) and its cold ones (the
+    cold watch reads each from 0-0 when it is written: ``relay.node.feed.cold``)."""
+    watched = relay.hub.watched()
+    for key, topic in relay.hub.cold.items():
+        watched.setdefault(key, topic.read_from)
+    return watched
 
 
 # -- the checker -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from relay.protocol import names
@@ -18,10 +20,14 @@ def test_topics(topic: str, ok: bool) -> None:
 
 @pytest.mark.parametrize(("event", "ok"), [
     ("tick", True), ("t" * 64, True), ("t" * 65, False), ("", False), ("a\x00b", False),
-    ("a\nb", False), ("a\rb", False), ("ünïcode", True),
+    ("a\nb", False), ("a\rb", False), ("ünïcode", True), ("tick\n", False),
+    ("tick\r\n", False), ("\ntick", False), ("tick\x00", False),
 ])
 def test_event_types(event: str, ok: bool) -> None:
     assert names.event_type_ok(event) is ok
+    # the pattern publishing checks with (msgspec, Python's re): the same answer
+    assert (re.search(names.EVENT_TYPE_PATTERN, event) is not None
+            and len(event) <= names.MAX_EVENT_TYPE) is ok
 
 
 def test_the_wire_keeps_the_same_rule_for_every_field() -> None:

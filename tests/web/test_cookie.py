@@ -38,7 +38,7 @@ def test_post_sets_the_cookie_for_the_token_s_life(app: App) -> None:
     assert "Path=/v1/" in attrs and "HttpOnly" in attrs and "SameSite=Lax" in attrs
     max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
     assert 595 <= max_age <= 600
-    assert "Secure" not in attrs  # plain http works by default (the local stack)
+    assert "Secure" in attrs  # by default: a token is a credential (the local stack unsets it)
     assert headers["cache-control"] == "no-store"
     # a listed origin may call it with credentials
     assert headers["access-control-allow-credentials"] == "true"
@@ -59,7 +59,7 @@ def test_post_refuses_what_cannot_read(app: App, auth: str | None, status: int) 
 def test_delete_clears_and_other_methods_are_405(app: App) -> None:
     status, headers, _ = call(app, "DELETE", URL)
     assert status == 204 and headers["set-cookie"] == \
-        "ssedge_auth=; Path=/v1/; Max-Age=0; HttpOnly; SameSite=Lax"
+        "ssedge_auth=; Path=/v1/; Max-Age=0; HttpOnly; SameSite=Lax; Secure"
     status, headers, _ = call(app, "GET", URL)
     assert status == 405 and headers["allow"] == "POST, DELETE"
 
@@ -68,5 +68,7 @@ def test_cross_site_attributes() -> None:
     none = load({}, auth_cookie_samesite="None")
     assert cookie.attributes(none, 10) == \
         "Path=/v1/; Max-Age=10; HttpOnly; SameSite=None; Secure"
-    assert cookie.attributes(load({}, auth_cookie_secure=True), None) == \
-        "Path=/v1/; HttpOnly; SameSite=Lax; Secure"
+    assert cookie.attributes(load({}), None) == "Path=/v1/; HttpOnly; SameSite=Lax; Secure"
+    # plain http off localhost (the local stack sets it: relay/devstack/single.py)
+    assert cookie.attributes(load({}, auth_cookie_secure=False), None) == \
+        "Path=/v1/; HttpOnly; SameSite=Lax"

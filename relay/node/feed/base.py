@@ -8,6 +8,9 @@ parked connections in one pass (``relay.node.fanout``).
   ring's bounds in events and in bytes (``store.newest``), are read into the ring and its last
   id noted, and the feed reads on from exactly that id.
   So a stream whose ``retry:`` has been sent misses nothing published after it.
+- A topic whose stream was never written primes *cold* (``topics.Hub``): each backend watches
+  cold topics apart from its reads of the hot ones, at no cost to them, and hands what it
+  finds to ``absorb_written``, which promotes the topic (``relay.node.feed.cold``).
 - A stream that went back (deleted and made again, XSETID, a lossy failover) is found by
   ``verify`` (``Relay`` calls it every ``feed_verify_s`` and after a reconnect).
 """
@@ -153,6 +156,20 @@ class FeedBase(ABC):
                     self.rewound(topic)
         self.deliver(read, gaps)
 
+    async def absorb_written(self, read: Read) -> None:
+        """``absorb``, then each cold topic the read found written is promoted: it joins the
+        hot topics from the last id read (its first entries are in its ring), and the reads
+        in flight are made to include it. What a cold watch hands its reads to."""
+        await self.absorb(read)
+        hub = self._hub
+        promoted = False
+        for key, _ in read:
+            topic = hub.cold.get(key)
+            if topic is not None and ids.from_redis(topic.read_from) != ids.ZERO:
+                promoted = hub.promote(topic) or promoted
+        if promoted:
+            self.topics_changed()
+
     def _suspect(self, key: bytes, entries: Sequence[store.Entry]) -> bool:
         """Whether a read is checked for trimmed entries it jumped: every read
         (``check_every``), else one that may have been overtaken by the retention publishes
@@ -271,7 +288,7 @@ class FeedBase(ABC):
         reads one): ``Topic.ahead`` only takes ids that Redis was seen to hold, never one only
         the primary has (``relay.node.replica``), so a replica behind its primary is never
         taken for a stream that went back."""
-        topics = [t for t in self._hub if t.primed]
+        topics = list(self._hub.hot.values())  # a cold topic has read nothing to go back from
         if not topics:
             return []
         # what this node knows the stream reached, before asking (no race with new reads)

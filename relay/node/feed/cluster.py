@@ -17,6 +17,13 @@ in the reply) or after it (its invalidation follows): nothing is missed. A read 
 node is read anyway (a sweep): it costs one pipelined round trip and finds a slot that moved
 (MOVED) or a node that was demoted.
 
+Cold topics (never written, ``topics.Hub``) are watched the same way: the one read that tracks
+a key works for a key that does not exist, and its first write names it. They are left out of
+the sweep, but for one sweep in ``_COLD_SWEEP_EVERY`` (the sweep is there to find slots that
+moved, not writes: tracking finds those), so a crowd of names never written costs a node one
+read each when made and a pipelined read a minute, not one per block. What a read finds goes
+to ``absorb_written``, which promotes a cold topic at its first entries.
+
 Topology comes from redis-py's cluster client (``nodes_manager``): a reader that fails
 (connection lost, MOVED, ASK, failover) ends, the slot map is refreshed, and readers are
 started for the primaries that now own the watched topics; each topic resumes from the last
@@ -45,6 +52,7 @@ log = logging.getLogger("ssedge.feed")
 
 _INVALIDATE = b"__redis__:invalidate"
 _PRUNE_S = 30.0
+_COLD_SWEEP_EVERY = 12  # sweeps (one a quiet ``feed_block_ms``): a minute at the default 5 s
 
 
 class TopologyChanged(RedisError):
@@ -96,9 +104,11 @@ class ClusterFeed(FeedBase):
         except (RedisClusterException, KeyError):
             return None
 
-    def keys_on(self, node: str) -> list[bytes]:
-        return [key for key, topic in self._hub.by_key.items()
-                if topic.primed and self.node_of(key) == node]
+    def keys_on(self, node: str, *, cold: bool = True) -> list[bytes]:
+        """The primed topics' keys on ``node``, the cold ones too unless told not."""
+        hub = self._hub
+        keys = [*hub.hot, *hub.cold] if cold else list(hub.hot)
+        return [key for key in keys if self.node_of(key) == node]
 
     async def prime(self, topic: Topic) -> None:
         await super().prime(topic)
@@ -107,6 +117,7 @@ class ClusterFeed(FeedBase):
 
     def topics_changed(self) -> None:
         """Nothing to unblock: ``prime`` hands each new topic to its node's reader."""
+        self._metrics.feed_keys = len(self._hub.hot)  # what the sweeps read
 
     def _route(self, topic: Topic) -> None:
         node = self.node_of(topic.key)
@@ -205,6 +216,7 @@ class NodeReader:
         self._dirty: set[bytes] = set()
         self._wake = asyncio.Event()
         self._conns: list[Connection] = []
+        self._sweeps = 0
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
@@ -292,7 +304,9 @@ class NodeReader:
                 try:
                     await asyncio.wait_for(self._wake.wait(), feed.block_ms / 1000)
                 except TimeoutError:
-                    self.mark(feed.keys_on(self.name))  # the sweep
+                    self._sweeps += 1
+                    with_cold = self._sweeps % _COLD_SWEEP_EVERY == 0
+                    self.mark(feed.keys_on(self.name, cold=with_cold))  # the sweep
                     if not self._dirty:
                         await conn.send_command("PING")
                         await conn.read_response()
@@ -326,7 +340,7 @@ class NodeReader:
         for reply in replies:
             if not reply:
                 continue
-            await feed.absorb(store.entries_of(reply))
+            await feed.absorb_written(store.entries_of(reply))
             for key, entries in store.entries_of(reply):
                 if len(entries) >= feed.read_count:
                     self._dirty.add(key)  # more are waiting

@@ -1,4 +1,7 @@
-"""The feed on one Redis: one connection, one blocking XREAD over every watched topic.
+"""The feed on one Redis: one connection, one blocking XREAD over every hot topic.
+
+- Topics never written (cold) are not in that XREAD: ``cold.ColdWatch`` watches them on two
+  connections of its own and promotes each at its first write.
 
 - Topics are added without waiting out the block: the feed's connection is unblocked with
   ``CLIENT UNBLOCK`` from another connection (no reconnect, no wake-up keys in Redis).
@@ -18,8 +21,9 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
 from relay.node.feed.base import FeedBase, reconnect_backoff
+from relay.node.feed.cold import ColdWatch
 from relay.node.metrics import Metrics
-from relay.node.topics import Hub
+from relay.node.topics import Hub, Topic
 from relay.storage import clients
 from relay.storage import streams as store
 from relay.storage.clients import still_wanted
@@ -30,7 +34,8 @@ _UNBLOCK_TRIES = 1000  # about 1 ms apart: the XREAD may not have reached Redis 
 
 
 class RedisFeed(FeedBase):
-    """One Redis: one connection, one blocking XREAD over every watched topic."""
+    """One Redis: one connection, one blocking XREAD over every hot topic; a ``ColdWatch``
+    over the cold ones."""
 
     def __init__(self, hub: Hub, redis: aioredis.Redis, metrics: Metrics, *, url: str,
                  block_ms: int, read_count: int, send_max: int, retention_maxlen: int = 0,
@@ -48,10 +53,21 @@ class RedisFeed(FeedBase):
         self._unblocking: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set when there is something to read
         self._connected = False
+        self._cold = ColdWatch(self, url)
+        self._watching: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        """The XREAD's connection up, and the cold watch's not lost: with only cold topics
+        that connection idles (a PING a block), and the cold watch's listener is the one that
+        hears Redis go at once."""
+        return self._connected and not self._cold.lost
+
+    async def prime(self, topic: Topic) -> None:
+        primed = topic.primed
+        await super().prime(topic)
+        if not primed and topic.cold:
+            self._cold.mark((topic.key,))
 
     # -- waking the blocked read -------------------------------------------------------------
 
@@ -81,6 +97,14 @@ class RedisFeed(FeedBase):
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._watching = asyncio.ensure_future(self._cold.run())
+        try:
+            await self._run()
+        finally:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+
+    async def _run(self) -> None:
         backoff = reconnect_backoff()
         while True:
             try:
@@ -130,6 +154,7 @@ class RedisFeed(FeedBase):
             watched = hub.watched()
             if not watched:
                 self._reading_generation = generation  # nothing to unblock: it waits on _idle
+                self._metrics.feed_keys = 0
                 self._idle.clear()
                 await conn.send_command("PING")  # keeps "connected" honest while idle
                 await conn.read_response()
@@ -137,6 +162,7 @@ class RedisFeed(FeedBase):
                     await asyncio.wait_for(self._idle.wait(), self._block_ms / 1000)
                 continue
             self._reading_generation = generation
+            self._metrics.feed_keys = len(watched)
             await conn.send_command(
                 "XREAD", "COUNT", self._count, "BLOCK", self._block_ms,
                 "STREAMS", *watched.keys(), *watched.values(),
@@ -153,6 +179,7 @@ class RedisFeed(FeedBase):
     async def close(self) -> None:
         if self._unblocking is not None:
             self._unblocking.cancel()
+        await self._cold.close()
         if self._conn is not None:
             await self._conn.disconnect()
         await self._pool.aclose()

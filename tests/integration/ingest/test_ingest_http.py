@@ -37,12 +37,32 @@ def test_redirects_are_followed_with_the_last_event_id(
     moved = (f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{origin.port}"
              f"/moved/here\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").encode()
     entry = upstreams.canned([moved])
-    start_ingest("--topic", "redirected", "--from", f"r={entry.url}", **FAST)
+    # another port is another origin: followed because its host is listed
+    start_ingest("--topic", "redirected", "--from", f"r={entry.url}", **FAST,
+                 ingest_redirect_hosts="127.0.0.1")
     wait_until(lambda: len(stored(redis_server, "redirected")) >= 2, 15, "two events")
     assert [e["d"] for e in stored(redis_server, "redirected")] == ["one", "two"]
     assert origin.requests[0].startswith(b"GET /moved/here HTTP/1.1")
     # the redirected request carries what the first one carried: the resume position
     assert b"Last-Event-ID: r1" in entry.requests[1] and b"Last-Event-ID: r1" in origin.requests[1]
+
+
+def test_a_redirect_to_another_origin_is_not_followed_by_default(
+    upstreams: Upstreams, start_ingest: Callable[..., IngestProcess],
+    redis_server: RedisServer,
+) -> None:
+    """An upstream must not send the ingest (and its Last-Event-ID) wherever it likes: a
+    redirect to another origin is an error (counted, retried with backoff), one to the same
+    origin is followed."""
+    elsewhere = upstreams.canned([closing_stream(b"id: x1\ndata: elsewhere\n\n")] * 5)
+    moved = (f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{elsewhere.port}/x\r\n"
+             "Content-Length: 0\r\nConnection: close\r\n\r\n").encode()
+    entry = upstreams.canned([moved] * 50)
+    ingest = start_ingest("--topic", "away", "--from", f"r={entry.url}", **FAST)
+    wait_until(lambda: ingest.metric("errors_total", "r") >= 2, 15, "refused redirects")
+    assert len(entry.requests) >= 2 and elsewhere.requests == []
+    assert stored(redis_server, "away") == []
+    assert ingest.metric("errors_total", "r", kind="redirect") >= 2
 
 
 def test_the_proxies_the_environment_names_are_used(

@@ -9,8 +9,9 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from relay.harness.servers import Relay, metrics
+from relay.harness.servers import Relay, metrics, publish
 from relay.web import client
+from tests.integration.conftest import TOKEN
 from tests.integration.sse import refused, subscribe
 
 
@@ -52,6 +53,8 @@ def test_topics_above_max_topics_are_asked_to_come_back(
     relay = start_relay(max_topics=3, topic_linger_s=60)
 
     async def run() -> None:
+        for i in range(4):  # written: a topic never written is cold (test_cold_topics.py)
+            await publish(relay.url, TOKEN, f"t{i}", [{"data": "x"}])
         streams = [await subscribe(f"{relay.url}/v1/streams/t{i}/events") for i in range(3)]
         answer, _, why = await refused(f"{relay.url}/v1/streams/t3/events")
         assert answer.headers["x-ssedge-refused"] == "topics" and "topics" in why

@@ -66,6 +66,10 @@ def test_missing_or_wrong_token_is_401_whatever_else_is_wrong(
     (b'{"data": 1, "id": "1-0"}', 422, "unprocessable"),
     (b'{"data": 1, "event": "a\\nb"}', 422, "unprocessable"),
     (b'{"data": 1, "event": "a\\rb"}', 422, "unprocessable"),
+    # a line break at the end too (a regex's `$` matches before a final \n)
+    (b'{"data": 1, "event": "tick\\n"}', 422, "unprocessable"),
+    (b'{"data": 1, "event": "tick\\r\\n"}', 422, "unprocessable"),
+    (b'{"data": 1, "event": "\\ntick"}', 422, "unprocessable"),
     (b'{"data": 1, "event": ""}', 422, "unprocessable"),
     (b'{"data": 1, "event": "' + b"x" * 65 + b'"}', 422, "unprocessable"),
     (b'[{"data": 1}, {"data": 2, "event": "a\\nb"}]', 422, "unprocessable"),
