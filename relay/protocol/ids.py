@@ -12,6 +12,7 @@ _ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 _U64 = (1 << 64) - 1
 
 ZERO = 0  # "0-0": before every entry
+MAX = (_U64 << 64) | _U64  # the largest id: nothing sorts after it
 
 
 def parse(text: str | bytes) -> int:

@@ -111,7 +111,9 @@ def _foreign(ring: Ring, after: int, cursor: int) -> bytes:
     if after <= ring.floor or after >= ring.last_id:
         return b""
     below = ring.id_at(cursor - 1) if cursor > ring.tail else ring.floor
-    if below == after:
+    if below == after or (cursor < ring.head and ring.id_at(cursor) == after + 1):
+        # an entry, or the id just below one: a position this stream hands out (a backfill
+        # that reaches the ring's tail starts just below its first frame)
         return b""
     first = ring.id_at(ring.tail) if ring.floor == ids.ZERO and ring.tail < ring.head else None
     return reset_frame("unknown", after, first, ids.ZERO)

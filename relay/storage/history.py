@@ -212,7 +212,10 @@ def _retention(after: int, below: int | None, info: dict[str, Any] | None,
     first = _first(info)
     last_generated = ids.from_redis(info["last-generated-id"])
     trimmed = int(info["entries-added"]) > int(info["length"])
-    is_entry = below == after or after == last_generated
+    # an entry, the last id, or the id just below an entry: positions a stream hands out (a
+    # backfill that reaches a ring's tail starts just below its first frame)
+    is_entry = below == after or after == last_generated or (
+        bool(entries) and ids.from_redis(entries[0][0]) == after + 1)
     if first is not None and after >= first:
         if is_entry:
             return b""

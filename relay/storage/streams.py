@@ -227,9 +227,10 @@ async def info(r: Client, topic: str) -> dict[str, Any] | None:
 
 
 async def holds(r: Client, topic: str, entry_id: int) -> bool:
-    """Whether ``entry_id`` is one of the stream's entries now."""
-    text = ids.format(entry_id)
-    reply = await r.xrevrange(stream_key(topic), max=text, min=text, count=1)
+    """Whether ``entry_id`` is a position of the stream now: one of its entries, or the id
+    just below one (where a backfill that reached a ring's tail started)."""
+    reply = await r.xrange(stream_key(topic), min=ids.format(entry_id),
+                           max=ids.format(min(entry_id + 1, ids.MAX)), count=1)
     return bool(reply)
 
 

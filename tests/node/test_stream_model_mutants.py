@@ -134,7 +134,7 @@ MUTANTS = [
            _fixed("trim-behind-feeds")),
     Mutant("k: an id that is none of the stream's entries is told unknown (ring, page, feed)",
            _k("lost", "silent-gap"),
-           ((resume, "_foreign", "if below == after:", "if True:"),
+           ((resume, "_foreign", "if below == after or (", "if True or ("),
             (history, "_retention",
              '            return b""\n'
              '        return reset_frame("unknown", after, first, ids.ZERO)',
