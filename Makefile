@@ -27,9 +27,11 @@ up-regions: venv system
 	$(BIN)/ssedge up --regions
 
 # two pytest workers, a test file each at a time (its servers and module fixtures stay in one
-# worker); each worker takes its servers' ports from a range of its own (tests/integration)
+# worker); each worker takes its servers' ports from a range of its own (tests/integration).
+# A failed test runs once more (real processes racing on a shared 2-core box): the summary
+# names every rerun, and a real fault fails both times
 test: venv system lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --reruns 1
 
 lint: venv
 	$(BIN)/ruff check relay replay loadtests tests bench docs
