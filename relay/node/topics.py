@@ -89,7 +89,6 @@ class Topic:
         "added",
         "ahead",
         "cold",
-        "entries_added",
         "fanning",
         "idle_since",
         "key",
@@ -124,7 +123,6 @@ class Topic:
         # fan-out or wake, which skip it (its ``waiter`` is None or done)
         self.parked: list[Subscription] = []
         self.fanning: asyncio.Task[None] | None = None  # a fan-out pass (relay.fanout)
-        self.entries_added = 0  # the stream's XINFO entries-added at the last check
         # the highest id a client came with that this feed had not read yet (the stream had
         # it then): a stream that goes back below it leaves such clients waiting for nothing
         self.ahead = 0

@@ -101,7 +101,7 @@ MUTANTS = [
     # else by verify: taken out together
     Mutant("e: FeedBase.verify and absorb find a stream that went back",
            _k("stall", "silent-gap", "lost"),
-           ((FeedBase, "verify", "if last < had or added < topic.entries_added:",
+           ((FeedBase, "verify", "if last < had or added < counted:",
              "if False:"),
             (FeedBase, "_gap", "if known is not None and added < known + len(entries):",
              "if False:"),

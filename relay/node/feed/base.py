@@ -280,7 +280,8 @@ class FeedBase(ABC):
         entries would leave this node reading after an id that no longer leads anywhere:
         heartbeats, no events, no reset. A stream went back when its last generated id is
         below what the feed had read before asking, or its ``entries-added`` (which only
-        grows) is below what an earlier check saw. "What the feed had read" includes ids that
+        grows) is below the count the feed had reached (``Topic.added``, taken before asking:
+        the feed counts on meanwhile). "What the feed had read" includes ids that
         clients came with from nodes whose feeds were ahead (``Topic.ahead``): they wait for
         this feed to pass them, which a stream that went back never does.
 
@@ -292,16 +293,14 @@ class FeedBase(ABC):
         if not topics:
             return []
         # what this node knows the stream reached, before asking (no race with new reads)
-        read = [max(ids.from_redis(t.read_from), t.ahead) for t in topics]
+        read = [(max(ids.from_redis(t.read_from), t.ahead), t.added or 0) for t in topics]
         heads = await store.heads(self._redis, [t.key for t in topics])
         gone = []
-        for topic, had, (last, added) in zip(topics, read, heads, strict=True):
+        for topic, (had, counted), (last, added) in zip(topics, read, heads, strict=True):
             if self._hub.topics.get(topic.name) is not topic:
                 continue  # forgotten meanwhile
-            if last < had or added < topic.entries_added:
+            if last < had or added < counted:
                 gone.append(topic)
-            else:
-                topic.entries_added = added
         return gone
 
     # -- priming ----------------------------------------------------------------------------
@@ -326,8 +325,6 @@ class FeedBase(ABC):
             # read on from the id the count was taken at (``absorb`` counts from there)
             topic.read_from = info["last-generated-id"] if info is not None else b"0-0"
             topic.added = int(info["entries-added"]) if info is not None else 0
-            # verify's baseline too: a stream made again counts fewer
-            topic.entries_added = topic.added
             self._hub.mark_primed(topic)
             self.topics_changed()
         finally:

@@ -41,6 +41,7 @@ from typing import Any
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from relay.node.feed import tracking
 from relay.node.feed.base import FeedBase, reconnect_backoff
 from relay.node.metrics import Metrics
 from relay.node.topics import Hub, Topic
@@ -50,7 +51,6 @@ from relay.storage.clients import still_wanted
 
 log = logging.getLogger("ssedge.feed")
 
-_INVALIDATE = b"__redis__:invalidate"
 _PRUNE_S = 30.0
 _COLD_SWEEP_EVERY = 12  # sweeps (one a quiet ``feed_block_ms``): a minute at the default 5 s
 
@@ -240,29 +240,12 @@ class NodeReader:
             # the listener waits without a timeout (a quiet node sends nothing); the reader's
             # PINGs, sent when the node is quiet, find a node that went away
             listener = self._connection(None)
-            await listener.connect()  # type: ignore[no-untyped-call]
-            await listener.send_command("CLIENT", "ID")
-            listener_id = int(await listener.read_response())
-            await listener.send_command("SUBSCRIBE", _INVALIDATE)
-            await listener.read_response()
             reader = self._connection(self.feed.block_ms / 1000 + 10)
-            await reader.connect()  # type: ignore[no-untyped-call]
-            await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
-            await reader.read_response()
+            await tracking.track(listener, reader)
             self.connected = True
             self.feed.last_error = None
             log.info("feed reading cluster node %s", self.name)
-            listening = asyncio.ensure_future(self._listen(listener))
-            reading = asyncio.ensure_future(self._read(reader))
-            try:
-                done, _ = await asyncio.wait((listening, reading),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                listening.cancel()
-                reading.cancel()
-                await asyncio.gather(listening, reading, return_exceptions=True)
+            await tracking.together(self._listen(listener), self._read(reader))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Redis gone, MOVED, or a bug: this node is read again anew

@@ -32,6 +32,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
+from relay.node.feed import tracking
 from relay.node.feed.base import FeedBase, reconnect_backoff
 from relay.storage import clients
 from relay.storage import streams as store
@@ -39,7 +40,6 @@ from relay.storage.clients import still_wanted
 
 log = logging.getLogger("ssedge.feed")
 
-_INVALIDATE = b"__redis__:invalidate"
 # keys per XREAD of the reader: a reconnect reads every cold key again, in commands of this
 # many (pipelined), so that no one command makes Redis stop for long
 _KEYS_PER_READ = 500
@@ -106,29 +106,13 @@ class ColdWatch:
 
     async def _watch(self, connected: Any) -> None:
         listener = self._connection(self._listen_pool)
-        await listener.connect()  # type: ignore[no-untyped-call]
-        await listener.send_command("CLIENT", "ID")
-        listener_id = int(await listener.read_response())
-        await listener.send_command("SUBSCRIBE", _INVALIDATE)
-        await listener.read_response()
         reader = self._connection(self._read_pool)
-        await reader.connect()  # type: ignore[no-untyped-call]
-        await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", listener_id)
-        await reader.read_response()
+        await tracking.track(listener, reader)
         self.connected = True
         self.lost = False
         connected()
         self.mark(self._feed.hub.cold)  # tracking is per connection: every key again
-        listening = asyncio.ensure_future(self._listen(listener))
-        reading = asyncio.ensure_future(self._read(reader))
-        try:
-            done, _ = await asyncio.wait((listening, reading), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        finally:
-            listening.cancel()
-            reading.cancel()
-            await asyncio.gather(listening, reading, return_exceptions=True)
+        await tracking.together(self._listen(listener), self._read(reader))
 
     async def _listen(self, conn: AbstractConnection) -> None:
         """Names of tracked keys that were written, as they come."""
