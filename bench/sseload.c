@@ -30,6 +30,13 @@
  * readiness, not when this one thread got round to reading it: the latency then leaves out
  * the client's own work on the streams read before it in the same wake-up (a browser inflates
  * its one stream; this client inflates a thousand, one after another).
+ * SSELOAD_DEFER=1: from `start` to `end`, each read's body bytes are kept with the time they
+ * came and decoded (inflated, parsed, checked) only when `end` arrives: during the measured
+ * window this client only reads, so its own decoding takes no core from the servers and
+ * delays no wake-up (every event keeps the time of the read that brought it).
+ * SSELOAD_SOURCES=K: connection i is made from 127.0.1.(1 + i % K) (IP_BIND_ADDRESS_NO_PORT):
+ * one source address has one ephemeral port range towards a relay's address and port (about
+ * 28,000 here), so more streams than that to one relay need more source addresses.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -130,6 +137,8 @@ struct conn {
     uint8_t topics[MAX_PER];   /* several topics: the topics it follows ... */
     int64_t tnext[MAX_PER];    /* ... and the next sequence number of each */
     z_stream *z;               /* a compressed stream's inflater */
+    char *kept;                /* SSELOAD_DEFER: records of [rx_us, mono, len, bytes] */
+    size_t kept_len, kept_cap;
 };
 
 static struct conn *conns;
@@ -151,6 +160,8 @@ static double t_start, t_first, t_last, cpu_start;
 static int64_t rx_us; /* wall clock at the current recv */
 static int rx_at_wake;  /* SSELOAD_RX_AT_WAKE */
 static int64_t wake_us; /* wall clock when epoll_wait returned */
+static int defer, deferring; /* SSELOAD_DEFER, and between start and end */
+static int sources;          /* SSELOAD_SOURCES */
 
 static void multi_seq(struct conn *c, int64_t seq);
 
@@ -258,7 +269,55 @@ static void feed_lines(struct conn *c, const char *p, size_t n) {
 static char zbuf[1 << 18];
 
 /* the body's bytes as they came: inflated first when the stream is compressed */
+struct kept_head { int64_t rx_us; double t; uint32_t len; };
+
+static void keep(struct conn *c, const char *p, size_t n) {
+    size_t need = c->kept_len + sizeof(struct kept_head) + n;
+    if (need > c->kept_cap) {
+        size_t cap = c->kept_cap ? c->kept_cap : 4096;
+        while (cap < need) cap *= 2;
+        c->kept = realloc(c->kept, cap);
+        if (!c->kept) die("realloc");
+        c->kept_cap = cap;
+    }
+    struct kept_head h = {rx_us, now_s(), (uint32_t)n};
+    memcpy(c->kept + c->kept_len, &h, sizeof h);
+    memcpy(c->kept + c->kept_len + sizeof h, p, n);
+    c->kept_len = need;
+}
+
+static void feed_decoded(struct conn *c, const char *p, size_t n);
+
+/* SSELOAD_DEFER at `end`: every kept read decoded now, with the time it came */
+static double cpu_window = -1; /* the client's CPU from start to end, with SSELOAD_DEFER */
+
+static void decode_kept(void) {
+    deferring = 0;
+    cpu_window = cpu_s() - cpu_start;
+    for (int i = 0; i < nconns; i++) {
+        struct conn *c = &conns[i];
+        size_t at = 0;
+        while (at < c->kept_len) {
+            struct kept_head h;
+            memcpy(&h, c->kept + at, sizeof h);
+            at += sizeof h;
+            rx_us = h.rx_us;
+            uint64_t before = events;
+            feed_decoded(c, c->kept + at, h.len);
+            if (events != before) {
+                if (t_first == 0) t_first = h.t;
+                if (h.t > t_last) t_last = h.t;
+            }
+            at += h.len;
+        }
+        free(c->kept);
+        c->kept = NULL;
+        c->kept_len = c->kept_cap = 0;
+    }
+}
+
 static void feed_decoded(struct conn *c, const char *p, size_t n) {
+    if (deferring) { keep(c, p, n); return; }
     z_stream *z = c->z;
     if (!z) { feed_lines(c, p, n); return; }
     if (z->opaque) return; /* broke earlier */
@@ -322,6 +381,12 @@ static void start_connect(struct conn *c) {
     if (fd < 0) die("socket");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (sources) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000101u + (uint32_t)((c - conns) % sources));
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) die("bind source");
+    }
     c->fd = fd;
     c->state = CONNECTING;
     c->head_len = 0;
@@ -471,12 +536,12 @@ static void report(int64_t last) {
            "\"first_s\": %.4f, \"last_s\": %.4f, \"deliveries_per_s\": %.0f, "
            "\"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
            "\"max_ms\": %.3f, \"bytes\": %lu, \"reads\": %lu, \"cpu_s\": %.3f, "
-           "\"compressed_streams\": %lu, \"inflate_errors\": %lu}\n",
+           "\"compressed_streams\": %lu, \"inflate_errors\": %lu, \"window_cpu_s\": %.3f}\n",
            events, expected, lost, dup, stale, complete, live,
            closed, t_first ? t_first - t_start : -1, t_last ? t_last - t_start : -1,
            span > 0 ? events / span : 0, quantile_ms(0.5), quantile_ms(0.9), quantile_ms(0.99),
            quantile_ms(0.999), quantile_ms(1.0), bytes_in, recvs, cpu_s() - cpu_start,
-           compressed_streams, inflate_errors);
+           compressed_streams, inflate_errors, cpu_window >= 0 ? cpu_window : cpu_s() - cpu_start);
     fflush(stdout);
 }
 
@@ -501,9 +566,11 @@ static int on_command(char *line) {
         }
         t_start = now_s();
         cpu_start = cpu_s();
+        deferring = defer;
         printf("started\n");
         fflush(stdout);
     } else if (sscanf(line, "end %lld %lld", &a, &b) == 2) {
+        if (deferring) decode_kept();
         end_last = a;
         done_count = 0;
         for (int i = 0; i < nconns; i++) {
@@ -529,6 +596,9 @@ static int sub_main(int argc, char **argv) {
     max_connecting = argc > 6 ? atoi(argv[6]) : 1000;
     accept_encoding = getenv("SSELOAD_ACCEPT_ENCODING");
     rx_at_wake = getenv("SSELOAD_RX_AT_WAKE") != NULL;
+    defer = getenv("SSELOAD_DEFER") != NULL;
+    sources = getenv("SSELOAD_SOURCES") ? atoi(getenv("SSELOAD_SOURCES")) : 0;
+    if (sources < 0 || sources > 254) { fprintf(stderr, "sseload: SSELOAD_SOURCES 0-254\n"); return 2; }
     request_len = snprintf(request, sizeof request,
                            "GET %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: text/event-stream\r\n"
                            "%s%s%sCache-Control: no-cache\r\n\r\n", argv[4], argv[2], argv[3],
