@@ -58,7 +58,7 @@ bench/sseload: bench/sseload.c
 # compression; bytes, CPU and p99 per delivery (about 5 minutes; writes
 # docs/results/compression.md)
 bench-compression: venv system bench-system bench/sseload
-	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100 --rx-at-wake
+	$(BIN)/python -m bench.compression --streams 1000 9000 --rates 10 100 --rx-at-wake --defer
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system
@@ -150,6 +150,8 @@ system:
 	test -x /usr/bin/chromium || missing="$$missing chromium fonts-dejavu-core"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	test -f /usr/include/zlib.h || missing="$$missing zlib1g-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \

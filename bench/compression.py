@@ -255,7 +255,11 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
         + (", the receipt timed when the client's epoll_wait returned the stream's readiness"
            " (SSELOAD_RX_AT_WAKE: not after this one thread inflated the streams before it;"
            " a browser inflates its one stream)." if args.rx_at_wake else
-           ", the receipt timed at the client's read."),
+           ", the receipt timed at the client's read.")
+        + (" The client kept each read's bytes with its time and decoded them after the window"
+           " (SSELOAD_DEFER): while the servers were measured it only read, and its inflating"
+           " of thousands of streams delayed no read (`client_cores` is its CPU in the window)."
+           if args.defer else ""),
         "",
         table(rows),
         "",
