@@ -53,10 +53,10 @@ bench: venv system bench-system bench/sseload
 bench/sseload: bench/sseload.c
 	$(CC) -O2 -Wall -Wextra -o $@ $< -lz
 
-# Shared compression: one topic of price ticks to 1,000 streams at 10 and 100 events/s through
-# the edge, uncompressed vs compressed once per topic by the relay vs HAProxy's per-connection
-# compression; bytes, CPU and p99 per delivery (about 5 minutes; writes
-# docs/results/compression.md)
+# Shared compression: one topic of price ticks to 1,000 and 9,000 streams at 10 and 100
+# events/s through the edge, uncompressed vs compressed once per topic by the relay vs
+# HAProxy's per-connection compression; bytes, CPU and p99 per delivery (about 10 minutes;
+# writes docs/results/compression.md)
 bench-compression: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.compression --streams 1000 9000 --rates 10 100 --rx-at-wake --defer
 
