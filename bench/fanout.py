@@ -63,11 +63,12 @@ class LoadClient:
     """``sseload sub``: N streams, driven line by line over stdin/stdout."""
 
     def __init__(self, port: int, path: str, n: int,
-                 multi: tuple[int, int, str] | None = None, defer: bool = False) -> None:
+                 multi: tuple[int, int, str] | None = None, defer_mib: int = 0) -> None:
         # ``multi``: (topics, per stream, topic prefix): streams on several topics.
-        # ``defer``: decode after each counted window (SSELOAD_DEFER), reading only inside it
+        # ``defer_mib``: read into an arena of that size and decode after each counted window
+        # (SSELOAD_DEFER), reading only inside it
         extra = ["1000", *map(str, multi)] if multi else []
-        env = dict(os.environ, SSELOAD_DEFER="1") if defer else None
+        env = dict(os.environ, SSELOAD_DEFER=str(defer_mib)) if defer_mib else None
         self.process = subprocess.Popen(
             [str(SSELOAD), "sub", "127.0.0.1", str(port), path, str(n), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
@@ -183,6 +184,13 @@ def profile(server: Ssedge, client: LoadClient, topic: str, rate: int, args: arg
 Row = dict[str, Any]
 
 
+def arena_mib(n: int, rate: int, args: argparse.Namespace, framed: int = 50) -> int:
+    """The client's arena for SSELOAD_DEFER: every byte of the top rate's run (and a second
+    more), framed, with a quarter to spare; at most 8 GiB."""
+    nbytes = n * rate * (args.seconds + 1) * (args.size + framed) * 1.25
+    return max(64, min(8192, int(nbytes) >> 20))
+
+
 def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
                  directory: Path, run_ids: list[int]) -> tuple[Row, list[Row]]:
     server = start(name, directory / f"{name}-{n}")
@@ -193,7 +201,8 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
         time.sleep(1)
         rss0 = rss_kib(server.pids())
         multi = (*MULTI, f"{topic}-") if name == "ssedge-multi" else None
-        client = LoadClient(server.port, server.sub_path(topic), n, multi, defer=args.defer)
+        client = LoadClient(server.port, server.sub_path(topic), n, multi,
+                            defer_mib=arena_mib(n, max(rates), args) if args.defer else 0)
         ready = client.expect("ready", 120)
         time.sleep(2)  # let the server settle before reading its memory
         rss1 = rss_kib(server.pids())
@@ -232,7 +241,8 @@ def bench_server(name: str, n: int, rates: list[int], args: argparse.Namespace,
                 "server_cpu_s": round(cpu, 2),
                 "cpu_us_per_delivery": round(1e6 * cpu / max(1, report["events"]), 2),
                 "cpu_split_s": split,
-                "client_cpu_s": report["window_cpu_s"], "wall_s": round(wall, 1),
+                "client_cpu_s": report["window_cpu_s"], "arena_full": report["arena_full"],
+                "wall_s": round(wall, 1),
                 "publisher_cpu_s": published["cpu_s"], "publish_failures": published["failures"],
                 "status": "ok" if ok else "FAILED",
             }

@@ -30,11 +30,13 @@
  * readiness, not when this one thread got round to reading it: the latency then leaves out
  * the client's own work on the streams read before it in the same wake-up (a browser inflates
  * its one stream; this client inflates a thousand, one after another).
- * SSELOAD_DEFER=1: from `start` to `end`, each read's body bytes are kept with the time they
- * came, and decoded (inflated, parsed, checked) after `end`, once no stream brought bytes for
- * 0.5 s (or at END's timeout): during the measured
- * window this client only reads, so its own decoding takes no core from the servers and
- * delays no wake-up (every event keeps the time of the read that brought it).
+ * SSELOAD_DEFER=MIB: from `start` to `end`, each stream's reads go straight into one arena of
+ * MIB MiB (below 64: 1 GiB), mapped and faulted in at start-up, with the time they came, and
+ * are decoded (chunks, inflating, lines, checks) after `end`, once no stream brought bytes for
+ * 0.5 s (or at END's timeout): during the measured window this client only reads (no copy,
+ * no allocation), so its own decoding takes no core from the servers and delays no wake-up
+ * (every event keeps the time of the read that brought it). An arena too small is decoded
+ * when full, inside the window (`arena_full` in the report counts it).
  * SSELOAD_SOURCES=K: connection i is made from 127.0.1.(1 + i % K) (IP_BIND_ADDRESS_NO_PORT):
  * one source address has one ephemeral port range towards a relay's address and port (about
  * 28,000 here), so more streams than that to one relay need more source addresses.
@@ -51,6 +53,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -138,8 +141,6 @@ struct conn {
     uint8_t topics[MAX_PER];   /* several topics: the topics it follows ... */
     int64_t tnext[MAX_PER];    /* ... and the next sequence number of each */
     z_stream *z;               /* a compressed stream's inflater */
-    char *kept;                /* SSELOAD_DEFER: records of [rx_us, mono, len, bytes] */
-    size_t kept_len, kept_cap;
 };
 
 static struct conn *conns;
@@ -268,59 +269,75 @@ static void feed_lines(struct conn *c, const char *p, size_t n) {
 }
 
 static char zbuf[1 << 18];
+static char rbuf[1 << 18];
 
 /* the body's bytes as they came: inflated first when the stream is compressed */
-struct kept_head { int64_t rx_us; double t; uint32_t len; };
+/* SSELOAD_DEFER: reads go straight from the socket into one arena, mapped and faulted in at
+   start-up (no copy, no allocation, no page fault while measured), as records in arrival order:
+   [head][bytes], 8-byte aligned; decoded (chunks, inflating, lines) after the window */
+struct kept_head { int64_t rx_us; double t; uint32_t conn, len; };
+static char *arena;
+static size_t arena_cap, arena_len;
 static double last_kept; /* when the last read was kept */
+static uint64_t arena_full; /* decodings forced inside a window: the arena was too small */
 
-static void keep(struct conn *c, const char *p, size_t n) {
-    size_t need = c->kept_len + sizeof(struct kept_head) + n;
-    if (need > c->kept_cap) {
-        size_t cap = c->kept_cap ? c->kept_cap : 4096;
-        while (cap < need) cap *= 2;
-        c->kept = realloc(c->kept, cap);
-        if (!c->kept) die("realloc");
-        c->kept_cap = cap;
-    }
-    struct kept_head h = {rx_us, now_s(), (uint32_t)n};
-    last_kept = h.t;
-    memcpy(c->kept + c->kept_len, &h, sizeof h);
-    memcpy(c->kept + c->kept_len + sizeof h, p, n);
-    c->kept_len = need;
-}
+static void feed_body(struct conn *c, const char *p, size_t n);
 
-static void feed_decoded(struct conn *c, const char *p, size_t n);
-
-/* SSELOAD_DEFER at `end`: every kept read decoded now, with the time it came */
 static double cpu_window = -1; /* the client's CPU from start to end, with SSELOAD_DEFER */
 
+/* every kept read decoded now, with the time it came */
 static void decode_kept(void) {
+    size_t at = 0;
+    while (at < arena_len) {
+        struct kept_head h;
+        memcpy(&h, arena + at, sizeof h);
+        at += sizeof h;
+        rx_us = h.rx_us;
+        uint64_t before = events;
+        struct conn *c = &conns[h.conn];
+        if (c->state == BODY || c->state == CLOSED) feed_body(c, arena + at, h.len);
+        if (events != before) {
+            if (t_first == 0) t_first = h.t;
+            if (h.t > t_last) t_last = h.t;
+        }
+        at += (h.len + 7) & ~(size_t)7;
+    }
+    arena_len = 0;
+    for (int i = 0; i < nconns; i++) { /* closed while their reads were kept */
+        struct conn *c = &conns[i];
+        if (c->state == CLOSED && c->z) { inflateEnd(c->z); free(c->z); c->z = NULL; }
+    }
+}
+
+static void end_window(void) {
     deferring = 0;
     cpu_window = cpu_s() - cpu_start;
-    for (int i = 0; i < nconns; i++) {
-        struct conn *c = &conns[i];
-        size_t at = 0;
-        while (at < c->kept_len) {
-            struct kept_head h;
-            memcpy(&h, c->kept + at, sizeof h);
-            at += sizeof h;
-            rx_us = h.rx_us;
-            uint64_t before = events;
-            feed_decoded(c, c->kept + at, h.len);
-            if (events != before) {
-                if (t_first == 0) t_first = h.t;
-                if (h.t > t_last) t_last = h.t;
-            }
-            at += h.len;
-        }
-        free(c->kept);
-        c->kept = NULL;
-        c->kept_len = c->kept_cap = 0;
+    decode_kept();
+}
+
+/* one read of a stream's body into the arena; its result as read() gives it */
+static ssize_t read_kept(struct conn *c) {
+    size_t room = arena_cap - arena_len;
+    if (room < sizeof(struct kept_head) + 65536) { /* full: decode now, in the window */
+        arena_full++;
+        decode_kept();
+        room = arena_cap;
     }
+    room -= sizeof(struct kept_head);
+    if (room > sizeof rbuf) room = sizeof rbuf;
+    char *at = arena + arena_len + sizeof(struct kept_head);
+    ssize_t n = read(c->fd, at, room);
+    if (n > 0) {
+        struct kept_head h = {rx_at_wake ? wake_us : wall_us(), now_s(), (uint32_t)(c - conns),
+                              (uint32_t)n};
+        last_kept = h.t;
+        memcpy(arena + arena_len, &h, sizeof h);
+        arena_len += sizeof h + (((size_t)n + 7) & ~(size_t)7);
+    }
+    return n;
 }
 
 static void feed_decoded(struct conn *c, const char *p, size_t n) {
-    if (deferring) { keep(c, p, n); return; }
     z_stream *z = c->z;
     if (!z) { feed_lines(c, p, n); return; }
     if (z->opaque) return; /* broke earlier */
@@ -402,7 +419,7 @@ static void start_connect(struct conn *c) {
 static void close_conn(struct conn *c, int retry) {
     epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
-    if (c->z) { inflateEnd(c->z); free(c->z); c->z = NULL; }
+    if (c->z && !deferring) { inflateEnd(c->z); free(c->z); c->z = NULL; } /* else: kept reads */
     int was_connecting = c->state == CONNECTING || c->state == HEAD;
     if (was_connecting) connecting--;
     if (was_connecting && retry && c->retries < 20) { /* refused or reset during a storm */
@@ -469,8 +486,6 @@ static int multi_request(struct conn *c, char *out, size_t size) {
     return (size_t)n < size ? n : (int)size - 1;
 }
 
-static char rbuf[1 << 18];
-
 static void on_event(struct conn *c, uint32_t events_mask) {
     if (c->state == CONNECTING) {
         int err = 0;
@@ -488,11 +503,13 @@ static void on_event(struct conn *c, uint32_t events_mask) {
         return;
     }
     for (;;) {
-        ssize_t n = read(c->fd, rbuf, sizeof rbuf);
+        int kept = deferring && c->state == BODY;
+        ssize_t n = kept ? read_kept(c) : read(c->fd, rbuf, sizeof rbuf);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
         if (n <= 0) { close_conn(c, c->state == HEAD); return; }
         recvs++;
         bytes_in += (uint64_t)n;
+        if (kept) { if ((size_t)n < sizeof rbuf) return; continue; }
         if (c->state == HEAD) { on_head(c, rbuf, (size_t)n); }
         else {
             rx_us = rx_at_wake ? wake_us : wall_us();
@@ -539,12 +556,14 @@ static void report(int64_t last) {
            "\"first_s\": %.4f, \"last_s\": %.4f, \"deliveries_per_s\": %.0f, "
            "\"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
            "\"max_ms\": %.3f, \"bytes\": %lu, \"reads\": %lu, \"cpu_s\": %.3f, "
-           "\"compressed_streams\": %lu, \"inflate_errors\": %lu, \"window_cpu_s\": %.3f}\n",
+           "\"compressed_streams\": %lu, \"inflate_errors\": %lu, \"window_cpu_s\": %.3f, "
+           "\"arena_full\": %lu}\n",
            events, expected, lost, dup, stale, complete, live,
            closed, t_first ? t_first - t_start : -1, t_last ? t_last - t_start : -1,
            span > 0 ? events / span : 0, quantile_ms(0.5), quantile_ms(0.9), quantile_ms(0.99),
            quantile_ms(0.999), quantile_ms(1.0), bytes_in, recvs, cpu_s() - cpu_start,
-           compressed_streams, inflate_errors, cpu_window >= 0 ? cpu_window : cpu_s() - cpu_start);
+           compressed_streams, inflate_errors, cpu_window >= 0 ? cpu_window : cpu_s() - cpu_start,
+           arena_full);
     fflush(stdout);
 }
 
@@ -567,6 +586,7 @@ static int on_command(char *line) {
     long long a, b;
     if (strncmp(line, "quit", 4) == 0) return 0;
     if (sscanf(line, "start %lld", &a) == 1) {
+        if (arena_len) decode_kept(); /* an earlier run's reads, before this one counts */
         run = a;
         end_last = -1;
         events = stale = bytes_in = recvs = 0;
@@ -605,6 +625,13 @@ static int sub_main(int argc, char **argv) {
     accept_encoding = getenv("SSELOAD_ACCEPT_ENCODING");
     rx_at_wake = getenv("SSELOAD_RX_AT_WAKE") != NULL;
     defer = getenv("SSELOAD_DEFER") != NULL;
+    if (defer) { /* MiB of arena; anything below 64 (SSELOAD_DEFER=1) is 1 GiB */
+        long mib = atol(getenv("SSELOAD_DEFER"));
+        arena_cap = (size_t)(mib < 64 ? 1024 : mib) << 20;
+        arena = mmap(NULL, arena_cap, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_POPULATE, -1, 0);
+        if (arena == MAP_FAILED) die("mmap SSELOAD_DEFER arena");
+    }
     sources = getenv("SSELOAD_SOURCES") ? atoi(getenv("SSELOAD_SOURCES")) : 0;
     if (sources < 0 || sources > 254) { fprintf(stderr, "sseload: SSELOAD_SOURCES 0-254\n"); return 2; }
     request_len = snprintf(request, sizeof request,
@@ -664,7 +691,7 @@ static int sub_main(int argc, char **argv) {
         if (end_last >= 0 && deferring) {
             double t = now_s();
             if (t - last_kept < 0.5 && t < end_deadline) continue;
-            decode_kept();
+            end_window();
             count_done();
         }
         if (end_last >= 0) {
