@@ -63,12 +63,15 @@ class LoadClient:
     """``sseload sub``: N streams, driven line by line over stdin/stdout."""
 
     def __init__(self, port: int, path: str, n: int,
-                 multi: tuple[int, int, str] | None = None) -> None:
-        # ``multi``: (topics, per stream, topic prefix): streams on several topics
-        extra = ["1000", *map(str, multi)] if multi else []
+                 multi: tuple[int, int, str] | None = None, *, max_connecting: int = 1000,
+                 env: dict[str, str] | None = None) -> None:
+        # ``multi``: (topics, per stream, topic prefix): streams on several topics; ``env``:
+        # SSELOAD_* variables (bench/sseload.c's head comment) added to this one's environment
+        extra = [str(max_connecting), *map(str, multi)] if multi else [str(max_connecting)]
         self.process = subprocess.Popen(
             [str(SSELOAD), "sub", "127.0.0.1", str(port), path, str(n), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            env={**os.environ, **env} if env else None)
         self.buffer = b""
 
     def send(self, line: str) -> None:

@@ -1,0 +1,372 @@
+"""Benchmark: a hundred thousand streams on one machine (issue 32), straight to one relay.
+
+One relay (``--workers`` Granian worker processes, each allowed ``--per-worker`` streams and
+connections: a process may hold 20,000 descriptors here) and its Redis; ``--clients`` C load
+clients (bench/sseload), each opening its share of ``--streams`` streams on one topic from
+``--sources`` loopback source addresses (SSELOAD_SOURCES: one source address has one
+ephemeral port range, about 28,000 ports, towards one address and port). Then:
+
+1. every stream connected and held: counted by the clients and by the relay (/metrics);
+   connect rate; resident memory of the relay (main process and workers) before and with
+   the streams open, per stream; Redis's memory before and after;
+2. the streams at rest for ``--rest-s``: CPU of the relay (heartbeats), of Redis, of the
+   clients, of the whole machine (cores used), load average;
+3. one event to every stream: publish-to-receive p50/p99/max, lost;
+4. ``--rate`` events/s to every stream for ``--seconds``: p50/p99/max, lost.
+
+The clients' latency histograms are merged (SSELOAD_HIST), so p99 is over every delivery.
+
+    .venv/bin/python -m bench.hundredk                 # what `make bench-100k` runs
+    .venv/bin/python -m bench.hundredk --smoke         # 2,000 streams, a few seconds
+
+Load goes to 127.0.0.0/8 only; every process it starts is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.fanout import SSELOAD, LoadClient, table
+from bench.peers import TOKEN, BenchRedis, cpu_seconds, machine, rss_kib, tree, version_of
+from relay.harness.servers import Relay, metrics
+
+Row = dict[str, Any]
+KEY_OF = "ssedge:{%s}"
+# each client keeps at most this many connections in flight: all of them together stay
+# below net.core.somaxconn (4096 here), the relay's accept queue whatever its backlog setting
+IN_FLIGHT = 3600
+
+
+@dataclass
+class Args:
+    streams: int = 100_000
+    workers: int = 7
+    per_worker: int = 18_000
+    clients: int = 6
+    sources: int = 8
+    rest_s: float = 30.0
+    seconds: float = 60.0
+    rate: int = 1
+    size: int = 150
+    drain_s: float = 10.0
+    heartbeat_s: float = 15.0
+    report: str = "docs/results/hundredk.md"
+    command: str = "python -m bench.hundredk"
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+def parse(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = Args()
+    parser.add_argument("--streams", type=int, default=d.streams)
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help="Granian worker processes of the relay")
+    parser.add_argument("--per-worker", type=int, default=d.per_worker,
+                        help="SSEDGE_MAX_STREAMS and SSEDGE_MAX_CONNECTIONS of each worker")
+    parser.add_argument("--clients", type=int, default=d.clients,
+                        help="sseload processes (each holds streams/clients)")
+    parser.add_argument("--sources", type=int, default=d.sources,
+                        help="loopback source addresses 127.0.1.1-K (SSELOAD_SOURCES)")
+    parser.add_argument("--rest-s", type=float, default=d.rest_s,
+                        help="seconds the streams are held at rest and the CPU measured")
+    parser.add_argument("--seconds", type=float, default=d.seconds,
+                        help="seconds of --rate events/s to every stream")
+    parser.add_argument("--rate", type=int, default=d.rate)
+    parser.add_argument("--size", type=int, default=d.size, help="bytes of data per event")
+    parser.add_argument("--drain-s", type=float, default=d.drain_s,
+                        help="seconds after the last publish until a missing event is lost")
+    parser.add_argument("--heartbeat-s", type=float, default=d.heartbeat_s,
+                        help="SSEDGE_HEARTBEAT_S of the relay")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="another relay setting (SSEDGE_NAME), e.g. --set ring_events=1000")
+    parser.add_argument("--report", default=None,
+                        help="Markdown results (docs/results/hundredk.md; a smoke run's goes "
+                             "to bench-results/)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2,000 streams, 2 workers, 2 clients, 2 sources, a few seconds")
+    ns = parser.parse_args(argv)
+    if ns.smoke:
+        ns.streams, ns.workers, ns.per_worker, ns.clients, ns.sources = 2000, 2, 1500, 2, 2
+        ns.rest_s, ns.seconds, ns.rate, ns.drain_s = 2.0, 3.0, 2, 3.0
+    report = ns.report or ("bench-results/hundredk-smoke.md" if ns.smoke
+                           else "docs/results/hundredk.md")
+    settings = dict(s.split("=", 1) for s in ns.set)
+    return Args(ns.streams, ns.workers, ns.per_worker, ns.clients, ns.sources, ns.rest_s,
+                ns.seconds, ns.rate, ns.size, ns.drain_s, ns.heartbeat_s, report,
+                "python -m bench.hundredk " + " ".join(argv if argv is not None
+                                                       else sys.argv[1:]), settings)
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' reports as one: sums, and quantiles over the merged histogram."""
+    hist: Counter[int] = Counter()
+    for r in reports:
+        for upper_us, count in r.get("hist", []):
+            hist[upper_us] += count
+    total = sum(hist.values())
+
+    def quantile(q: float) -> float | None:
+        if not total:
+            return None
+        want = min(total - 1, int(q * total))
+        seen = 0
+        for upper_us in sorted(hist):
+            seen += hist[upper_us]
+            if seen > want:
+                return round(upper_us / 1000, 1)
+        return None
+
+    keys = ("events", "expected", "lost", "dup", "complete_streams", "live", "closed")
+    out: dict[str, Any] = {k: sum(r[k] for r in reports) for k in keys}
+    out.update(p50_ms=quantile(0.5), p99_ms=quantile(0.99), p999_ms=quantile(0.999),
+               max_ms=quantile(1.0), last_s=max(r["last_s"] for r in reports),
+               client_cpu_s=round(sum(r["cpu_s"] for r in reports), 1))
+    return out
+
+
+class Bench:
+    def __init__(self, args: Args, directory: Path) -> None:
+        self.args = args
+        self.redis = BenchRedis(directory / "redis")
+        self.r = redis.Redis.from_url(self.redis.url)
+        self.topic = "hundredk"
+        self.relay: Relay | None = None
+        self.clients: list[LoadClient] = []
+        self.run = 0
+        settings: dict[str, Any] = {
+            "workers": args.workers, "max_streams": args.per_worker,
+            # a few descriptors more than streams: metrics scrapes, the publisher's probes
+            "max_connections": args.per_worker + 100,
+            "heartbeat_s": args.heartbeat_s, "topic_linger_s": 0, **args.settings}
+        try:
+            self.relay = Relay(directory, self.redis, TOKEN, **settings)
+        except BaseException:
+            self.stop()
+            raise
+        self.settings = settings
+
+    def relay_pids(self) -> list[int]:
+        assert self.relay is not None
+        return tree(self.relay.pid)
+
+    def client_pids(self) -> list[int]:
+        return [c.process.pid for c in self.clients]
+
+    def redis_memory(self) -> int:
+        return int(self.r.info("memory")["used_memory"])
+
+    def open_streams(self) -> float:
+        assert self.relay is not None
+        return asyncio.run(metrics(self.relay.url)).get("ssedge_streams_open", -1.0)
+
+    def connect(self) -> Row:
+        a = self.args
+        # the topic is written once first: the streams join a hot topic, as on a live feed
+        self.r.xadd(KEY_OF % self.topic, {"d": b"0:0:0:warm-up"})
+        time.sleep(2)
+        rss0 = rss_kib(self.relay_pids())
+        redis0 = self.redis_memory()
+        shares = [a.streams // a.clients + (i < a.streams % a.clients) for i in range(a.clients)]
+        in_flight = max(10, IN_FLIGHT // a.clients)
+        env = {"SSELOAD_SOURCES": str(a.sources), "SSELOAD_HIST": "1",
+               "SSELOAD_RX_AT_WAKE": "1"}
+        t0 = time.monotonic()
+        for n in shares:
+            assert self.relay is not None
+            self.clients.append(LoadClient(self.relay.port, f"/v1/streams/{self.topic}/events",
+                                           n, max_connecting=in_flight, env=env))
+        readies = [c.expect("ready", 600) for c in self.clients]
+        took = time.monotonic() - t0
+        connected = sum(r["connected"] for r in readies)
+        time.sleep(5)  # let the workers settle before reading their memory
+        rss1 = rss_kib(self.relay_pids())
+        redis1 = self.redis_memory()
+        held = self.open_streams()
+        return {"streams": a.streams, "connected": connected, "held_by_relay": int(held),
+                "connect_s": round(took, 1), "connect_per_s": round(connected / took),
+                "retried": sum(r["retried"] for r in readies),
+                "bad_status": sum(r["bad_status"] for r in readies),
+                "relay_rss_before_mib": round(rss0 / 1024, 1),
+                "relay_rss_mib": round(rss1 / 1024, 1),
+                "kib_per_stream_relay": round((rss1 - rss0) / max(1, connected), 2),
+                "redis_used_before_mib": round(redis0 / 2**20, 2),
+                "redis_used_mib": round(redis1 / 2**20, 2),
+                "bytes_per_stream_redis": round((redis1 - redis0) / max(1, connected), 3)}
+
+    def at_rest(self) -> Row:
+        relay0 = cpu_seconds(self.relay_pids())
+        redis0 = cpu_seconds([self.redis.process.pid])
+        clients0 = cpu_seconds(self.client_pids())
+        busy0, total0 = machine_busy()
+        load0 = loadavg()
+        t0 = time.monotonic()
+        time.sleep(self.args.rest_s)
+        wall = time.monotonic() - t0
+        busy1, total1 = machine_busy()
+        relay = cpu_seconds(self.relay_pids()) - relay0
+        cores = os.cpu_count() or 1
+        return {"seconds": round(wall, 1), "relay_cpu_pct": round(100 * relay / wall, 1),
+                "redis_cpu_pct": round(100 * (cpu_seconds([self.redis.process.pid]) - redis0)
+                                       / wall, 1),
+                "clients_cpu_pct": round(100 * (cpu_seconds(self.client_pids()) - clients0)
+                                         / wall, 1),
+                "machine_cores_used": round(cores * (busy1 - busy0) / max(1, total1 - total0),
+                                            2),
+                "of_cores": cores, "load_before": load0, "load_after": loadavg(),
+                "held_by_relay": int(self.open_streams())}
+
+    def deliver(self, rate: int, seconds: float) -> Row:
+        """``rate`` events/s for ``seconds`` (at least one event) to every stream."""
+        a = self.args
+        self.run += 1
+        for c in self.clients:
+            c.send(f"start {self.run}")
+        for c in self.clients:
+            c.expect("started", 30)
+        relay0 = cpu_seconds(self.relay_pids())
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [str(SSELOAD), "pub", "redis", "127.0.0.1", str(self.redis.port),
+             KEY_OF % self.topic, str(rate), str(seconds), str(self.run), str(a.size)],
+            capture_output=True, timeout=seconds + 60, check=True, text=True)
+        published = next(json_of(line, "published ") for line in out.stdout.splitlines()
+                         if line.startswith("published "))
+        last = published["last_seq"]
+        for c in self.clients:
+            c.send(f"end {last} {int(a.drain_s * 1000)}")
+        reports = [c.expect("report", a.drain_s + 60) for c in self.clients]
+        wall = time.monotonic() - t0
+        m = merged(reports)
+        return {"rate": rate, "seconds": seconds, "published": last + 1,
+                "streams": m["live"], "deliveries": m["events"], "expected": m["expected"],
+                "lost": m["lost"], "dup": m["dup"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
+                "p999_ms": m["p999_ms"], "max_ms": m["max_ms"],
+                "relay_cpu_pct": round(100 * (cpu_seconds(self.relay_pids()) - relay0) / wall,
+                                       1),
+                "client_cpu_s": m["client_cpu_s"], "closed": m["closed"]}
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        if self.relay is not None:
+            self.relay.stop()
+        self.r.close()
+        self.redis.stop()
+
+
+def json_of(line: str, prefix: str) -> dict[str, Any]:
+    import json
+
+    value: dict[str, Any] = json.loads(line[len(prefix):])
+    return value
+
+
+def conditions(args: Args) -> dict[str, str]:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    ports = " - ".join(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    somaxconn = Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return {
+        "machine": f"{machine()}, {memory:.0f} GiB, RLIMIT_NOFILE {nofile}, somaxconn "
+                   f"{somaxconn}, ephemeral ports {ports}",
+        "software": f"CPython {platform.python_version()}, granian {metadata.version('granian')}, "
+                    f"uvloop {metadata.version('uvloop')}, redis-py {metadata.version('redis')}; "
+                    f"{version_of(['redis-server', '--version'])}",
+        "relay": f"one node, {args.workers} Granian workers, each max_streams {args.per_worker} "
+                 f"and max_connections {args.per_worker + 100}; heartbeat {args.heartbeat_s:g} s; "
+                 "topic written once before the streams open"
+                 + "".join(f"; {k}={v}" for k, v in args.settings.items()),
+        "clients": f"{args.clients} bench/sseload processes (C, epoll, one thread each), "
+                   f"{args.streams // args.clients} streams each, from {args.sources} source "
+                   f"addresses (127.0.1.1-{args.sources}), at most {IN_FLIGHT} connecting at "
+                   "once in all; latency timed when epoll woke the client (SSELOAD_RX_AT_WAKE)",
+        "events": f"{args.size} B of data, XADDed to Redis by `sseload pub`; one event, then "
+                  f"{args.rate}/s for {args.seconds:g} s; lost = missing {args.drain_s:g} s "
+                  "after the last publish",
+    }
+
+
+def write_report(args: Args, cond: dict[str, str], rows: dict[str, list[Row]],
+                 started: float, load_start: str) -> Path:
+    path = Path(args.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = ("# A hundred thousand streams on one machine\n\n"
+            f"- command: `{args.command.strip()}` (`make bench-100k`)\n"
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, took "
+            f"{time.monotonic() - started:.0f} s\n"
+            + "".join(f"- {k}: {v}\n" for k, v in cond.items())
+            + f"- load average at start: {load_start}; at the end: {loadavg()}\n")
+    for title, part in rows.items():
+        text += f"\n## {title}\n\n{table(part)}\n"
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if not SSELOAD.exists():
+        raise SystemExit(f"{SSELOAD} is missing: make bench/sseload")
+    per_client = math.ceil(args.streams / args.clients)
+    if per_client > hard - 1000:
+        raise SystemExit(f"{per_client} streams per client: more than {hard} descriptors allow")
+    if args.workers * args.per_worker < args.streams:
+        raise SystemExit("workers x per-worker is below streams: some would be refused")
+    cond = conditions(args)
+    for key, value in cond.items():
+        print(f"{key}: {value}", flush=True)
+    load_start = loadavg()
+    started = time.monotonic()
+    rows: dict[str, list[Row]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            connect = bench.connect()
+            print("connected", connect, flush=True)
+            rows["Connect and hold: memory"] = [connect]
+            rest = bench.at_rest()
+            print("at rest", rest, flush=True)
+            rows[f"At rest for {args.rest_s:g} s: CPU (heartbeats)"] = [rest]
+            one = bench.deliver(1, 1)
+            print("one event", one, flush=True)
+            steady = bench.deliver(args.rate, args.seconds)
+            print("steady", steady, flush=True)
+            rows["One event, then a steady rate, to every stream"] = [one, steady]
+        finally:
+            bench.stop()
+    path = write_report(args, cond, rows, started, load_start)
+    print(f"report: {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
