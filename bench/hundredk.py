@@ -130,6 +130,20 @@ def machine_busy() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def user_sys(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds of ``pids`` in user space and in the kernel (their sends and reads)."""
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -181,7 +195,7 @@ class Bench:
         if args.jemalloc:
             os.environ["_RJEM_MALLOC_CONF"] = args.jemalloc
         try:
-            self.relay = Relay(directory, self.redis, TOKEN, **settings)
+            self.relay = Relay(directory, self.redis, TOKEN, **settings)  # type: ignore[arg-type]
         except BaseException:
             self.stop()
             raise
@@ -269,7 +283,9 @@ class Bench:
             c.send(f"start {self.run}")
         for c in self.clients:
             c.expect("started", 30)
-        relay0 = cpu_seconds(self.relay_pids())
+        relay0 = user_sys(self.relay_pids())
+        clients0 = cpu_seconds(self.client_pids())
+        busy0, total0 = machine_busy()
         t0 = time.monotonic()
         out = subprocess.run(
             [str(SSELOAD), "pub", "redis", "127.0.0.1", str(self.redis.port),
@@ -282,14 +298,23 @@ class Bench:
             c.send(f"end {last} {int(a.drain_s * 1000)}")
         reports = [c.expect("report", a.drain_s + 60) for c in self.clients]
         wall = time.monotonic() - t0
+        busy1, total1 = machine_busy()
+        relay1 = user_sys(self.relay_pids())
+        relay_user, relay_sys = relay1[0] - relay0[0], relay1[1] - relay0[1]
         m = merged(reports)
+        deliveries = max(1, m["events"])
         return {"rate": rate, "seconds": seconds, "published": last + 1,
                 "streams": m["live"], "deliveries": m["events"], "expected": m["expected"],
                 "lost": m["lost"], "dup": m["dup"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
                 "p999_ms": m["p999_ms"], "max_ms": m["max_ms"],
-                "relay_cpu_pct": round(100 * (cpu_seconds(self.relay_pids()) - relay0) / wall,
-                                       1),
-                "client_cpu_s": m["client_cpu_s"], "closed": m["closed"]}
+                "wall_s": round(wall, 1),
+                "relay_cpu_s": round(relay_user + relay_sys, 2),
+                "relay_user_s": round(relay_user, 2), "relay_sys_s": round(relay_sys, 2),
+                "relay_us_per_delivery": round(1e6 * (relay_user + relay_sys) / deliveries, 1),
+                "clients_cpu_s": round(cpu_seconds(self.client_pids()) - clients0, 2),
+                "machine_cores_used": round((os.cpu_count() or 1) * (busy1 - busy0)
+                                            / max(1, total1 - total0), 2),
+                "closed": m["closed"]}
 
     def stop(self) -> None:
         for c in self.clients:
