@@ -144,6 +144,15 @@ def user_sys(pids: list[int]) -> tuple[float, float]:
     return user / tick, system / tick
 
 
+def kernel_tcp_pages() -> int:
+    """Pages the kernel's TCP stack holds (buffers of every socket: both ends, on loopback)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1])
+    return 0
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -226,6 +235,7 @@ class Bench:
         time.sleep(2)
         rss0 = rss_kib(self.relay_pids())
         redis0 = self.redis_memory()
+        tcp0 = kernel_tcp_pages()
         shares = [a.streams // a.clients + (i < a.streams % a.clients) for i in range(a.clients)]
         in_flight = max(10, IN_FLIGHT // a.clients)
         env = {"SSELOAD_SOURCES": str(a.sources), "SSELOAD_HIST": "1",
@@ -241,6 +251,7 @@ class Bench:
         time.sleep(5)  # let the workers settle before reading their memory
         rss1 = rss_kib(self.relay_pids())
         redis1 = self.redis_memory()
+        tcp1 = kernel_tcp_pages()
         held = self.open_streams()
         return {"streams": a.streams, "connected": connected, "held_by_relay": int(held),
                 "connect_s": round(took, 1), "connect_per_s": round(connected / took),
@@ -251,7 +262,11 @@ class Bench:
                 "kib_per_stream_relay": round((rss1 - rss0) / max(1, connected), 2),
                 "redis_used_before_mib": round(redis0 / 2**20, 2),
                 "redis_used_mib": round(redis1 / 2**20, 2),
-                "bytes_per_stream_redis": round((redis1 - redis0) / max(1, connected), 3)}
+                "bytes_per_stream_redis": round((redis1 - redis0) / max(1, connected), 3),
+                # not in any process's RSS: socket buffers, both ends of each stream
+                "kernel_tcp_mib": round(tcp1 * os.sysconf("SC_PAGE_SIZE") / 2**20, 1),
+                "kernel_tcp_kib_per_stream": round((tcp1 - tcp0) * os.sysconf("SC_PAGE_SIZE")
+                                                   / 1024 / max(1, connected), 2)}
 
     def at_rest(self) -> Row:
         relay0 = cpu_seconds(self.relay_pids())
