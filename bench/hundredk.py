@@ -1,4 +1,4 @@
-"""Benchmark: a hundred thousand streams on one machine (issue 32), straight to one relay.
+"""Benchmark: a hundred thousand streams on one machine, straight to one relay.
 
 One relay (``--workers`` Granian worker processes, each allowed ``--per-worker`` streams and
 connections: a process may hold 20,000 descriptors here) and its Redis; ``--clients`` C load
