@@ -45,7 +45,9 @@ import redis
 
 from bench.fanout import SSELOAD, LoadClient, table
 from bench.peers import TOKEN, BenchRedis, cpu_seconds, machine, rss_kib, tree, version_of
-from relay.harness.servers import Relay, metrics
+from relay import prometheus
+from relay.harness.servers import Relay
+from relay.web import client
 
 Row = dict[str, Any]
 KEY_OF = "ssedge:{%s}"
@@ -224,9 +226,25 @@ class Bench:
     def redis_memory(self) -> int:
         return int(self.r.info("memory")["used_memory"])
 
-    def open_streams(self) -> float:
+    def tally(self) -> Row:
+        """The relay's own count (one /metrics answer holds every worker's): streams open in
+        all and on the fullest and emptiest worker, streams refused (by reason) and closed for
+        falling behind since it started."""
         assert self.relay is not None
-        return asyncio.run(metrics(self.relay.url)).get("ssedge_streams_open", -1.0)
+        response = asyncio.run(client.request("GET", self.relay.url + "/metrics", timeout=30))
+        samples = prometheus.parse(response.body.decode())
+        per_worker = [s.value for s in samples if s.name == "ssedge_streams_open"]
+        refused: Counter[str] = Counter()
+        for s in samples:
+            if s.name == "ssedge_refused_streams_total":
+                refused[s.labels.get("reason", "?")] += int(s.value)
+        return {"held_by_relay": int(sum(per_worker)),
+                "per_worker": f"{int(min(per_worker, default=0))}-"
+                              f"{int(max(per_worker, default=0))}",
+                "refused": ", ".join(f"{k} {v}" for k, v in sorted(refused.items()) if v)
+                           or "0",
+                "backlog_drops": int(sum(s.value for s in samples
+                                         if s.name == "ssedge_backlog_drops_total"))}
 
     def connect(self) -> Row:
         a = self.args
@@ -252,8 +270,8 @@ class Bench:
         rss1 = rss_kib(self.relay_pids())
         redis1 = self.redis_memory()
         tcp1 = kernel_tcp_pages()
-        held = self.open_streams()
-        return {"streams": a.streams, "connected": connected, "held_by_relay": int(held),
+        tally = self.tally()
+        return {"streams": a.streams, "connected": connected, **tally,
                 "connect_s": round(took, 1), "connect_per_s": round(connected / took),
                 "retried": sum(r["retried"] for r in readies),
                 "bad_status": sum(r["bad_status"] for r in readies),
@@ -288,7 +306,7 @@ class Bench:
                 "machine_cores_used": round(cores * (busy1 - busy0) / max(1, total1 - total0),
                                             2),
                 "of_cores": cores, "load_before": load0, "load_after": loadavg(),
-                "held_by_relay": int(self.open_streams())}
+                **self.tally()}
 
     def deliver(self, rate: int, seconds: float) -> Row:
         """``rate`` events/s for ``seconds`` (at least one event) to every stream."""
@@ -329,7 +347,7 @@ class Bench:
                 "clients_cpu_s": round(cpu_seconds(self.client_pids()) - clients0, 2),
                 "machine_cores_used": round((os.cpu_count() or 1) * (busy1 - busy0)
                                             / max(1, total1 - total0), 2),
-                "closed": m["closed"]}
+                "closed": m["closed"], **self.tally()}
 
     def stop(self) -> None:
         for c in self.clients:
