@@ -60,8 +60,8 @@ bench/sseload: bench/sseload.c
 bench-compression: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.compression --streams 1000 --rates 10 100 --rx-at-wake
 
-# A hundred thousand streams on one topic straight to one relay of 7 Granian workers (each
-# holds under the 20,000 descriptors a process may have here), from 6 C clients on 8 loopback
+# A hundred thousand streams on one topic straight to one relay of 8 Granian workers (each
+# holds at most 18,000: under the 20,000 descriptors a process may have here), from 6 C clients on 8 loopback
 # source addresses: connected, connect rate, memory per stream (relay, Redis), CPU at rest, one
 # event and 1 event/s for 60 s to all of them (about 4 minutes, 6 GiB of RAM; writes
 # docs/results/hundredk.md, see docs/PERFORMANCE.md). Not part of `make test` (its smoke
