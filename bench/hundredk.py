@@ -65,8 +65,9 @@ JEMALLOC = "dirty_decay_ms:0,muzzy_decay_ms:0"
 class Args:
     streams: int = 100_000
     # the workers take connections from one accept queue, and not evenly: 100,000 streams on
-    # 7 workers came to 9,923-17,909 a worker, and in another run one worker reached its
-    # 18,000 and refused 92. 8 workers of 18,000 leave 44 % over the mean.
+    # 7 workers came to 9,923-17,909 a worker, on 8 to 8,409-18,000 (and 100 refused by the
+    # full one while max_streams was the cap). So the cap is max_connections (Granian stops
+    # accepting: the others take them) with max_streams just above it; 8 x 18,000 in all.
     workers: int = 8
     per_worker: int = 18_000
     clients: int = 6
@@ -90,7 +91,8 @@ def parse(argv: list[str] | None = None) -> Args:
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="Granian worker processes of the relay")
     parser.add_argument("--per-worker", type=int, default=d.per_worker,
-                        help="SSEDGE_MAX_STREAMS and SSEDGE_MAX_CONNECTIONS of each worker")
+                        help="SSEDGE_MAX_CONNECTIONS of each worker (SSEDGE_MAX_STREAMS is "
+                             "100 more: a full worker stops accepting rather than refusing)")
     parser.add_argument("--clients", type=int, default=d.clients,
                         help="sseload processes (each holds streams/clients)")
     parser.add_argument("--sources", type=int, default=d.sources,
@@ -199,9 +201,10 @@ class Bench:
         self.clients: list[LoadClient] = []
         self.run = 0
         settings: dict[str, Any] = {
-            "workers": args.workers, "max_streams": args.per_worker,
-            # a few descriptors more than streams: metrics scrapes, the publisher's probes
-            "max_connections": args.per_worker + 100,
+            # a full worker stops accepting (Granian's backpressure) and the others take the
+            # connections from the shared queue, instead of refusing streams at max_streams
+            "workers": args.workers, "max_connections": args.per_worker,
+            "max_streams": args.per_worker + 100,
             "heartbeat_s": args.heartbeat_s, "topic_linger_s": 0, **args.settings}
         # the relay's environment is this process's (relay.harness.servers), read when its
         # main process starts; its workers are forked from it
@@ -379,8 +382,9 @@ def conditions(args: Args) -> dict[str, str]:
         "software": f"CPython {platform.python_version()}, granian {metadata.version('granian')}, "
                     f"uvloop {metadata.version('uvloop')}, redis-py {metadata.version('redis')}; "
                     f"{version_of(['redis-server', '--version'])}",
-        "relay": f"one node, {args.workers} Granian workers, each max_streams {args.per_worker} "
-                 f"and max_connections {args.per_worker + 100}; heartbeat {args.heartbeat_s:g} s; "
+        "relay": f"one node, {args.workers} Granian workers, each max_connections "
+                 f"{args.per_worker} and max_streams {args.per_worker + 100}; heartbeat "
+                 f"{args.heartbeat_s:g} s; "
                  "topic written once before the streams open; Granian's jemalloc: "
                  f"{args.jemalloc or 'its defaults'}"
                  + "".join(f"; {k}={v}" for k, v in args.settings.items()),
