@@ -63,7 +63,7 @@ bench-compression: venv system bench-system bench/sseload
 # A hundred thousand streams on one topic straight to one relay of 8 Granian workers (each
 # holds at most 18,000: under the 20,000 descriptors a process may have here), from 6 C clients on 8 loopback
 # source addresses: connected, connect rate, memory per stream (relay, Redis), CPU at rest, one
-# event and 1 event/s for 60 s to all of them (about 4 minutes, 6 GiB of RAM; writes
+# event and 1 event/s for 60 s to all of them (about 2 minutes, 3 GiB of RAM; writes
 # docs/results/hundredk.md, see docs/PERFORMANCE.md). Not part of `make test` (its smoke
 # version is: tests/integration/node/test_hundredk_smoke.py)
 bench-100k: venv system bench/sseload

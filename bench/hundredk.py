@@ -1,7 +1,8 @@
 """Benchmark: a hundred thousand streams on one machine, straight to one relay.
 
-One relay (``--workers`` Granian worker processes, each allowed ``--per-worker`` streams and
-connections: a process may hold 20,000 descriptors here) and its Redis; ``--clients`` C load
+One relay (``--workers`` Granian worker processes, each taking at most ``--per-worker``
+connections, below the 20,000 descriptors a process may hold here; a full worker stops
+accepting and the others take the rest) and its Redis; ``--clients`` C load
 clients (bench/sseload), each opening its share of ``--streams`` streams on one topic from
 ``--sources`` loopback source addresses (SSELOAD_SOURCES: one source address has one
 ephemeral port range, about 28,000 ports, towards one address and port). Then:
