@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 .PHONY: up up-cluster up-regions test lint unit integration bench bench-reconnect bench-edge \
 	bench-cluster bench-durability bench-idempotency bench-regions bench-metrics bench-stuck \
 	bench-hostile \
-	bench-compression \
+	bench-compression bench-100k \
 	load-report system bench-system venv clean screenshots
 
 up: venv system
@@ -30,7 +30,7 @@ up-regions: venv system
 # worker); each worker takes its servers' ports from a range of its own (tests/integration).
 # A failed test runs once more (real processes racing on a shared 2-core box): the summary
 # names every rerun, and a real fault fails both times
-test: venv system lint
+test: venv system lint bench/sseload
 	$(BIN)/pytest -n 2 --dist loadfile --reruns 1
 
 lint: venv
@@ -59,6 +59,15 @@ bench/sseload: bench/sseload.c
 # writes docs/results/compression.md)
 bench-compression: venv system bench-system bench/sseload
 	$(BIN)/python -m bench.compression --streams 1000 9000 --rates 10 100 --rx-at-wake --defer
+
+# A hundred thousand streams on one topic straight to one relay of 8 Granian workers (each
+# holds at most 18,000: under the 20,000 descriptors a process may have here), from 6 C clients on 8 loopback
+# source addresses: connected, connect rate, memory per stream (relay, Redis), CPU at rest, one
+# event and 1 event/s for 60 s to all of them (about 2 minutes, 3 GiB of RAM; writes
+# docs/results/hundredk.md, see docs/PERFORMANCE.md). Not part of `make test` (its smoke
+# version is: tests/integration/node/test_hundredk_smoke.py)
+bench-100k: venv system bench/sseload
+	$(BIN)/python -m bench.hundredk
 
 # 5,000 clients reconnect at once with the same stale Last-Event-ID (loopback only)
 bench-reconnect: venv system

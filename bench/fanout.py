@@ -63,15 +63,18 @@ class LoadClient:
     """``sseload sub``: N streams, driven line by line over stdin/stdout."""
 
     def __init__(self, port: int, path: str, n: int,
-                 multi: tuple[int, int, str] | None = None, defer_mib: int = 0) -> None:
-        # ``multi``: (topics, per stream, topic prefix): streams on several topics.
+                 multi: tuple[int, int, str] | None = None, *, max_connecting: int = 1000,
+                 env: dict[str, str] | None = None, defer_mib: int = 0) -> None:
+        # ``multi``: (topics, per stream, topic prefix): streams on several topics; ``env``:
+        # SSELOAD_* variables (bench/sseload.c's head comment) added to this one's environment;
         # ``defer_mib``: read into an arena of that size and decode after each counted window
         # (SSELOAD_DEFER), reading only inside it
-        extra = ["1000", *map(str, multi)] if multi else []
-        env = dict(os.environ, SSELOAD_DEFER=str(defer_mib)) if defer_mib else None
+        extra = [str(max_connecting), *map(str, multi)] if multi else [str(max_connecting)]
+        env = {**(env or {}), **({"SSELOAD_DEFER": str(defer_mib)} if defer_mib else {})}
         self.process = subprocess.Popen(
             [str(SSELOAD), "sub", "127.0.0.1", str(port), path, str(n), *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            env={**os.environ, **env} if env else None)
         self.buffer = b""
 
     def send(self, line: str) -> None:

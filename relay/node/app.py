@@ -130,7 +130,10 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self.http(scope, receive, send)
+            # here, not in a coroutine of its own: an open stream holds every frame of its
+            # chain for its whole life (about 290 bytes each)
+            request = Request(scope)
+            await answer(self.relay.responder, request, send, self.route(request, receive, send))
         elif scope["type"] == "lifespan":
             await self.lifespan(receive, send)
 
@@ -183,10 +186,6 @@ class App:
             asyncio.get_running_loop().remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
-
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope)
-        await answer(self.relay.responder, request, send, self.route(request, receive, send))
 
     async def route(self, request: Request, receive: Receive, send: Send) -> None:
         method, parts = request.method, request.parts

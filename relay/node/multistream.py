@@ -273,7 +273,7 @@ async def _run(relay: Relay, streams: MultiStreams, conn: Connection, accesses: 
     try:
         # one token for all: a stream of several private topics is found by it too
         identity = next(((a.jti, a.subject) for a in accesses if a.private), (None, None))
-        with stream.lifetime(relay, receive, conn.cursors, expires=min(ends, default=None),
+        with stream.Lifetime(relay, receive, conn.cursors, expires=min(ends, default=None),
                              token_exp=min(exps, default=None), identity=identity):
             await stream.begin(relay, request, send, first, conn.cursors)
             relay.metrics.catchups += sum(c.catch_up is not None for c in conn.cursors)

@@ -141,7 +141,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
     # resumes from here, not from "now" again, and misses nothing published while away
     first_frames += plan.reset + encode_position(ids.format(plan.last_id))
     try:
-        with lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp,
+        with Lifetime(relay, receive, (sub,), expires=expires, token_exp=token_exp,
                       identity=identity):
             await begin(relay, request, send, first_frames, (sub,), sub.coding)
             if sub.catch_up is not None:
@@ -153,10 +153,7 @@ async def serve(relay: Relay, request: Request, topic_name: str, receive: Receiv
             shared.detach(topic)
 
 
-@contextlib.contextmanager
-def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
-             expires: float | None, token_exp: float | None,
-             identity: tuple[str | None, str | None] = (None, None)) -> Iterator[None]:
+class Lifetime:
     """One stream's life around its sends, whatever its topics (``subs``, the first of which
     stands for the stream): counted open; closed when its client leaves (``DisconnectWatch``);
     ended when a token ``expires`` (epoch s: the client comes back with its Last-Event-ID and
@@ -164,36 +161,60 @@ def lifetime(relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
     ``token_exp`` (``relay.node.renewal``); found by its token's ``identity`` (jti, sub) when
     an operator revokes it or disconnects its subject (``relay.node.revocation``). A cancel
     of ours (the stream was closed) ends the body quietly; any other (the server shutting
-    down) goes on. Every subscription is let go at the end."""
-    head = subs[0]
-    metrics = relay.metrics
-    metrics.streams_open += 1
-    metrics.streams_total += 1
-    watcher = DisconnectWatch(receive, head)
-    expiry = None if expires is None else asyncio.get_running_loop().call_later(
-        max(0.0, expires - time.time()), head.close, "token expired")
-    expiring = renewal.schedule(head, token_exp, relay.settings.token_refresh_s)
-    if identity != (None, None):
-        relay.orders.register(head, *identity)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if head.closed_because is None:
-            raise  # not ours: server shutdown
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-    finally:
-        watcher.cancel()
+    down) goes on. Every subscription is let go at the end.
+
+    A class with slots rather than a ``contextlib.contextmanager``: every open stream holds
+    one for its whole life, and a generator's frame and its wrapper cost about 580 bytes a
+    stream where this costs about 100 (docs/PERFORMANCE.md, "A hundred thousand streams")."""
+
+    __slots__ = ("_expiring", "_expiry", "_identity", "_relay", "_subs", "_watcher")
+
+    def __init__(self, relay: Relay, receive: Receive, subs: Sequence[Subscription], *,
+                 expires: float | None, token_exp: float | None,
+                 identity: tuple[str | None, str | None] = (None, None)) -> None:
+        self._relay = relay
+        self._subs = subs
+        self._identity = identity
+        head = subs[0]
+        metrics = relay.metrics
+        metrics.streams_open += 1
+        metrics.streams_total += 1
+        self._watcher = DisconnectWatch(receive, head)
+        self._expiry = None if expires is None else asyncio.get_running_loop().call_later(
+            max(0.0, expires - time.time()), head.close, "token expired")
+        self._expiring = renewal.schedule(head, token_exp, relay.settings.token_refresh_s)
         if identity != (None, None):
-            relay.orders.identities.remove(head, *identity)
-        for timer in (expiry, expiring):
+            relay.orders.register(head, *identity)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        try:
+            if kind is not None and issubclass(kind, asyncio.CancelledError):
+                if self._subs[0].closed_because is None:
+                    return False  # not ours: server shutdown
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                return True
+            return False
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        relay = self._relay
+        self._watcher.cancel()
+        if self._identity != (None, None):
+            relay.orders.identities.remove(self._subs[0], *self._identity)
+        for timer in (self._expiry, self._expiring):
             if timer is not None:
                 timer.cancel()
         now = time.monotonic()
-        for sub in subs:
+        for sub in self._subs:
             relay.hub.unsubscribe(sub, now)
-        metrics.streams_open -= 1
+        relay.metrics.streams_open -= 1
 
 
 async def begin(relay: Relay, request: Request, send: Send, first: bytes,
