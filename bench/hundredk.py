@@ -83,6 +83,9 @@ class Args:
     report: str = "docs/results/hundredk.md"
     command: str = "python -m bench.hundredk"
     settings: dict[str, str] = field(default_factory=dict)
+    # the clients only read while events are measured and decode after (SSELOAD_DEFER): off
+    # by default here, where it changed nothing (their CPU is the reads: PERFORMANCE.md)
+    defer: bool = False
 
 
 def parse(argv: list[str] | None = None) -> Args:
@@ -116,6 +119,8 @@ def parse(argv: list[str] | None = None) -> Args:
     parser.add_argument("--report", default=None,
                         help="Markdown results (docs/results/hundredk.md; a smoke run's goes "
                              "to bench-results/)")
+    parser.add_argument("--defer", action="store_true",
+                        help="the clients decode after each measured run (SSELOAD_DEFER)")
     parser.add_argument("--smoke", action="store_true",
                         help="2,000 streams, 2 workers, 2 clients, 2 sources, a few seconds")
     ns = parser.parse_args(argv)
@@ -128,7 +133,8 @@ def parse(argv: list[str] | None = None) -> Args:
     return Args(ns.streams, ns.workers, ns.per_worker, ns.clients, ns.sources, ns.rest_s,
                 ns.seconds, ns.rate, ns.size, ns.drain_s, ns.heartbeat_s, ns.jemalloc, report,
                 "python -m bench.hundredk " + " ".join(argv if argv is not None
-                                                       else sys.argv[1:]), settings)
+                                                       else sys.argv[1:]), settings,
+                ns.defer)
 
 
 def machine_busy() -> tuple[int, int]:
@@ -265,6 +271,9 @@ class Bench:
         in_flight = max(10, IN_FLIGHT // a.clients)
         env = {"SSELOAD_SOURCES": str(a.sources), "SSELOAD_HIST": "1",
                "SSELOAD_RX_AT_WAKE": "1"}
+        if a.defer:  # an arena for each client's share of the longest run, with a quarter spare
+            nbytes = a.streams / a.clients * (a.rate * a.seconds + 2) * (a.size + 60) * 1.25
+            env["SSELOAD_DEFER"] = str(max(64, int(nbytes) >> 20))
         t0 = time.monotonic()
         for n in shares:
             assert self.relay is not None
@@ -392,7 +401,9 @@ def conditions(args: Args) -> dict[str, str]:
         "clients": f"{args.clients} bench/sseload processes (C, epoll, one thread each), "
                    f"{args.streams // args.clients} streams each, from {args.sources} source "
                    f"addresses (127.0.1.1-{args.sources}), at most {IN_FLIGHT} connecting at "
-                   "once in all; latency timed when epoll woke the client (SSELOAD_RX_AT_WAKE)",
+                   "once in all; latency timed when epoll woke the client (SSELOAD_RX_AT_WAKE)"
+                   + ("; while events are measured the clients only read, and decode after "
+                      "(SSELOAD_DEFER)" if args.defer else ""),
         "events": f"{args.size} B of data, XADDed to Redis by `sseload pub`; one event, then "
                   f"{args.rate}/s for {args.seconds:g} s; lost = missing {args.drain_s:g} s "
                   "after the last publish",
