@@ -50,10 +50,12 @@ def free_port() -> int:
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
-    """A child in its own process group, its output appended to ``log``."""
+    """A child in its own process group, its output appended to ``log``, working in the
+    log's directory: never in the checkout, where `make up` leaves ``.ssedge/env`` (its
+    admin token, its JWT secret), which ``ssedge`` commands read."""
     with open(log, "ab") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, cwd=log.parent)
 
 
 def wait_until(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes]) -> None:
