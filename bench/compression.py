@@ -37,7 +37,7 @@ import redis
 
 from bench.edge_tier import cpu_split
 from bench.fanout import SSELOAD, LoadClient, table
-from bench.peers import TOKEN, BenchRedis, machine, tree, version_of
+from bench.peers import TOKEN, BenchRedis, machine, rss_kib, tree, version_of
 from relay.harness.edge import Edge
 from relay.harness.servers import Relay, metrics
 from relay.protocol.ticker import Feed
@@ -149,6 +149,8 @@ def bench(mode: str, n: int, rate: int, args: argparse.Namespace, directory: Pat
     feed = Feed(seed=7)
     try:
         assert setup.edge is not None
+        time.sleep(1)
+        rss0 = rss_kib(setup.relay_pids()), rss_kib(setup.edge_pids())
         if mode != "plain":
             os.environ["SSELOAD_ACCEPT_ENCODING"] = "gzip"
         if args.rx_at_wake:
@@ -166,6 +168,8 @@ def bench(mode: str, n: int, rate: int, args: argparse.Namespace, directory: Pat
             os.environ.pop("SSELOAD_RX_AT_WAKE", None)
             os.environ.pop("SSELOAD_DEFER", None)
         ready = client.expect("ready", 180)
+        time.sleep(1)
+        rss1 = rss_kib(setup.relay_pids()), rss_kib(setup.edge_pids())
         # a warm-up run (its events are not counted): every stream reaches its topic's shared
         # bytes at the first epoch, the feed and the pools warm up
         client.send("start 1")
@@ -182,6 +186,9 @@ def bench(mode: str, n: int, rate: int, args: argparse.Namespace, directory: Pat
         publisher.join()
         client.send(f"end {publisher.last_seq} {int(args.drain * 1000)}")
         report = client.expect("report", args.drain + 60)
+        rss2 = rss_kib(setup.relay_pids()), rss_kib(setup.edge_pids())
+        idle = [(rss1[i] - rss0[i]) / n for i in (0, 1)]
+        busy = [(rss2[i] - rss0[i]) / n for i in (0, 1)]
         relay_cpu = sum(cpu_split(setup.relay_pids())) - sum(relay0)
         edge_cpu = sum(cpu_split(setup.edge_pids())) - sum(edge0)
         assert setup.relay is not None
@@ -199,6 +206,10 @@ def bench(mode: str, n: int, rate: int, args: argparse.Namespace, directory: Pat
             "client_cores": round(report["window_cpu_s"] / span, 2),
             "arena_full": report["arena_full"],
             "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"], "max_ms": report["max_ms"],
+            # resident memory per stream, relay / HAProxy: the streams open and idle, then
+            # after the counted run (the pools' high-water mark), less before any opened
+            "relay_kib_per_stream": f"{idle[0]:.1f} / {busy[0]:.1f}",
+            "edge_kib_per_stream": f"{idle[1]:.1f} / {busy[1]:.1f}",
             "lost": report["lost"], "dup": report["dup"],
             "compressed_streams": report["compressed_streams"],
             "inflate_errors": report["inflate_errors"],
@@ -254,6 +265,8 @@ def write_report(rows: list[Row], args: argparse.Namespace, out: Path) -> None:
         "HAProxy's (user + system, loopback: the sender's system time also pays the receiver's",
         "TCP path); one run each, on 2 cores shared with the client and Redis"
         + " (and with other work on this machine).",
+        "Memory per stream is resident memory (relay; HAProxy) with the N streams open and"
+        " idle, then after the counted run, less before any opened, over N.",
         "Latency is publish to receipt"
         + (", the receipt timed when the client's epoll_wait returned the stream's readiness"
            " (SSELOAD_RX_AT_WAKE: not after this one thread inflated the streams before it;"
