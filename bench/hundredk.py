@@ -44,6 +44,7 @@ from typing import Any
 
 import redis
 
+from bench.edge_tier import cpu_split
 from bench.fanout import SSELOAD, LoadClient, table
 from bench.peers import TOKEN, BenchRedis, cpu_seconds, machine, rss_kib, tree, version_of
 from relay import prometheus
@@ -142,20 +143,6 @@ def machine_busy() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
     return sum(fields) - idle, sum(fields)
-
-
-def user_sys(pids: list[int]) -> tuple[float, float]:
-    """CPU seconds of ``pids`` in user space and in the kernel (their sends and reads)."""
-    user = system = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
 
 
 def kernel_tcp_pages() -> int:
@@ -332,7 +319,7 @@ class Bench:
             c.send(f"start {self.run}")
         for c in self.clients:
             c.expect("started", 30)
-        relay0 = user_sys(self.relay_pids())
+        relay0 = cpu_split(self.relay_pids())
         clients0 = cpu_seconds(self.client_pids())
         busy0, total0 = machine_busy()
         t0 = time.monotonic()
@@ -348,7 +335,7 @@ class Bench:
         reports = [c.expect("report", a.drain_s + 60) for c in self.clients]
         wall = time.monotonic() - t0
         busy1, total1 = machine_busy()
-        relay1 = user_sys(self.relay_pids())
+        relay1 = cpu_split(self.relay_pids())
         relay_user, relay_sys = relay1[0] - relay0[0], relay1[1] - relay0[1]
         m = merged(reports)
         deliveries = max(1, m["events"])
