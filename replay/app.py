@@ -157,12 +157,7 @@ class ReplayApp:
         m.page_events += page.count
         m.closed_pages += page.closed
         m.invalid_entries += bad
-        headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count),
-                   "x-ssedge-through": ids.format(page.through)}
-        if page.last_id is not None:
-            headers["x-ssedge-last-id"] = ids.format(page.last_id)
-        if page.reset:
-            headers["x-ssedge-reset"] = "1"
+        headers = page.headers()
         cache = IMMUTABLE if page.closed else f"public, max-age={s.replay_open_max_age_s}"
         if access.private:
             cache = "private, no-store"  # its readers' alone: no shared cache may keep it

@@ -88,6 +88,13 @@ def _run(method: str, base: str, path: str, token: str, body: Any = None,
     return 0, response.json()
 
 
+def _printed(status: int, answer: Any) -> int:
+    """A one-shot command's answer on stdout, as JSON when it succeeded; its exit status."""
+    if not status:
+        print(json.dumps(answer))
+    return status
+
+
 def render(answer: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(answer.get("at", time.time())))
     lines = [f"{answer['streams']} streams on {answer['topic_count']} topics, "
@@ -141,9 +148,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         body["jti" if args.jti else "sub"] = args.jti or args.sub
         status, answer = _run("POST", base, "/v1/admin/revocations", token, body,
                               command="ssedge revoke")
-    if not status:
-        print(json.dumps(answer))
-    return status
+    return _printed(status, answer)
 
 
 def cmd_disconnect(args: argparse.Namespace) -> int:
@@ -152,15 +157,11 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
     body = {"topic": args.topic} if args.topic else {"sub": args.sub}
     status, answer = _run("POST", base, "/v1/admin/disconnect", token, body,
                           command="ssedge disconnect")
-    if not status:
-        print(json.dumps(answer))
-    return status
+    return _printed(status, answer)
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
     token = client_settings.admin_token(args.admin_token)
     status, answer = _run("POST", args.node.rstrip("/"), "/v1/admin/drain", token,
                           command="ssedge drain")
-    if not status:
-        print(json.dumps(answer))
-    return status
+    return _printed(status, answer)

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
@@ -32,13 +32,12 @@ from relay.storage import control, presence
 from relay.storage.control import Revocation
 from relay.web.admin import AdminAuth
 from relay.web.errors import BadRequest, MethodNotAllowed, NotFound, Unavailable, Unprocessable
-from relay.web.http import Receive, Request, Send, read_body
+from relay.web.http import Receive, Request, Send, decode_json, read_body
 
 _MAX_BODY = 16 * 1024
 _MAX_LIMIT = 1000
 _MAX_REVOCATION_S = 366 * 86400  # a token outliving a year of revocation is a setting's job
 
-T = TypeVar("T")
 Value = Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
@@ -54,13 +53,8 @@ class DisconnectBody(msgspec.Struct, forbid_unknown_fields=True):
     sub: Value | None = None
 
 
-def _decode(body: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Unprocessable(f"body is not JSON: {exc}") from None
+_revoke_body = msgspec.json.Decoder(RevokeBody)
+_disconnect_body = msgspec.json.Decoder(DisconnectBody)
 
 
 def _one(**given: str | None) -> tuple[str, str]:
@@ -122,8 +116,8 @@ class Admin:
         await self._json(send, 200, {"revocations": [r.describe() for r in held]})
 
     async def revoke(self, request: Request, receive: Receive, send: Send) -> None:
-        body = _decode(await read_body(receive, _MAX_BODY,
-                                       request.headers.get("content-length")), RevokeBody)
+        body: RevokeBody = decode_json(_revoke_body, await read_body(
+            receive, _MAX_BODY, request.headers.get("content-length")))
         kind, value = _one(jti=body.jti, sub=body.sub)
         now = time.time()
         if not now < body.until <= now + _MAX_REVOCATION_S:
@@ -144,8 +138,8 @@ class Admin:
         await self._json(send, 200, {"lifted": lifted, kind: value})
 
     async def disconnect(self, request: Request, receive: Receive, send: Send) -> None:
-        body = _decode(await read_body(receive, _MAX_BODY,
-                                       request.headers.get("content-length")), DisconnectBody)
+        body: DisconnectBody = decode_json(_disconnect_body, await read_body(
+            receive, _MAX_BODY, request.headers.get("content-length")))
         kind, value = _one(topic=body.topic, sub=body.sub)
         await control.disconnect(self.relay.redis.primary, kind, value)  # type: ignore[arg-type]
         await self._json(send, 202, {"disconnect": {kind: value}})

@@ -37,7 +37,16 @@ from relay.web.errors import (
     Unavailable,
     Unprocessable,
 )
-from relay.web.http import Receive, Request, Scope, Send, answer, parse_topic, read_body
+from relay.web.http import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    answer,
+    decode_json,
+    parse_topic,
+    read_body,
+)
 
 log = logging.getLogger("ssedge.relay")
 
@@ -63,12 +72,7 @@ def decode_events(body: bytes, max_batch: int) -> tuple[list[tuple[bytes, str | 
         body.decode()
     except UnicodeDecodeError as exc:
         raise Unprocessable(f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        decoded = _publish_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise Unprocessable(f"body is not JSON: {exc}") from None
+    decoded = decode_json(_publish_decoder, body)
     many = isinstance(decoded, list)
     events = decoded if isinstance(decoded, list) else [decoded]
     if not events:

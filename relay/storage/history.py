@@ -54,6 +54,17 @@ class Page:
     closed: bool  # the page's answer can never change (safe to cache for good)
     through: int  # every entry after ``after`` up to this id is in the page
 
+    def headers(self) -> dict[str, str]:
+        """The headers a replay answer carries besides its body (``relay.node.replayer``
+        reads them back)."""
+        out = {"content-type": "text/event-stream", "x-ssedge-count": str(self.count),
+               "x-ssedge-through": ids.format(self.through)}
+        if self.last_id is not None:
+            out["x-ssedge-last-id"] = ids.format(self.last_id)
+        if self.reset:
+            out["x-ssedge-reset"] = "1"
+        return out
+
 
 async def read_page(r: clients.Client, topic: str, after: int, limit: int,
                     until: int | None = None, max_bytes: int = 1 << 20) -> tuple[Page, int]:

@@ -25,7 +25,7 @@ from relay import logs
 from relay.protocol import names
 from relay.web import errors, forwarded
 from relay.web.cors import Cors, Headers
-from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge
+from relay.web.errors import BadRequest, HTTPError, PayloadTooLarge, Unprocessable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -184,3 +184,14 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """A JSON request body decoded (and checked) by ``decoder``; a 422 that says what is
+    wrong with it otherwise."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Unprocessable(f"body is not JSON: {exc}") from None

@@ -388,12 +388,7 @@ class Edge:
         redis: Any = world.redis
         page, _ = await history.read_page(redis, topic, ids.parse(query["after"]),
                                           int(query["limit"]))
-        headers = {"content-type": "text/event-stream", "x-ssedge-count": str(page.count),
-                   "x-ssedge-through": ids.format(page.through)}
-        if page.last_id is not None:
-            headers["x-ssedge-last-id"] = ids.format(page.last_id)
-        if page.reset:
-            headers["x-ssedge-reset"] = "1"
+        headers = page.headers()
         response = web_client.Response(200, headers, page.body)
         self.kept.setdefault(url, []).append(response)
         return response

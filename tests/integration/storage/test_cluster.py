@@ -12,7 +12,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,6 @@ from redis.cluster import RedisCluster as RedisClusterSync
 
 from relay.dashboard import collector, stats
 from relay.harness.cluster import LocalCluster
-from relay.harness.processes import free_port
 from relay.harness.servers import IngestProcess, Relay, metrics
 from relay.protocol.ids import parse
 from relay.protocol.wire import Event
@@ -40,31 +39,8 @@ TOPICS = 100
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    ports = [free_port() for _ in range(6)]
-    c = LocalCluster(tmp_path / "cluster", ports, bus_ports=[free_port() for _ in range(6)],
-                     node_timeout_ms=1000)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def relays(tmp_path: Path, cluster: LocalCluster) -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    # SSEDGE_REDIS_URL is set by the helper but unused: SSEDGE_REDIS_CLUSTER wins
-    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")
-    try:
-        for _ in range(3):
-            started.append(Relay(tmp_path, unused, TOKEN,  # type: ignore[arg-type]
-                                 redis_cluster=cluster.seeds, heartbeat_s=0.5,
-                                 max_connections=1000))
-        yield started
-    finally:
-        for r in started:
-            r.stop()
+def relays(cluster_relays: Callable[..., list[Relay]]) -> list[Relay]:
+    return cluster_relays(3, heartbeat_s=0.5, max_connections=1000)
 
 
 def _slot_owner(cluster: LocalCluster) -> dict[int, int]:

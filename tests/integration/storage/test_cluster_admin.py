@@ -8,16 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import pytest
 
-from relay.harness.cluster import LocalCluster
-from relay.harness.processes import free_port
 from relay.harness.servers import Relay
-from tests.integration.conftest import TOKEN
 from tests.integration.web.test_admin import (
     SETTINGS,
     audience,
@@ -32,29 +27,8 @@ from tests.integration.web.test_admin import (
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    ports = [free_port() for _ in range(6)]
-    c = LocalCluster(tmp_path / "cluster", ports, bus_ports=[free_port() for _ in range(6)],
-                     node_timeout_ms=1000)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def relays(tmp_path: Path, cluster: LocalCluster) -> Iterator[list[Relay]]:
-    started: list[Relay] = []
-    unused = SimpleNamespace(url="redis://127.0.0.1:1/0")  # SSEDGE_REDIS_CLUSTER wins
-    try:
-        for _ in range(3):
-            started.append(Relay(tmp_path, unused, TOKEN,  # type: ignore[arg-type]
-                                 redis_cluster=cluster.seeds, **SETTINGS))
-        yield started
-    finally:
-        for r in started:
-            r.stop()
+def relays(cluster_relays: Callable[..., list[Relay]]) -> list[Relay]:
+    return cluster_relays(3, **SETTINGS)
 
 
 def test_audience_revocation_and_disconnect_on_a_cluster(relays: list[Relay]) -> None:
