@@ -225,6 +225,8 @@ async def _tail(args: argparse.Namespace) -> int:
                         return 0
                 retry_ms = es.decoder.retry if es.decoder.retry is not None else retry_ms
                 es.close()
+        except BrokenPipeError:
+            raise  # our reader left (`| head`), not the relay: ``main`` ends quietly
         except (OSError, asyncio.IncompleteReadError) as exc:
             print(f"ssedge tail: {exc}; reconnecting", file=sys.stderr)
         await asyncio.sleep(retry_ms / 1000)
@@ -449,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     except settings_mod.SettingsError as exc:
         print(f"ssedge: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # whoever read our output left (`ssedge tail demo | head`): done, and quietly (the
+        # interpreter would complain again flushing stdout at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a port in use, a directory it may not write: said in one line
         print(f"ssedge {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -165,3 +165,28 @@ def test_up_runs_the_stack_writes_its_env_and_stops_on_ctrl_c(tmp_path: Path) ->
             stack.stdout.close()
     for port in (redis_port, relay_a, relay_b, replay, edge, upstream, ingest):
         assert not port_open(port), f"port {port} still open after Ctrl-C"
+
+
+@pytest.mark.parametrize("command", [["tail", "piped"], ["tail", "piped", "--json"]])
+def test_tail_into_a_reader_that_leaves_ends_quietly(relay: Relay, command: list[str]) -> None:
+    """`ssedge tail demo | head -1`: when the pipe's reader is gone, tail ends (0, nothing on
+    stderr) instead of taking the broken pipe for a lost relay and reconnecting for ever."""
+    env = clean_env(SSEDGE_URL=relay.url, SSEDGE_PUBLISH_TOKEN=TOKEN)
+    for word in ("one", "two", "three"):
+        subprocess.run([*SSEDGE, "publish", "piped", word], env=env, capture_output=True,
+                       timeout=30, check=True)
+    read, write = os.pipe()
+    tail = subprocess.Popen([*SSEDGE, *command, "--since", "earliest"], env=env, stdout=write,
+                            stderr=subprocess.PIPE)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            assert pipe.readline()  # the first event, then the reader leaves
+        subprocess.run([*SSEDGE, "publish", "piped", "four"], env=env, capture_output=True,
+                       timeout=30, check=True)
+        _, err = tail.communicate(timeout=20)
+        assert tail.returncode == 0 and b"reconnecting" not in err, err
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.wait()
