@@ -22,7 +22,6 @@ from relay.storage import clients
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, refused, subscribe
-from tests.integration.storage.test_cluster import cluster  # noqa: F401  (the fixture)
 
 WRITTEN = [f"written-{i}" for i in range(8)]
 NAMES_PER_STREAM = 16
@@ -189,7 +188,7 @@ def test_a_full_cold_table_refuses_only_new_unwritten_topics(
 
 
 def test_cold_topics_on_a_cluster_are_promoted_at_their_first_write(
-    tmp_path: Path, cluster: LocalCluster,  # noqa: F811
+    tmp_path: Path, cluster: LocalCluster,
 ) -> None:
     """The cluster feed tracks a cold key with one read and leaves it out of its sweeps: names
     never written on every primary, held open; each, written, delivers its first events."""

@@ -23,7 +23,6 @@ from relay.storage import streams as store
 from relay.web import client
 from tests.integration.conftest import TOKEN
 from tests.integration.sse import collect, subscribe
-from tests.integration.storage.test_cluster import cluster  # noqa: F401  (the fixture)
 
 RESET = "ssedge.reset"
 
@@ -96,7 +95,7 @@ def test_the_idle_check_and_delete_are_one_step(redis_server: RedisServer) -> No
 
 
 def test_idle_streams_on_every_primary_of_a_cluster_are_deleted(
-    tmp_path: Path, cluster: LocalCluster,  # noqa: F811
+    tmp_path: Path, cluster: LocalCluster,
 ) -> None:
     """The sweep SCANs every primary and deletes each stream on its own node."""
     unused = SimpleNamespace(url="redis://127.0.0.1:1/0")
